@@ -1,0 +1,209 @@
+"""Every read and write of a file goes through here.
+
+Writes are atomic (temp file in the same folder, fsync, rename), so an interrupted command leaves
+the previous file intact. Formats cannot run code: safetensors for tensors, JSON for state, .npy
+with ``allow_pickle=False`` for arrays; ``torch.load`` is only ever called with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load_bytes
+from safetensors.torch import save as st_save_bytes
+
+from mrl.errors import MRLError
+
+PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # protocol-2+ pickles and torch's zip checkpoints
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: temp file beside it, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented JSON."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise MRLError(f"file not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MRLError(f"{path} is not valid JSON ({exc})") from None
+
+
+def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
+    """Append one JSON line; rewrites the file atomically so a crash never leaves half a line."""
+    path = Path(path)
+    old = path.read_bytes() if path.exists() else b""
+    atomic_write_bytes(path, old + (json.dumps(record) + "\n").encode("utf-8"))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:
+    """Atomically write tensors as safetensors (contiguous CPU copies)."""
+    data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    return atomic_write_bytes(path, st_save_bytes(data, metadata=dict(metadata) if metadata else None))
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; refuses pickles and anything else with a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise MRLError(f"checkpoint not found: {path}")
+    raw = path.read_bytes()
+    if raw.startswith(PICKLE_MAGIC):
+        raise MRLError(f"{path} is a pickle or torch.save file, not safetensors; refusing to load it (pickles can run code)")
+    try:
+        return st_load_bytes(raw)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise MRLError(f"{path} is not a valid safetensors file ({exc})") from None
+
+
+def torch_load_weights(path: str | os.PathLike) -> Any:
+    """Load a torch file with ``weights_only=True``: plain tensors and containers, never code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError and friends
+        raise MRLError(f"{path} holds objects other than plain tensors; refusing to load it ({type(exc).__name__})") from None
+
+
+def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
+    buf = _npy_bytes(array)
+    return atomic_write_bytes(path, buf)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    import io as _io
+
+    arr = np.asarray(array)
+    if arr.dtype == object:
+        raise MRLError("refusing to save an object array (it would need pickle)")
+    f = _io.BytesIO()
+    np.save(f, arr, allow_pickle=False)
+    return f.getvalue()
+
+
+def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise MRLError(f"file not found: {path}")
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except ValueError as exc:
+        raise MRLError(f"{path} is not a plain .npy array ({exc})") from None
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    import io as _io
+
+    for name, arr in arrays.items():
+        if np.asarray(arr).dtype == object:
+            raise MRLError(f"refusing to save object array {name!r} (it would need pickle)")
+    f = _io.BytesIO()
+    np.savez(f, **arrays)
+    return atomic_write_bytes(path, f.getvalue())
+
+
+def load_npz(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Read all arrays of an .npz without pickle; ``required`` names keys that must be present."""
+    path = Path(path)
+    if not path.is_file():
+        raise MRLError(f"file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            out = {k: f[k] for k in f.files}
+    except (ValueError, OSError, EOFError) as exc:
+        raise MRLError(f"{path} is not a readable .npz file ({exc})") from None
+    missing = [k for k in required if k not in out]
+    if missing:
+        raise MRLError(f"{path} lacks array(s) {missing}; it has {sorted(out)}")
+    return out
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Build a directory in a temp folder beside ``path`` and rename it into place on success.
+
+    On error the temp folder is removed and any existing ``path`` is untouched. With
+    ``overwrite=True`` an existing directory is replaced (moved aside, then deleted).
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise MRLError(f"{path} already exists; choose another path or allow overwriting")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        for child in tmp.rglob("*"):
+            if child.is_file():
+                with open(child, "rb") as f:
+                    os.fsync(f.fileno())
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old.{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,97 @@
+"""MatryoshkaLoss: one weighted term of any base loss per nesting size.
+
+MRL's objective (Kusupati et al. 2022, eq. 1) is sum_m c_m * L(W_m z[:m], y), averaged over
+samples. The wrapper follows sentence-transformers' MatryoshkaLoss: it wraps any loss, checks its
+arguments, and keeps the weights c_m (default 1) in a registered buffer so they follow the module's
+device, unlike the official MRL code which builds them on the CPU inside forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from mrl.errors import MRLError
+from mrl.nesting import truncate, validate_nesting
+
+
+class MatryoshkaLoss(nn.Module):
+    """Sum over nesting sizes of ``weights[g] * base_loss(output_g, *targets)``.
+
+    Two ways to feed it:
+
+    * ``truncate=False`` (default): ``outputs`` holds one output per size, a tensor [G, ...] (as
+      :class:`~mrl.heads.MatryoshkaLinear` returns) or a sequence of G tensors.
+    * ``truncate=True``: every positional input is an embedding [..., d]; each is cut to its first m
+      coordinates (optionally L2-normalised) and the base loss sees the prefixes, so a contrastive
+      loss over (query, document) embeddings works as it is. Integer tensors (labels) and 1-D
+      tensors pass through uncut.
+
+    Args:
+        base_loss: any callable loss; defaults to ``nn.CrossEntropyLoss()``.
+        nesting: ascending prefix sizes.
+        weights: relative importance c_m per size (default all 1), non-negative.
+        truncate: see above.
+        normalize: with ``truncate=True``, L2-normalise each prefix.
+
+    Example:
+        >>> from mrl.heads import MatryoshkaLinear
+        >>> head = MatryoshkaLinear(16, 3, nesting=[4, 8, 16])
+        >>> loss = MatryoshkaLoss(nesting=[4, 8, 16])
+        >>> value = loss(head(torch.randn(6, 16)), torch.tensor([0, 1, 2, 0, 1, 2]))
+        >>> value.shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        base_loss: Callable[..., torch.Tensor] | None = None,
+        nesting: Sequence[int] = (),
+        weights: Sequence[float] | None = None,
+        truncate: bool = False,
+        normalize: bool = False,
+    ) -> None:
+        super().__init__()
+        self.nesting = validate_nesting(nesting)
+        self.base_loss = base_loss if base_loss is not None else nn.CrossEntropyLoss()
+        if not callable(self.base_loss):
+            raise MRLError(f"base_loss must be callable, got {type(self.base_loss).__name__}")
+        if weights is None:
+            w = torch.ones(len(self.nesting))
+        else:
+            w = torch.as_tensor(list(weights), dtype=torch.float32)
+            if w.shape != (len(self.nesting),):
+                raise MRLError(f"weights must have one value per nesting size ({len(self.nesting)}), got {list(weights)}")
+            if not torch.isfinite(w).all() or (w < 0).any():
+                raise MRLError(f"weights must be finite and non-negative, got {list(weights)}")
+        self.register_buffer("weights", w)
+        self.truncate = truncate
+        self.normalize = normalize
+
+    def per_size(self, outputs, *targets) -> torch.Tensor:
+        """Unweighted base loss at every size, [G]."""
+        if self.truncate:
+            values = [
+                self.base_loss(*(self._cut(t, m) for t in (outputs, *targets))) for m in self.nesting
+            ]
+        else:
+            if len(outputs) != len(self.nesting):
+                raise MRLError(f"expected {len(self.nesting)} outputs (one per nesting size), got {len(outputs)}")
+            values = [self.base_loss(out, *targets) for out in outputs]
+        return torch.stack([torch.as_tensor(v) for v in values])
+
+    def _cut(self, t, m: int):
+        # Labels and other non-embedding arguments pass through untouched.
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 2:
+            if t.shape[-1] < self.nesting[-1]:
+                raise MRLError(f"embeddings of size {t.shape[-1]} are smaller than the largest nesting size {self.nesting[-1]}")
+            return truncate(t, m, normalize=self.normalize)
+        return t
+
+    def forward(self, outputs, *targets) -> torch.Tensor:
+        return (self.weights * self.per_size(outputs, *targets)).sum()
+
+    def extra_repr(self) -> str:
+        return f"nesting={self.nesting}, truncate={self.truncate}"

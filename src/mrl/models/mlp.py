@@ -1,0 +1,49 @@
+"""A plain MLP backbone for feature vectors (and flattened images)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from mrl.errors import MRLError
+
+
+class MLP(nn.Module):
+    """Linear -> BatchNorm -> ReLU blocks, then a linear layer to the representation.
+
+    The representation layer is followed by nothing: z is the raw output of the last linear map, as
+    in the paper's ResNet-50 (the 2048-d pooled features feed the heads directly).
+
+    Args:
+        in_features: input size (images are flattened).
+        num_features: representation size d.
+        hidden: widths of the hidden layers.
+
+    Shape:
+        [B, in_features] or [B, *image] -> [B, d]
+    """
+
+    def __init__(self, in_features: int, num_features: int = 2048, hidden: Sequence[int] = (512, 512)) -> None:
+        super().__init__()
+        for name, value in (("in_features", in_features), ("num_features", num_features)):
+            if not isinstance(value, int) or value < 1:
+                raise MRLError(f"{name} must be a positive integer, got {value!r}")
+        self.in_features = in_features
+        self.num_features = num_features
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True)]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.proj = nn.Linear(width, num_features)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        if x.shape[1] != self.in_features:
+            raise MRLError(f"MLP expects {self.in_features} input features, got shape {tuple(x.shape)}")
+        return self.proj(self.body(x))
+
+    forward = forward_features
