@@ -101,11 +101,13 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise MRLError(f"checkpoint not found: {path}")
     raw = path.read_bytes()
-    if raw.startswith(PICKLE_MAGIC):
-        raise MRLError(f"{path} is a pickle or torch.save file, not safetensors; refusing to load it (pickles can run code)")
     try:
         return st_load_bytes(raw)
     except (SafetensorError, ValueError, RuntimeError) as exc:
+        if raw.startswith(PICKLE_MAGIC):
+            raise MRLError(
+                f"{path} is a pickle or torch.save file, not safetensors; refusing to load it (pickles can run code)"
+            ) from None
         raise MRLError(f"{path} is not a valid safetensors file ({exc})") from None
 
 
