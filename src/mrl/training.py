@@ -155,9 +155,9 @@ def load_weights(model: nn.Module, run_dir: str | Path) -> dict:
     if state is None:
         raise MRLError(f"{run_dir} has no finished epoch yet (no {STATE_FILE}); train it first")
     path = run_dir / state["model"]
+    tensors = load_tensors(path)  # refuses pickles and other formats before anything else
     if sha256_file(path) != state["model_sha256"]:
         raise MRLError(f"{path} does not match the checksum in {STATE_FILE}; the checkpoint is corrupt")
-    tensors = load_tensors(path)
     missing = set(model.state_dict()) - set(tensors)
     if missing:
         raise MRLError(f"{path} does not fit this model: missing {sorted(missing)[:3]}...")

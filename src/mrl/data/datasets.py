@@ -4,7 +4,7 @@ Splits (fixed, independent of the training seed, so every run sees the same exam
 
 * Fashion-MNIST and MNIST: test = the official 10,000 test images; val = 5,000 images held out of
   the official 60,000 training images by a permutation drawn with ``SPLIT_SEED`` (0); train = the
-  other 55,000. Pixels are scaled to [0, 1] and standardised with the train mean and std.
+  other 55,000. (A smaller IDX set holds out 1/12 of its training images the same way.) Pixels are scaled to [0, 1] and standardised with the train mean and std.
 * ``.npz`` with ``X`` [N, F] and ``y`` [N]: optional ``X_test``/``y_test`` give the test set,
   otherwise 15% of the rows are held out as test; val = 10% of the rest. Features are standardised
   with the train mean and std.
@@ -133,7 +133,7 @@ def _assemble(name, kind, x_train, y_train, x_test, y_test, val_size, max_train,
     )
 
 
-def load_idx_dataset(name: str, data_dir: Path, max_train: int | None = None, val_size: int = 5000) -> Dataset:
+def load_idx_dataset(name: str, data_dir: Path, max_train: int | None = None) -> Dataset:
     """Fashion-MNIST or MNIST from the four standard IDX files in ``data_dir``."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -146,6 +146,7 @@ def load_idx_dataset(name: str, data_dir: Path, max_train: int | None = None, va
         if arrays[f"{split}_images"].ndim != 3:
             raise MRLError(f"{split} images in {data_dir} must be [N, H, W], got {arrays[f'{split}_images'].shape}")
     x_train = arrays["train_images"][:, None].astype(np.float32) / 255.0
+    val_size = int(round(len(x_train) / 12))  # 5,000 of the official 60,000
     x_test = arrays["test_images"][:, None].astype(np.float32) / 255.0
     return _assemble(
         name, "image", x_train, arrays["train_labels"].astype(np.int64), x_test,

@@ -1,0 +1,35 @@
+"""Shared fixtures: small subsets of the real Fashion-MNIST (Debian's dataset-fashion-mnist)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mrl.data.datasets import FASHION_MNIST_DIR, IDX_FILES
+
+DEVICE = torch.device(os.environ.get("TORCH_DEVICE", "cpu"))
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write an IDX file (uint8 data), gzipped, as the standard distributions ship it."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="session")
+def fashion_subset_dir(tmp_path_factory) -> Path:
+    """A folder with the four IDX files holding the first 3,000 train and 500 test real images."""
+    from mrl.data.idx import read_idx
+
+    out = tmp_path_factory.mktemp("fmnist_small")
+    for key, stem in IDX_FILES.items():
+        array = read_idx(FASHION_MNIST_DIR / f"{stem}.gz")
+        n = 3000 if key.startswith("train") else 500
+        write_idx(out / f"{stem}.gz", array[:n])
+    return out

@@ -1,0 +1,146 @@
+"""Training runs on real Fashion-MNIST subsets: resume after a kill, DDP, checkpoints, refusals."""
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mrl.config import TrainConfig
+from mrl.errors import MRLError
+from mrl.evaluation import evaluate_run
+from mrl.io import load_tensors
+from mrl.training import lr_at, train
+
+MRL = [sys.executable, "-m", "mrl"]
+SMALL = ["--arch", "mlp", "--rep-dim", "32", "--nesting", "8,16,32", "--batch-size", "64", "--max-train", "1500"]
+
+
+def small_config(data_dir, **kw) -> TrainConfig:
+    values = dict(data="mnist", data_dir=str(data_dir), arch="mlp", rep_dim=32, nesting=[8, 16, 32],
+                  batch_size=64, max_train=1500, epochs=2)
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    state = json.loads((run / "state.json").read_text())
+    return load_tensors(run / state["model"])
+
+
+def test_training_learns_and_writes_a_run(tmp_path, fashion_subset_dir):
+    run = train(small_config(fashion_subset_dir, epochs=3), tmp_path / "run", progress=False)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert set(records[-1]["val_top1"]) == {"8", "16", "32"}
+    assert records[-1]["loss"] < records[0]["loss"]
+    result = evaluate_run(run, save_logits=True, progress=False)
+    assert min(result["top1"].values()) > 0.6  # 10 classes: chance is 0.1
+    assert min(result["knn1"].values()) > 0.6
+    assert (run / "logits_test.npy").exists()
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path, fashion_subset_dir):
+    args = ["train", "--data", "mnist", "--data-dir", str(fashion_subset_dir), *SMALL, "--epochs", "6", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([*MRL, *args, "--out", str(tmp_path / "full")], check=True, env=env)
+
+    proc = subprocess.Popen([*MRL, *args, "--out", str(tmp_path / "cut")], env=env)
+    state = tmp_path / "cut" / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["epochs_done"] >= 2):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = json.loads(state.read_text())["epochs_done"]
+    assert 2 <= done < 6, "the run must have been interrupted mid-way"
+
+    subprocess.run([*MRL, *args, "--out", str(tmp_path / "cut"), "--resume"], check=True, env=env)
+    full, cut = final_weights(tmp_path / "full"), final_weights(tmp_path / "cut")
+    assert full.keys() == cut.keys()
+    for name in full:
+        assert torch.equal(full[name], cut[name]), name
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4, 5, 6]
+
+
+def test_torchrun_two_processes(tmp_path, fashion_subset_dir):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           "-m", "mrl", "train", "--data", "mnist", "--data-dir", str(fashion_subset_dir), *SMALL,
+           "--epochs", "2", "--quiet", "--out", str(out)]
+    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[-1]["val_top1"]["32"] > 0.5
+    # each rank took half of every global batch of 64: 1500 // 64 steps per epoch, as in one process
+    assert json.loads((out / "state.json").read_text())["step"] == 2 * (750 // 32)
+
+
+def test_planted_pickle_checkpoint_is_refused(tmp_path, fashion_subset_dir):
+    run = train(small_config(fashion_subset_dir, epochs=1), tmp_path / "run", progress=False)
+    state = json.loads((run / "state.json").read_text())
+    path = run / state["model"]
+
+    def plant(raw: bytes) -> None:  # a foreign run dir whose state.json vouches for the pickle
+        path.write_bytes(raw)
+        state["model_sha256"] = hashlib.sha256(raw).hexdigest()
+        (run / "state.json").write_text(json.dumps(state))
+
+    plant(pickle.dumps({"weights": [1, 2, 3]}))
+    with pytest.raises(MRLError, match="pickle or torch.save file"):
+        evaluate_run(run, progress=False)
+    torch.save({"x": torch.zeros(2)}, path)
+    plant(path.read_bytes())
+    with pytest.raises(MRLError, match="pickle or torch.save file"):
+        evaluate_run(run, progress=False)
+
+
+def test_corrupt_checkpoint_is_detected(tmp_path, fashion_subset_dir):
+    run = train(small_config(fashion_subset_dir, epochs=1), tmp_path / "run", progress=False)
+    path = run / json.loads((run / "state.json").read_text())["model"]
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(MRLError, match="does not match the checksum"):
+        evaluate_run(run, progress=False)
+
+
+def test_existing_out_without_resume_is_refused_and_untouched(tmp_path, fashion_subset_dir):
+    run = train(small_config(fashion_subset_dir, epochs=1), tmp_path / "run", progress=False)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(MRLError, match="already exists; pass --resume"):
+        train(small_config(fashion_subset_dir, epochs=1), run, progress=False)
+    assert before == {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    shutil.rmtree(run)
+
+
+def test_lr_schedule():
+    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(100, 100, 10, 1.0) == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        (dict(mode="big"), "unknown mode 'big'; choose one of mrl, mrl-e, ff"),
+        (dict(mode="ff"), "mode ff needs --ff-dim"),
+        (dict(nesting=[16, 8]), "strictly ascending"),
+        (dict(nesting=[8, 64]), "64 is larger than the representation size 32"),
+        (dict(nesting=[0, 8]), "must be positive"),
+        (dict(epochs=0), "epochs must be a positive integer"),
+        (dict(arch="vit"), "unknown arch 'vit'"),
+    ],
+)
+def test_config_errors(kw, match, tmp_path):
+    with pytest.raises(MRLError, match=match):
+        small_config(tmp_path, **kw)
