@@ -1,0 +1,66 @@
+"""Shared checks and prefix preparation for the retrieval package.
+
+MRL retrieval (Kusupati et al., NeurIPS 2022, section 4.3) compares prefixes z[:m] of the stored
+vectors; with the cosine metric each prefix is L2-normalised on its own, so a prefix score is the
+cosine of the prefixes, not a slice of the full-vector cosine.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from mrl.errors import MRLError
+
+METRICS = ("cosine", "ip", "l2")
+_CHUNK_ROWS = 65536  # rows per block when scanning large arrays, bounding temporaries to ~0.5 GB at d=2048
+
+
+def check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise MRLError(f"metric must be one of {list(METRICS)}, got {metric!r}")
+    return metric
+
+
+def faiss_metric(metric: str) -> int:
+    """FAISS metric constant: inner product for cosine (on normalised prefixes) and ip, L2 for l2."""
+    return faiss.METRIC_L2 if metric == "l2" else faiss.METRIC_INNER_PRODUCT
+
+
+def check_vectors(vectors: object, name: str, dim: int | None = None) -> np.ndarray:
+    """Return ``vectors`` as a 2-D float array (no copy when possible) after checking shape and NaN/inf."""
+    array = np.asarray(vectors)
+    if array.ndim != 2:
+        raise MRLError(f"{name} must be a 2-D array [n, dim], got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise MRLError(f"{name} must be a float array, got dtype {array.dtype}")
+    if dim is not None and array.shape[1] != dim:
+        raise MRLError(f"{name} has dimension {array.shape[1]} but the index holds {dim}-dim vectors")
+    for start in range(0, array.shape[0], _CHUNK_ROWS):
+        block = array[start : start + _CHUNK_ROWS]
+        if not np.isfinite(block).all():
+            row = start + int(np.nonzero(~np.isfinite(block).all(axis=1))[0][0])
+            raise MRLError(f"{name} row {row} holds NaN or infinite values")
+    return array
+
+
+def prefix(vectors: np.ndarray, dim: int, metric: str) -> np.ndarray:
+    """Float32 C-contiguous copy of ``vectors[:, :dim]``, L2-normalised per row for cosine.
+
+    Example:
+        >>> prefix(np.array([[3.0, 4.0, 1.0]]), 2, "cosine")
+        array([[0.6, 0.8]], dtype=float32)
+    """
+    out = np.array(vectors[:, :dim], dtype=np.float32, order="C", copy=True)
+    if metric == "cosine":
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        out /= np.maximum(norms, np.float32(1e-12))
+    return out
+
+
+def check_k(k: int, n_database: int, name: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise MRLError(f"{name} must be a positive integer, got {k!r}")
+    if k > n_database:
+        raise MRLError(f"{name}={k} is larger than the database ({n_database} vectors)")
+    return int(k)
