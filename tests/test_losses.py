@@ -20,6 +20,18 @@ def test_loss_equals_hand_written_weighted_sum():
     torch.testing.assert_close(value, expected)
 
 
+@pytest.mark.parametrize("base", [nn.CrossEntropyLoss(ignore_index=2), nn.CrossEntropyLoss(label_smoothing=0.1)])
+def test_fused_cross_entropy_matches_one_call_per_size(base):
+    torch.manual_seed(1)
+    logits, y = torch.randn(3, 12, 5, requires_grad=True), torch.randint(0, 5, (12,))
+    fused = MatryoshkaLoss(base, NESTING).per_size(logits, y)
+    looped = torch.stack([base(logits[g], y) for g in range(3)])
+    torch.testing.assert_close(fused, looped)
+    (g_fused,) = torch.autograd.grad(fused.sum(), logits)
+    (g_looped,) = torch.autograd.grad(looped.sum(), logits)
+    torch.testing.assert_close(g_fused, g_looped)
+
+
 def test_default_weights_are_one_and_follow_the_module():
     loss = MatryoshkaLoss(nesting=NESTING)
     assert "weights" in dict(loss.named_buffers())

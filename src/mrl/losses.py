@@ -79,8 +79,30 @@ class MatryoshkaLoss(nn.Module):
         else:
             if len(outputs) != len(self.nesting):
                 raise MRLError(f"expected {len(self.nesting)} outputs (one per nesting size), got {len(outputs)}")
+            if self._fusable(outputs, targets):
+                return self._fused_cross_entropy(outputs, targets[0])
             values = [self.base_loss(out, *targets) for out in outputs]
         return torch.stack([torch.as_tensor(v) for v in values])
+
+    def _fusable(self, outputs, targets) -> bool:
+        loss = self.base_loss
+        return (
+            type(loss) is nn.CrossEntropyLoss and loss.weight is None and loss.reduction == "mean"
+            and isinstance(outputs, torch.Tensor) and outputs.dim() == 3
+            and len(targets) == 1 and isinstance(targets[0], torch.Tensor) and targets[0].dim() == 1
+            and not targets[0].is_floating_point()
+        )
+
+    def _fused_cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # One kernel for all sizes instead of G: same value as G calls of the base loss.
+        g, b, c = logits.shape
+        loss = self.base_loss
+        per_sample = nn.functional.cross_entropy(
+            logits.reshape(g * b, c), target.repeat(g), reduction="none",
+            ignore_index=loss.ignore_index, label_smoothing=loss.label_smoothing,
+        ).view(g, b)
+        kept = (target != loss.ignore_index).to(per_sample.dtype)
+        return (per_sample * kept).sum(dim=1) / kept.sum()
 
     def _cut(self, t, m: int):
         # Labels and other non-embedding arguments pass through untouched.
