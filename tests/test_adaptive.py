@@ -1,0 +1,241 @@
+"""Tests for mrl.adaptive: cascade, costs, threshold search, the classifier and the protocol."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mrl.adaptive import (
+    as_logits,
+    cascade,
+    cascade_outcome,
+    evaluate_thresholds,
+    exhaustive_thresholds,
+    greedy_thresholds,
+    head_costs,
+    max_softmax,
+    pareto_front,
+    quantile_candidates,
+    sweep_thresholds,
+)
+import mrl.adaptive.cascading as cascade_module
+from mrl.errors import MRLError
+
+
+def synthetic(num_sizes: int, n: int, num_classes: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits [S, N, C] whose larger sizes are more often right, and labels [N]."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, n)
+    logits = rng.normal(size=(num_sizes, n, num_classes))
+    for s in range(num_sizes):
+        logits[s, np.arange(n), labels] += (0.5 + 0.6 * s) * rng.gamma(2.0, 1.0, size=n)
+    return logits.astype(np.float32), labels
+
+
+def reference_cascade(conf: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    out = []
+    for n in range(conf.shape[1]):
+        chosen = conf.shape[0] - 1
+        for s, t in enumerate(thresholds):
+            if conf[s, n] >= t:
+                chosen = s
+                break
+        out.append(chosen)
+    return np.array(out)
+
+
+# --- cascade and confidences ---------------------------------------------------------------------
+
+
+def test_cascade_matches_loop_reference():
+    rng = np.random.default_rng(1)
+    conf = rng.random((4, 200))
+    thresholds = np.array([0.8, -np.inf, 0.5])
+    np.testing.assert_array_equal(cascade(conf, thresholds), reference_cascade(conf, thresholds))
+    thresholds = np.array([0.8, np.inf, 0.5])
+    np.testing.assert_array_equal(cascade(conf, thresholds), reference_cascade(conf, thresholds))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    thresholds=st.lists(st.floats(0, 1), min_size=3, max_size=3),
+    raise_at=st.integers(0, 2),
+    by=st.floats(0, 1),
+)
+def test_raising_a_threshold_never_answers_earlier_than_that_size(seed, thresholds, raise_at, by):
+    conf = np.random.default_rng(seed).random((4, 50))
+    low = np.array(thresholds)
+    high = low.copy()
+    high[raise_at] += by
+    before, after = cascade(conf, low), cascade(conf, high)
+    # only samples answered at raise_at can move, and only to a larger size
+    moved = before != after
+    assert (before[moved] == raise_at).all() and (after[moved] > raise_at).all()
+
+
+def test_max_softmax_matches_torch_and_chunks(monkeypatch):
+    logits = np.random.default_rng(2).normal(scale=30, size=(3, 50, 7)).astype(np.float32)
+    expected = torch.softmax(torch.from_numpy(logits).double(), dim=-1).amax(-1).numpy()
+    np.testing.assert_allclose(max_softmax(logits), expected, rtol=1e-12)
+    monkeypatch.setattr(cascade_module, "_CHUNK", 7)
+    np.testing.assert_allclose(max_softmax(logits), expected, rtol=1e-12)
+
+
+def test_as_logits_accepts_lists_and_tensors():
+    parts = [np.zeros((4, 3)), np.ones((4, 3))]
+    assert as_logits(parts).shape == (2, 4, 3)
+    assert as_logits(torch.zeros(2, 4, 3)).shape == (2, 4, 3)
+
+
+@pytest.mark.parametrize(
+    ("logits", "match"),
+    [
+        (np.zeros((4, 3)), r"logits must be \[S, N, C\]"),
+        ([np.zeros((4, 3)), np.zeros((5, 3))], "same shape"),
+        (np.full((2, 4, 3), np.nan), "NaN"),
+        (np.zeros((2, 0, 3)), "must not be empty"),
+    ],
+)
+def test_as_logits_errors(logits, match):
+    with pytest.raises(MRLError, match=match):
+        as_logits(logits)
+
+
+def test_cascade_errors():
+    conf = np.full((3, 4), 0.5)
+    with pytest.raises(MRLError, match=r"thresholds must have shape \[2\]"):
+        cascade(conf, np.array([0.5]))
+    with pytest.raises(MRLError, match="thresholds must not be NaN"):
+        cascade(conf, np.array([0.5, np.nan]))
+    with pytest.raises(MRLError, match="confidences contain NaN"):
+        cascade(np.full((3, 4), np.nan), np.array([0.5, 0.5]))
+    with pytest.raises(MRLError, match=r"must be a non-empty \[S, N\] array"):
+        cascade(np.zeros(4), np.array([]))
+
+
+# --- costs ---------------------------------------------------------------------------------------
+
+
+def test_costs_add_up():
+    nesting = [8, 16, 32, 64]
+    rng = np.random.default_rng(3)
+    conf, correct = rng.random((4, 100)), rng.integers(0, 2, (4, 100)).astype(float)
+    thresholds = np.array([0.7, np.inf, 0.4])  # size 16 is skipped
+    final = cascade_outcome(conf, correct, thresholds, head_costs(nesting, "final"))
+    cumulative = cascade_outcome(conf, correct, thresholds, head_costs(nesting, "cumulative"))
+    flops = cascade_outcome(conf, correct, thresholds, head_costs(nesting, "flops", num_classes=10))
+    chosen = reference_cascade(conf, thresholds)
+    np.testing.assert_array_equal(final.chosen, chosen)
+    np.testing.assert_array_equal(final.cost, np.array(nesting)[chosen])
+    consulted = {0: 8, 1: None, 2: 8 + 32, 3: 8 + 32 + 64}
+    np.testing.assert_array_equal(cumulative.cost, [consulted[c] for c in chosen])
+    np.testing.assert_array_equal(flops.cost, cumulative.cost * 10)
+    np.testing.assert_array_equal(final.utility, correct[chosen, np.arange(100)])
+    assert final.mean_cost == pytest.approx(np.mean(np.array(nesting)[chosen]))
+
+
+def test_evaluate_thresholds_matches_one_at_a_time():
+    logits, labels = synthetic(3, 120)
+    conf, correct = max_softmax(logits), (logits.argmax(-1) == labels).astype(float)
+    costs = head_costs([8, 16, 32], "cumulative")
+    rows = np.array([[0.5, 0.6], [-np.inf, 0.2], [np.inf, 0.9], [np.inf, np.inf], [0.3, -np.inf]])
+    mean_cost, mean_util = evaluate_thresholds(conf, correct, rows, costs, chunk=2)
+    for row, c, u in zip(rows, mean_cost, mean_util):
+        out = cascade_outcome(conf, correct, row, costs)
+        assert (c, u) == pytest.approx((out.mean_cost, out.mean_utility))
+
+
+def test_head_costs_errors():
+    with pytest.raises(MRLError, match="cost must be one of"):
+        head_costs([8, 16], "dims")
+    with pytest.raises(MRLError, match="needs num_classes"):
+        head_costs([8, 16], "flops")
+    with pytest.raises(MRLError, match="strictly ascending"):
+        head_costs([16, 8], "final")
+
+
+# --- threshold search ----------------------------------------------------------------------------
+
+
+def test_greedy_thresholds_hand_built():
+    # step 8->16: t=0 -> 2/4, t=0.5 -> samples 0,1 stop (right), 2,3 go on (right, wrong) -> 3/4,
+    # t=0.7 -> sample 0 stops, 1 goes on (wrong) -> 2/4 ... best 3/4 first reached at t=0.5.
+    # step 16->32: size 32 is always right; 16 is right exactly on its confident samples (0.95, 0.85),
+    # so t=0.7 (stop those two) is the smallest threshold reaching 4/4.
+    conf = np.array([[0.9, 0.6, 0.3, 0.2], [0.95, 0.5, 0.85, 0.1], [0.5, 0.5, 0.5, 0.5]])
+    correct = np.array([[1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 1, 1]])
+    grid = np.array([0.0, 0.5, 0.7, 0.9, 1.0])
+    np.testing.assert_array_equal(greedy_thresholds(conf, correct, grid), [0.5, 0.7])
+
+
+def test_greedy_ties_go_to_the_smallest_threshold():
+    conf = np.array([[0.9, 0.8], [1.0, 1.0]])
+    correct = np.array([[1, 1], [1, 1]])
+    assert greedy_thresholds(conf, correct, 11)[0] == 0.0
+
+
+def test_pareto_front_keeps_exactly_the_non_dominated():
+    rng = np.random.default_rng(4)
+    cost, util = rng.integers(0, 10, 300).astype(float), rng.integers(0, 10, 300).astype(float)
+    keep = pareto_front(cost, util)
+    assert (np.diff(cost[keep]) > 0).all() and (np.diff(util[keep]) > 0).all()
+    kept = set(keep.tolist())
+    for i in range(300):
+        dominated = ((cost <= cost[i]) & (util >= util[i]) & ((cost < cost[i]) | (util > util[i]))).any()
+        if i in kept:
+            assert not dominated
+        elif not dominated:  # a duplicate of a kept point
+            assert any(cost[k] == cost[i] and util[k] == util[i] for k in kept)
+
+
+@pytest.mark.parametrize("cost", ["final", "cumulative"])
+def test_sweep_returns_no_point_dominated_by_one_it_evaluated(cost):
+    logits, labels = synthetic(4, 400, seed=5)
+    conf, correct = max_softmax(logits), (logits.argmax(-1) == labels).astype(float)
+    sweep = sweep_thresholds(conf, correct, head_costs([8, 16, 32, 64], cost), n_quantiles=20, keep_evaluated=True)
+    assert sweep.n_evaluated == sweep.evaluated_cost.size
+    for c, u in zip(sweep.cost, sweep.utility):
+        better = (sweep.evaluated_cost <= c + 1e-12) & (sweep.evaluated_utility >= u - 1e-12)
+        strictly = (sweep.evaluated_cost < c - 1e-12) | (sweep.evaluated_utility > u + 1e-12)
+        assert not (better & strictly).any()
+    # the reported numbers are what the thresholds really give
+    mean_cost, mean_util = evaluate_thresholds(conf, correct, sweep.thresholds, head_costs([8, 16, 32, 64], cost))
+    np.testing.assert_allclose(mean_cost, sweep.cost)
+    np.testing.assert_allclose(mean_util, sweep.utility)
+
+
+def test_sweep_two_sizes_is_exact_on_its_grid():
+    logits, labels = synthetic(2, 300, seed=6)
+    conf, correct = max_softmax(logits), (logits.argmax(-1) == labels).astype(float)
+    costs = head_costs([8, 64], "cumulative")
+    sweep = sweep_thresholds(conf, correct, costs, n_quantiles=15)
+    exact = exhaustive_thresholds(conf, correct, costs, [quantile_candidates(conf[0], 15)])
+    np.testing.assert_allclose(sweep.cost, exact.cost)
+    np.testing.assert_allclose(sweep.utility, exact.utility)
+
+
+def test_sweep_close_to_exhaustive_on_four_sizes():
+    logits, labels = synthetic(4, 300, seed=0)
+    conf, correct = max_softmax(logits), (logits.argmax(-1) == labels).astype(float)
+    costs = head_costs([8, 16, 32, 64], "cumulative")
+    sweep = sweep_thresholds(conf, correct, costs, n_quantiles=12)
+    exact = exhaustive_thresholds(conf, correct, costs, [quantile_candidates(conf[s], 12) for s in range(3)])
+    assert sweep.utility[-1] == pytest.approx(exact.utility[-1])
+    for target in np.linspace(exact.utility[0], exact.utility[-1], 15):
+        assert sweep.cost[sweep.select(min_utility=target)] <= exact.cost[exact.select(min_utility=target)] + 0.5
+
+
+def test_select_target_and_budget():
+    logits, labels = synthetic(3, 300, seed=7)
+    conf, correct = max_softmax(logits), (logits.argmax(-1) == labels).astype(float)
+    sweep = sweep_thresholds(conf, correct, head_costs([8, 16, 32]), n_quantiles=20)
+    i = sweep.select(min_utility=0.8)
+    assert sweep.utility[i] >= 0.8 and (i == 0 or sweep.utility[i - 1] < 0.8)
+    j = sweep.select(max_cost=20.0)
+    assert sweep.cost[j] <= 20.0 and (j == len(sweep.cost) - 1 or sweep.cost[j + 1] > 20.0)
+    with pytest.raises(MRLError, match="exactly one of min_utility"):
+        sweep.select()
