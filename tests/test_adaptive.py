@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mrl.adaptive import (
+    AdaptiveClassifier,
     as_logits,
     cascade,
     cascade_outcome,
@@ -17,12 +18,16 @@ from mrl.adaptive import (
     greedy_thresholds,
     head_costs,
     max_softmax,
+    oracle_accuracy,
+    pareto_curve,
     pareto_front,
     quantile_candidates,
+    repeated_splits,
+    share_wrong_at_every_size,
     sweep_thresholds,
 )
 import mrl.adaptive.cascading as cascade_module
-from mrl.errors import MRLError
+from mrl.errors import MRLError, NotFittedError
 
 
 def synthetic(num_sizes: int, n: int, num_classes: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -239,3 +244,128 @@ def test_select_target_and_budget():
     assert sweep.cost[j] <= 20.0 and (j == len(sweep.cost) - 1 or sweep.cost[j + 1] > 20.0)
     with pytest.raises(MRLError, match="exactly one of min_utility"):
         sweep.select()
+
+
+# --- AdaptiveClassifier --------------------------------------------------------------------------
+
+
+def test_classifier_greedy_matches_function_and_predicts_at_chosen_size():
+    logits, labels = synthetic(3, 300, seed=8)
+    clf = AdaptiveClassifier([8, 16, 32], policy="greedy", grid=51).fit(logits, labels)
+    conf, correct = max_softmax(logits), (logits.argmax(-1) == labels).astype(float)
+    np.testing.assert_array_equal(clf.thresholds_, greedy_thresholds(conf, correct, 51))
+    predicted, sizes_used = clf.predict(list(logits))
+    chosen = reference_cascade(conf, clf.thresholds_)
+    np.testing.assert_array_equal(sizes_used, np.array([8, 16, 32])[chosen])
+    np.testing.assert_array_equal(predicted, logits[chosen, np.arange(300)].argmax(-1))
+    assert clf.fit_accuracy_ == pytest.approx((predicted == labels).mean())
+    assert clf.expected_dims_ == pytest.approx(sizes_used.mean())
+    assert clf.sweep_ is None and clf.target_ is None
+
+
+def test_classifier_budget_reaches_target_and_costs_add_up():
+    logits, labels = synthetic(4, 400, seed=9)
+    largest = (logits[-1].argmax(-1) == labels).mean()
+    clf = AdaptiveClassifier([8, 16, 32, 64], policy="budget", cost="cumulative", n_quantiles=30)
+    clf.fit(logits, labels)
+    assert clf.target_ == pytest.approx(largest - 0.002)
+    assert clf.fit_accuracy_ >= clf.target_
+    report = clf.evaluate(logits, labels)
+    assert report["expected_cumulative_dims"] == pytest.approx(clf.expected_cumulative_dims_)
+    assert report["expected_flops"] == pytest.approx(report["expected_cumulative_dims"] * 10)
+    assert report["expected_dims"] <= report["expected_cumulative_dims"]
+    assert sum(report["share_per_size"].values()) == pytest.approx(1.0)
+    # no cheaper point on the front reaches the target
+    i = int(np.flatnonzero((clf.sweep_.thresholds == clf.thresholds_).all(axis=1))[0])
+    assert i == 0 or clf.sweep_.utility[i - 1] < clf.target_
+
+
+def test_classifier_budget_under_a_cost_budget():
+    logits, labels = synthetic(3, 300, seed=10)
+    clf = AdaptiveClassifier([8, 16, 32], policy="budget", n_quantiles=30).fit(logits, labels, budget=12.0)
+    assert clf.expected_dims_ <= 12.0
+    assert clf.target_ is None
+
+
+def test_refit_forgets():
+    logits, labels = synthetic(3, 200, seed=11)
+    clf = AdaptiveClassifier([8, 16, 32], policy="budget", n_quantiles=10).fit(logits, labels)
+    assert clf.sweep_ is not None
+    clf.policy = "greedy"
+    clf.fit(logits, labels)
+    assert clf.sweep_ is None and clf.target_ is None
+
+
+def test_predict_before_fit():
+    with pytest.raises(NotFittedError, match=r"not fitted yet; call fit"):
+        AdaptiveClassifier([8, 16]).predict(np.zeros((2, 3, 4)))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "logits", "labels", "match"),
+    [
+        ({"nesting": [16, 8]}, np.zeros((2, 4, 3)), np.zeros(4, int), "strictly ascending"),
+        ({"nesting": [8, 16, 32]}, np.zeros((2, 4, 3)), np.zeros(4, int), "logits have 2 sizes but nesting has 3"),
+        ({"nesting": [8, 16]}, np.full((2, 4, 3), np.nan), np.zeros(4, int), "NaN"),
+        ({"nesting": [8, 16]}, np.zeros((2, 4, 3)), np.zeros(5, int), r"labels must be \[N\] = \[4\]"),
+        ({"nesting": [8, 16]}, np.zeros((2, 4, 3)), np.full(4, 3), r"labels must lie in \[0, 2\]"),
+        ({"nesting": [8, 16]}, np.zeros((2, 4, 3)), np.zeros(4), "labels must be integers"),
+        ({"nesting": [8, 16], "policy": "best"}, np.zeros((2, 4, 3)), np.zeros(4, int), "policy must be one of"),
+        ({"nesting": [8, 16], "cost": "time"}, np.zeros((2, 4, 3)), np.zeros(4, int), "cost must be one of"),
+        ({"nesting": [8]}, np.zeros((1, 4, 3)), np.zeros(4, int), "at least 2 nesting sizes"),
+    ],
+)
+def test_classifier_fit_errors(kwargs, logits, labels, match):
+    with pytest.raises(MRLError, match=match):
+        AdaptiveClassifier(**kwargs).fit(logits, labels)
+
+
+def test_classifier_goal_errors():
+    logits, labels = synthetic(2, 50)
+    with pytest.raises(MRLError, match="apply to policy='budget'"):
+        AdaptiveClassifier([8, 16]).fit(logits, labels, target=0.9)
+    with pytest.raises(MRLError, match="not both"):
+        AdaptiveClassifier([8, 16], policy="budget").fit(logits, labels, target=0.9, budget=10)
+    with pytest.raises(MRLError, match=r"target is an accuracy in \(0, 1\], got 90"):
+        AdaptiveClassifier([8, 16], policy="budget").fit(logits, labels, target=90)
+    clf = AdaptiveClassifier([8, 16]).fit(logits, labels)
+    with pytest.raises(MRLError, match="fitted on 10"):
+        clf.predict(logits[:, :, :5])
+
+
+# --- protocol ------------------------------------------------------------------------------------
+
+
+def test_oracle_and_share_wrong():
+    correct = np.array([[1, 0, 0, 1], [0, 0, 1, 1], [0, 0, 0, 1]])
+    assert oracle_accuracy(correct) == 0.75
+    assert share_wrong_at_every_size(correct) == 0.25
+
+
+def test_repeated_splits_match_a_manual_loop():
+    logits, labels = synthetic(3, 200, seed=12)
+    conf, correct = max_softmax(logits), (logits.argmax(-1) == labels).astype(float)
+    template = AdaptiveClassifier([8, 16, 32], grid=21)
+    out = repeated_splits(template, (conf, correct), (conf[:, :50], correct[:, :50]), 10, seeds=3)
+    heldout = []
+    for seed in range(3):
+        order = np.random.default_rng(seed).permutation(200)
+        clf = AdaptiveClassifier([8, 16, 32], grid=21).fit(logits[:, order[:100]], labels[order[:100]])
+        heldout.append(clf.evaluate(logits[:, order[100:]], labels[order[100:]])["accuracy"])
+    assert out["heldout"]["accuracy"]["mean"] == pytest.approx(np.mean(heldout))
+    assert out["heldout"]["accuracy"]["std"] == pytest.approx(np.std(heldout))
+    assert len(out["thresholds"]) == 3 and out["fit_size"] == 100
+    with pytest.raises(MRLError, match="fit_fraction must lie in"):
+        repeated_splits(template, (conf, correct), None, 10, fit_fraction=1.0)
+
+
+def test_pareto_curve_on_test_is_measured_with_the_val_thresholds():
+    logits, labels = synthetic(3, 300, seed=13)
+    conf, correct = max_softmax(logits), (logits.argmax(-1) == labels).astype(float)
+    val, test = (conf[:, :150], correct[:, :150]), (conf[:, 150:], correct[:, 150:])
+    curve = pareto_curve(val, test, [8, 16, 32], n_quantiles=20)
+    assert np.all(np.diff(curve["val_cost"]) > 0) and np.all(np.diff(curve["val_accuracy"]) > 0)
+    thr = np.array([[float(t) for t in row] for row in curve["thresholds"]])
+    dims, acc = evaluate_thresholds(*test, thr, head_costs([8, 16, 32]))
+    np.testing.assert_allclose(dims, curve["test_dims"])
+    np.testing.assert_allclose(acc, curve["test_accuracy"])

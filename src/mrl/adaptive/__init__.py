@@ -16,6 +16,14 @@ from mrl.adaptive.cascading import (
     head_costs,
     max_softmax,
 )
+from mrl.adaptive.classifier import POLICIES, AdaptiveClassifier
+from mrl.adaptive.protocol import (
+    oracle_accuracy,
+    pareto_curve,
+    repeated_splits,
+    share_wrong_at_every_size,
+    thresholds_to_json,
+)
 from mrl.adaptive.search import (
     ThresholdSweep,
     exhaustive_thresholds,
@@ -27,6 +35,8 @@ from mrl.adaptive.search import (
 
 __all__ = [
     "COSTS",
+    "POLICIES",
+    "AdaptiveClassifier",
     "CascadeOutcome",
     "HeadCosts",
     "ThresholdSweep",
@@ -38,7 +48,12 @@ __all__ = [
     "greedy_thresholds",
     "head_costs",
     "max_softmax",
+    "oracle_accuracy",
+    "pareto_curve",
     "pareto_front",
     "quantile_candidates",
+    "repeated_splits",
+    "share_wrong_at_every_size",
     "sweep_thresholds",
+    "thresholds_to_json",
 ]
