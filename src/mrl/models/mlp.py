@@ -11,10 +11,11 @@ from mrl.errors import MRLError
 
 
 class MLP(nn.Module):
-    """Linear -> BatchNorm -> ReLU blocks, then a linear layer to the representation.
+    """Linear -> BatchNorm -> ReLU blocks; the last block's output (d units) is the representation.
 
-    The representation layer is followed by nothing: z is the raw output of the last linear map, as
-    in the paper's ResNet-50 (the 2048-d pooled features feed the heads directly).
+    z is non-negative like the paper's pooled ResNet-50 features, and not confined to the span of
+    the previous layer (a final purely linear layer to d > hidden width would give z of rank
+    "hidden", so prefixes beyond that width would add nothing).
 
     Args:
         in_features: input size (images are flattened).
@@ -38,7 +39,7 @@ class MLP(nn.Module):
             layers += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True)]
             width = h
         self.body = nn.Sequential(*layers)
-        self.proj = nn.Linear(width, num_features)
+        self.proj = nn.Sequential(nn.Linear(width, num_features), nn.BatchNorm1d(num_features), nn.ReLU(inplace=True))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)

@@ -1,9 +1,10 @@
 """A compact ResNet-style CNN for small images (28x28 to 64x64).
 
 Written here because torchvision does not install beside the CPU PyTorch build. It follows the
-pre-activation-free basic block of He et al. (2016) with three stages and global average pooling,
-then a linear map to the representation size d (the paper's ResNet-50 pools to 2048 directly; a
-small network needs the projection to reach 2048 dims).
+basic block of He et al. (2016) with three stages, then, like ResNet-50's last bottleneck, a 1x1
+convolution that expands to d channels (BatchNorm, ReLU) before global average pooling: z is the
+pooled d-channel feature map, as the paper's 2048-d ResNet-50 representation is. (A linear layer
+from the 64 pooled channels to d would give z of rank 64, making every prefix beyond 64 redundant.)
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNetSmall(nn.Module):
-    """Stem conv, one basic block per stage (stride 1, 2, 2), global pooling, linear to d.
+    """Stem conv, one basic block per stage (stride 1, 2, 2), 1x1 expansion to d, global pooling.
 
     Args:
         in_channels: image channels (1 for Fashion-MNIST).
@@ -63,12 +64,14 @@ class ResNetSmall(nn.Module):
             stages.append(BasicBlock(cin, w, stride=1 if i == 0 else 2))
             cin = w
         self.stages = nn.Sequential(*stages)
-        self.proj = nn.Linear(cin, num_features)
+        self.expand = nn.Sequential(
+            nn.Conv2d(cin, num_features, 1, bias=False), nn.BatchNorm2d(num_features), nn.ReLU(inplace=True)
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise MRLError(f"ResNetSmall expects images [B, {self.in_channels}, H, W], got shape {tuple(x.shape)}")
-        x = self.stages(self.stem(x))
-        return self.proj(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        x = self.expand(self.stages(self.stem(x)))
+        return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
 
     forward = forward_features
