@@ -23,6 +23,7 @@ language model pass minus the per-token loss, so "mean loss <= L" is ``min_utili
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -161,13 +162,48 @@ def quantile_candidates(confidence: np.ndarray, n_quantiles: int) -> np.ndarray:
     return np.concatenate([[-np.inf], qs, [np.inf]])
 
 
-class _CoordinateSolver:
-    """Exact one-coordinate scans of every grid value, with the other thresholds held fixed."""
+class _CoordinateSearch:
+    """Exact one-coordinate scans of every grid value with the other thresholds held fixed, and
+    coordinate descent built on them; every scanned point is recorded and pruned to the front."""
 
-    def __init__(self, conf: np.ndarray, util: np.ndarray, costs: HeadCosts, candidates: list[np.ndarray]):
+    def __init__(self, conf: np.ndarray, util: np.ndarray, costs: HeadCosts, candidates: list[np.ndarray], keep_evaluated: bool):
         self.conf, self.util, self.costs, self.candidates = conf, util, costs, candidates
         self.num_sizes, self.n = conf.shape
         self.cols = np.arange(self.n)
+        self.front = (np.empty((0, self.num_sizes - 1)), np.empty(0), np.empty(0))
+        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.keep_evaluated = keep_evaluated
+        self.evaluated: list[tuple[np.ndarray, np.ndarray]] = []
+        self.n_evaluated = 0
+
+    def descend(self, thresholds: np.ndarray, choose: Callable[[np.ndarray, np.ndarray], int | None], max_passes: int) -> np.ndarray:
+        """Coordinate descent: set each threshold in turn to the grid value ``choose(cost, utility)``
+        picks (None keeps it), until a pass moves nothing."""
+        thr = thresholds.copy()
+        for _ in range(max_passes):
+            moved = False
+            for s in range(self.num_sizes - 1):
+                cost, utl = self.scan(thr, s)
+                block = np.repeat(thr[None, :], len(cost), axis=0)
+                block[:, s] = self.candidates[s]
+                self.pending.append((block, cost, utl))
+                self.n_evaluated += len(cost)
+                if self.keep_evaluated:
+                    self.evaluated.append((cost, utl))
+                pick = choose(cost, utl)
+                if pick is not None and self.candidates[s][pick] != thr[s]:
+                    thr[s] = self.candidates[s][pick]
+                    moved = True
+            if not moved:
+                break
+        return thr
+
+    def compact(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Merge the recorded points into the Pareto front and return it (thresholds, cost, utility)."""
+        thr, cost, utl = (np.concatenate([part[k] for part in [self.front, *self.pending]]) for k in range(3))
+        keep = pareto_front(cost, utl)
+        self.front, self.pending = (thr[keep], cost[keep], utl[keep]), []
+        return self.front
 
     def scan(self, thresholds: np.ndarray, s: int) -> tuple[np.ndarray, np.ndarray]:
         """Mean cost and utility [K] for every candidate value of thresholds[s]."""
@@ -245,89 +281,39 @@ def sweep_thresholds(
     if not isinstance(n_quantiles, (int, np.integer)) or n_quantiles < 2:
         raise MRLError(f"n_quantiles must be an integer >= 2, got {n_quantiles!r}")
     candidates = [quantile_candidates(conf[s], n_quantiles) for s in range(num_sizes - 1)]
-    solver = _CoordinateSolver(conf, util, costs, candidates)
-    all_thr, all_cost, all_util = [], [], []
-
-    def record(thr: np.ndarray, s: int, cost: np.ndarray, utl: np.ndarray) -> None:
-        block = np.repeat(thr[None, :], len(cost), axis=0)
-        block[:, s] = candidates[s]
-        all_thr.append(block)
-        all_cost.append(cost)
-        all_util.append(utl)
-
+    search = _CoordinateSearch(conf, util, costs, candidates, keep_evaluated)
     lambdas = _lambda_grid(costs, util, n, n_lambdas)
-    n_evaluated = 0
-    seen_cost, seen_util = [], []
+    # from "all answered by the smallest size" up, and from "all by the largest" down
     for start, lams in ((-np.inf, lambdas), (np.inf, lambdas[::-1])):
         thr = np.full(num_sizes - 1, start)
         for lam in lams:
-            for _ in range(max_passes):
-                moved = False
-                for s in range(num_sizes - 1):
-                    cost, utl = solver.scan(thr, s)
-                    record(thr, s, cost, utl)
-                    n_evaluated += len(cost)
-                    if keep_evaluated:
-                        seen_cost.append(cost)
-                        seen_util.append(utl)
-                    objective = np.round(cost - lam * utl, 12)
-                    best = candidates[s][int(np.argmin(objective))]
-                    if best != thr[s]:
-                        thr[s] = best
-                        moved = True
-                if not moved:
-                    break
-        _compact(all_thr, all_cost, all_util)
+            thr = search.descend(thr, lambda cost, utl, lam=lam: int(np.argmin(np.round(cost - lam * utl, 12))), max_passes)
+        search.compact()
     # polish: from points along the front, constrained coordinate descent at their own level
     # (cheapest at that utility, best at that cost) reaches points between Lagrangian optima
-    front_thr, front_cost, front_util = all_thr[0], all_cost[0], all_util[0]
+    front_thr, front_cost, front_util = search.front
     picks = np.unique(np.linspace(0, len(front_cost) - 1, min(n_polish, len(front_cost))).round().astype(int))
     for i in picks:
-        for goal in ("cost", "utility"):
-            thr = front_thr[i].copy()
-            for _ in range(max_passes):
-                moved = False
-                for s in range(num_sizes - 1):
-                    cost, utl = solver.scan(thr, s)
-                    record(thr, s, cost, utl)
-                    n_evaluated += len(cost)
-                    if keep_evaluated:
-                        seen_cost.append(cost)
-                        seen_util.append(utl)
-                    if goal == "cost":
-                        ok = utl >= front_util[i] - 1e-12
-                        key = np.where(ok, cost, np.inf)
-                        key = np.where(ok & (key == key.min()), -utl, np.inf) if ok.any() else None
-                    else:
-                        ok = cost <= front_cost[i] + 1e-12
-                        key = np.where(ok, -utl, np.inf)
-                        key = np.where(ok & (key == key.min()), cost, np.inf) if ok.any() else None
-                    if key is None:
-                        continue
-                    best = candidates[s][int(np.argmin(key))]
-                    if best != thr[s]:
-                        thr[s] = best
-                        moved = True
-                if not moved:
-                    break
-    _compact(all_thr, all_cost, all_util)
-    thr, cost, utl = all_thr[0], all_cost[0], all_util[0]
+        u, c = front_util[i], front_cost[i]
+        search.descend(front_thr[i], lambda cost, utl, u=u: _lexargmin(cost, -utl, utl >= u - 1e-12), max_passes)
+        search.descend(front_thr[i], lambda cost, utl, c=c: _lexargmin(-utl, cost, cost <= c + 1e-12), max_passes)
+    thr, cost, utl = search.compact()
     return ThresholdSweep(
         thresholds=thr,
         cost=cost,
         utility=utl,
-        n_evaluated=n_evaluated,
-        evaluated_cost=np.concatenate(seen_cost) if keep_evaluated else None,
-        evaluated_utility=np.concatenate(seen_util) if keep_evaluated else None,
+        n_evaluated=search.n_evaluated,
+        evaluated_cost=np.concatenate([e[0] for e in search.evaluated]) if keep_evaluated else None,
+        evaluated_utility=np.concatenate([e[1] for e in search.evaluated]) if keep_evaluated else None,
     )
 
 
-def _compact(all_thr: list, all_cost: list, all_util: list) -> None:
-    thr, cost, utl = np.concatenate(all_thr), np.concatenate(all_cost), np.concatenate(all_util)
-    keep = pareto_front(cost, utl)
-    all_thr[:] = [thr[keep]]
-    all_cost[:] = [cost[keep]]
-    all_util[:] = [utl[keep]]
+def _lexargmin(primary: np.ndarray, secondary: np.ndarray, allowed: np.ndarray) -> int | None:
+    """Index of the smallest (primary, secondary) among the allowed entries; None if none is."""
+    if not allowed.any():
+        return None
+    idx = np.flatnonzero(allowed)
+    return int(idx[np.lexsort((secondary[idx], primary[idx]))[0]])
 
 
 def _lambda_grid(costs: HeadCosts, util: np.ndarray, n: int, n_lambdas: int) -> np.ndarray:
