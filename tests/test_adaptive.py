@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from mrl.adaptive import (
     AdaptiveClassifier,
     as_logits,
+    budget_thresholds,
     cascade,
     cascade_outcome,
     evaluate_thresholds,
@@ -369,3 +370,17 @@ def test_pareto_curve_on_test_is_measured_with_the_val_thresholds():
     dims, acc = evaluate_thresholds(*test, thr, head_costs([8, 16, 32]))
     np.testing.assert_allclose(dims, curve["test_dims"])
     np.testing.assert_allclose(acc, curve["test_accuracy"])
+
+
+def test_budget_thresholds_with_a_loss_meets_the_mean_loss_goal_at_least_cost():
+    rng = np.random.default_rng(14)
+    nll = np.sort(rng.gamma(2.0, 1.0, size=(4, 500)), axis=0)[::-1]  # larger sizes have lower loss
+    conf = np.exp(-nll) + rng.normal(scale=0.05, size=nll.shape)  # a noisy confidence signal
+    costs = head_costs([64, 128, 256, 512], "flops", num_classes=8000)
+    goal = float(nll[-1].mean() + 0.1)
+    thresholds, sweep = budget_thresholds(conf, -nll, costs, min_utility=-goal, n_quantiles=30)
+    out = cascade_outcome(conf, -nll, thresholds, costs)
+    assert -out.mean_utility <= goal + 1e-12
+    cheaper = sweep.cost < out.mean_cost
+    assert (-sweep.utility[cheaper] > goal).all()
+    assert out.mean_cost < costs.per_answer(np.full(3, np.inf))[-1]  # cheaper than always the largest

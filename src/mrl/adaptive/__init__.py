@@ -26,6 +26,7 @@ from mrl.adaptive.protocol import (
 )
 from mrl.adaptive.search import (
     ThresholdSweep,
+    budget_thresholds,
     exhaustive_thresholds,
     greedy_thresholds,
     pareto_front,
@@ -41,6 +42,7 @@ __all__ = [
     "HeadCosts",
     "ThresholdSweep",
     "as_logits",
+    "budget_thresholds",
     "cascade",
     "cascade_outcome",
     "evaluate_thresholds",

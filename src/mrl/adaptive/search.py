@@ -31,6 +31,7 @@ import numpy as np
 from mrl.adaptive.cascading import (
     HeadCosts,
     _cascade,
+    cascade,
     _check_utility,
     check_confidences,
     check_thresholds,
@@ -353,3 +354,28 @@ def exhaustive_thresholds(
     cost, utl = evaluate_thresholds(conf, utility, grid, costs)
     keep = pareto_front(cost, utl)
     return ThresholdSweep(thresholds=grid[keep], cost=cost[keep], utility=utl[keep], n_evaluated=total)
+
+
+def budget_thresholds(
+    confidences: np.ndarray,
+    utility: np.ndarray,
+    costs: HeadCosts,
+    min_utility: float | None = None,
+    max_cost: float | None = None,
+    **sweep_options,
+) -> tuple[np.ndarray, ThresholdSweep]:
+    """Thresholds [S-1] of the cheapest front point with mean utility >= ``min_utility`` (or the
+    best with mean cost <= ``max_cost``), and the sweep they come from.
+
+    For a loss (lower is better) pass ``utility=-loss`` and ``min_utility=-max_mean_loss``.
+
+    Example:
+        >>> from mrl.adaptive.cascading import head_costs
+        >>> nll = np.array([[0.1, 2.0, 0.2, 3.0], [0.1, 0.5, 0.2, 0.4]])  # per-token loss per size
+        >>> conf = np.exp(-nll)  # e.g. the probability of the chosen token
+        >>> thr, _ = budget_thresholds(conf, -nll, head_costs([64, 512]), min_utility=-0.3, n_quantiles=4)
+        >>> thr.round(3), cascade(conf, thr)
+        (array([0.819]), array([0, 1, 0, 1]))
+    """
+    sweep = sweep_thresholds(confidences, utility, costs, **sweep_options)
+    return sweep.thresholds[sweep.select(min_utility=min_utility, max_cost=max_cost)].copy(), sweep
