@@ -43,8 +43,8 @@ def test_training_learns_and_writes_a_run(tmp_path, fashion_subset_dir):
     assert set(records[-1]["val_top1"]) == {"8", "16", "32"}
     assert records[-1]["loss"] < records[0]["loss"]
     result = evaluate_run(run, save_logits=True, progress=False)
-    assert min(result["top1"].values()) > 0.6  # 10 classes: chance is 0.1
-    assert min(result["knn1"].values()) > 0.6
+    assert min(result["top1"].values()) > 0.5  # 10 classes: chance is 0.1
+    assert min(result["knn1"].values()) > 0.5
     assert (run / "logits_test.npy").exists()
 
 
