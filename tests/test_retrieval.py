@@ -93,15 +93,18 @@ def test_whole_database_shortlist_then_full_rerank_is_exact(metric):
 
 
 @pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
-def test_multistage_funnel_matches_per_query_loop(metric):
+@pytest.mark.parametrize("middle", [16, 24])  # 16 divides D (fused FAISS path), 24 does not (gather + einsum)
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_multistage_funnel_matches_per_query_loop(metric, middle, dtype):
     db, queries = _data(3)
-    funnel = [(DS, 120), (16, 40), (D, 10)]
-    index = FunnelIndex(db, metric=metric, shortlist_dim=DS)
+    db = db.astype(dtype).astype(np.float32)  # the reference sees exactly the stored values
+    funnel = [(DS, 120), (middle, 40), (D, 10)]
+    index = FunnelIndex(db, metric=metric, shortlist_dim=DS, dtype=dtype)
     _, ids = index.search(queries, k=5, funnel=funnel)
     ref = _funnel_reference(db, queries, funnel, metric, 5)
     # continuous random data has no ties, so the ids agree exactly
     np.testing.assert_array_equal(ids, ref)
-    assert index.last_search["flops_per_query"] == N * DS + 120 * 16 + 40 * D
+    assert index.last_search["flops_per_query"] == N * DS + 120 * middle + 40 * D
 
 
 def test_float16_storage_halves_memory_and_keeps_results():
@@ -164,7 +167,7 @@ def test_save_load_round_trip(tmp_path, shortlist):
     index.save(tmp_path / "idx")
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     assert manifest["format"] == "mrl-funnel-index" and set(manifest["files"]) == {"vectors.npy", "shortlist.faiss", "labels.npy"}
-    for mmap in (False, True):
+    for mmap in (False, True):  # float16 here; float32 memory maps are covered below
         loaded = FunnelIndex.load(tmp_path / "idx", mmap=mmap)
         assert loaded.funnel == [(DS, 64), (D, 10)] and loaded.metric == "l2" and loaded.dtype == "float16"
         np.testing.assert_array_equal(loaded.labels, labels)
@@ -174,6 +177,17 @@ def test_save_load_round_trip(tmp_path, shortlist):
     with pytest.raises(MRLError, match="already exists"):
         index.save(tmp_path / "idx")
     index.save(tmp_path / "idx", overwrite=True)
+
+
+def test_memory_mapped_float32_index_searches_like_the_original(tmp_path):
+    db, queries = _data(11)
+    index = FunnelIndex(db, shortlist_dim=DS)
+    _, ids = index.search(queries, k=10, funnel=[(DS, 100), (16, 30), (D, 10)])
+    index.save(tmp_path / "idx")
+    loaded = FunnelIndex.load(tmp_path / "idx", mmap=True)
+    assert isinstance(loaded.vectors.base, np.memmap) or isinstance(loaded.vectors, np.memmap)
+    _, ids2 = loaded.search(queries, k=10, funnel=[(DS, 100), (16, 30), (D, 10)])
+    np.testing.assert_array_equal(ids2, ids)
 
 
 @pytest.mark.parametrize("name", ["vectors.npy", "shortlist.faiss"])

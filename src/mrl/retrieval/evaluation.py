@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from mrl.errors import MRLError
+from mrl.io import atomic_write_bytes
 from mrl.metrics import Relevance, knn_recall_at_k, retrieval_summary
 from mrl.retrieval.costs import funnel_flops
 from mrl.retrieval.funnel import FunnelIndex, format_funnel, parse_funnel
@@ -48,23 +50,23 @@ def _parse_dim(config: str, dim: int) -> int:
 
 
 def default_configurations(index: FunnelIndex, k: int = 10) -> list[str]:
-    """Exact full-dim, exact at the shortlist dim, the 200-candidate funnel, the paper's cascade and any tuned funnel.
+    """Exact full-dim, exact at the shortlist dim, the paper's two funnels and any tuned funnel.
+
+    The two funnels of the MRL paper (appendix G) scaled to the index: d_1 -> D reranking 200
+    candidates, and the cascade d_1 -> 2 d_1 -> 4 d_1 -> 8 d_1 -> D keeping 800, 400, 200, 50, k
+    (stages at or beyond D are dropped; lengths are clipped to N).
 
     Example:
         >>> rng = np.random.default_rng(0)
-        >>> default_configurations(FunnelIndex(rng.standard_normal((1000, 128)).astype(np.float32)), k=10)
-        ['exact', 'exact:16', '16:200,128:10', '16:800,32:400,64:200,128:10']
+        >>> default_configurations(FunnelIndex(rng.standard_normal((1000, 256)).astype(np.float32)), k=10)
+        ['exact', 'exact:16', '16:200,256:10', '16:800,32:400,64:200,128:50,256:10']
     """
     d1, dim, n = index.shortlist_dim, index.dim, index.ntotal
     configs = ["exact"]
     if d1 < dim:
         configs.append(f"exact:{d1}")
         configs.append(format_funnel([(d1, min(max(200, k), n)), (dim, k)]))
-        cascade, length = [], min(max(800, k), n)
-        d = d1
-        while d < dim:
-            cascade.append((d, length))
-            d, length = d * 2, max(k, length // 2)
+        cascade = [(d1 * 2**i, min(max(length, k), n)) for i, length in enumerate((800, 400, 200, 50)) if d1 * 2**i < dim]
         cascade.append((dim, k))
         if len(cascade) > 2:
             configs.append(format_funnel(cascade))
@@ -95,11 +97,12 @@ def evaluate_configurations(
     """
     configurations = list(configurations or default_configurations(index, k))
     with_labels = query_labels is not None and index.labels is not None
-    _, exact_ids = exact_search(index.vectors, queries, k, metric=index.metric)
-    run_configuration(index, queries[: min(8, len(queries))], k, configurations[0])  # warm-up
+    run_configuration(index, queries[: min(8, len(queries))], k, "exact")  # warm-up
+    exact = run_configuration(index, queries, k, "exact")  # the ground truth, timed once
+    exact_ids = exact[0]
     rows = []
     for config in configurations:
-        ids, ms, flops = run_configuration(index, queries, k, config)
+        ids, ms, flops = exact if config.strip() == "exact" else run_configuration(index, queries, k, config)
         row: dict = {"config": config}
         if with_labels:
             summary = retrieval_summary(Relevance.from_labels(ids, query_labels, index.labels), k=k)
@@ -128,3 +131,32 @@ def format_table(rows: Sequence[dict]) -> str:
         cells = [f"{row[key]:.4f}" if isinstance(row[key], float) else str(row[key]) for key in keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def plot_accuracy_vs_flops(path: str | Path, rows: Sequence[dict], metric: str = "map@10", title: str = "") -> Path:
+    """Scatter ``metric`` against MFLOPs per query (log x), one labelled point per configuration; PNG written atomically."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on servers
+    import matplotlib.pyplot as plt
+
+    points = [r for r in rows if metric in r]
+    if not points:
+        raise MRLError(f"no row holds {metric!r}; rows have {sorted(rows[0]) if rows else []}")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for r in points:
+        ax.scatter(r["mflops"], r[metric] * 100, s=24)
+        ax.annotate(r["config"], (r["mflops"], r[metric] * 100), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("MFLOPs per query (log scale)")
+    ax.set_ylabel(f"{metric} (%)")
+    if title:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from mrl.errors import MRLError
 from mrl.io import atomic_directory, atomic_write_bytes, load_npy, read_json, save_npy, sha256_file, write_json
@@ -132,6 +132,7 @@ class FunnelIndex:
         ef_search: HNSW search beam width (raised to the first shortlist length when smaller).
         dtype: storage of the full vectors, ``"float32"`` or ``"float16"``.
         labels: optional int [N] labels kept beside the vectors (for evaluation).
+        progress: show a progress bar (stderr) while the shortlist index is built.
 
     Attributes:
         funnel: the default funnel of :meth:`search` (set by :meth:`tune`), or None.
@@ -157,6 +158,7 @@ class FunnelIndex:
         ef_search: int = 128,
         dtype: str = "float32",
         labels: np.ndarray | None = None,
+        progress: bool = False,
     ) -> None:
         self.metric = check_metric(metric)
         if shortlist not in SHORTLISTS:
@@ -180,7 +182,7 @@ class FunnelIndex:
         self._labels = self._check_labels(labels, self._vectors.shape[0])
         self._sq_norms: dict[int, np.ndarray] = {}
         self._index = self._new_shortlist_index()
-        self._add_to_shortlist(self._vectors)
+        self._add_to_shortlist(self._vectors, progress=progress)
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -200,8 +202,9 @@ class FunnelIndex:
         index.hnsw.efConstruction = self.ef_construction
         return index
 
-    def _add_to_shortlist(self, vectors: np.ndarray, block: int = 262144) -> None:
-        for start in range(0, vectors.shape[0], block):
+    def _add_to_shortlist(self, vectors: np.ndarray, block: int = 65536, progress: bool = False) -> None:
+        starts = range(0, vectors.shape[0], block)
+        for start in tqdm(starts, desc=f"indexing {self.shortlist_dim}-dim prefixes", unit="block", disable=not progress):
             self._index.add(prefix(vectors[start : start + block], self.shortlist_dim, self.metric))
 
     def add(self, vectors: np.ndarray, labels: np.ndarray | None = None) -> None:
@@ -320,35 +323,48 @@ class FunnelIndex:
 
     def _rerank(self, queries: np.ndarray, ids: np.ndarray, dim: int, length: int) -> tuple[np.ndarray, np.ndarray]:
         """Keep the best ``length`` of the candidate ``ids`` [Q, K] by their ``dim``-prefix scores."""
-        n_queries, n_candidates = ids.shape
         valid = ids >= 0
-        safe_ids = torch.from_numpy(np.where(valid, ids, 0))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # a read-only memory map is only read here
-            table = torch.from_numpy(np.asarray(self._vectors))[:, :dim]
-        need_norms = self.metric in ("cosine", "l2")
-        norms = torch.from_numpy(self._prefix_sq_norms(dim)) if need_norms else None
-        out_scores = np.empty((n_queries, length), dtype=np.float32)
-        out_ids = np.empty((n_queries, length), dtype=np.int64)
-        rows = max(1, _RERANK_BLOCK // (n_candidates * dim))
-        for start in range(0, n_queries, rows):
-            stop = min(start + rows, n_queries)
-            block_ids = safe_ids[start:stop]
-            gathered = table.index_select(0, block_ids.reshape(-1)).view(stop - start, n_candidates, dim).float()
-            q = torch.from_numpy(queries[start:stop, :dim])
-            scores = torch.einsum("qkd,qd->qk", gathered, q)
-            if need_norms:
-                sq = norms[block_ids]
-                if self.metric == "cosine":
-                    scores = scores / (sq.sqrt().clamp_min(1e-12) * q.norm(dim=1, keepdim=True).clamp_min(1e-12))
-                else:
-                    scores = 2 * scores - sq - q.pow(2).sum(dim=1, keepdim=True)  # minus squared distance
-            scores = scores.masked_fill(torch.from_numpy(~valid[start:stop]), float("-inf"))
-            top = torch.topk(scores, length, dim=1)
-            out_scores[start:stop] = top.values.numpy()
-            out_ids[start:stop] = np.take_along_axis(ids[start:stop], top.indices.numpy(), axis=1)
+        q = np.ascontiguousarray(queries[:, :dim])
+        dots = self._candidate_dots(q, ids, valid, dim)
+        if self.metric == "cosine":
+            sq = self._prefix_sq_norms(dim)[np.where(valid, ids, 0)]
+            q_norms = np.linalg.norm(q, axis=1, keepdims=True)
+            scores = dots / (np.sqrt(sq).clip(min=1e-12) * q_norms.clip(min=1e-12))
+        elif self.metric == "l2":
+            sq = self._prefix_sq_norms(dim)[np.where(valid, ids, 0)]
+            scores = 2 * dots - sq - np.einsum("qd,qd->q", q, q)[:, None]  # minus the squared distance
+        else:
+            scores = dots
+        scores = np.where(valid, scores, -np.inf).astype(np.float32, copy=False)
+        top = torch.topk(torch.from_numpy(scores), length, dim=1)
+        out_scores = top.values.numpy()
+        out_ids = np.take_along_axis(ids, top.indices.numpy(), axis=1)
         out_ids[~np.isfinite(out_scores)] = -1
         return out_scores, out_ids
+
+    def _candidate_dots(self, q: np.ndarray, ids: np.ndarray, valid: np.ndarray, dim: int) -> np.ndarray:
+        """Inner products [Q, K] of each query prefix q [Q, dim] with the ``dim``-prefixes of its candidates."""
+        n_queries, n_candidates = ids.shape
+        safe_ids = np.where(valid, ids, 0)
+        if self._vectors.dtype == np.float32 and self.dim % dim == 0 and self._vectors.flags.c_contiguous:
+            # Fused gather + dot in FAISS: viewing the [N, D] table as [N * D/dim, dim] rows makes the
+            # dim-prefix of vector i row i * D/dim, so no [Q, K, dim] copy is ever built.
+            table = np.asarray(self._vectors).reshape(-1, dim)
+            rows = np.ascontiguousarray(safe_ids * (self.dim // dim), dtype=np.int64)
+            out = np.empty((n_queries, n_candidates), dtype=np.float32)
+            faiss.fvec_inner_products_by_idx(
+                faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(table), faiss.swig_ptr(rows), dim, n_queries, n_candidates
+            )
+            return out
+        # General path (float16 storage, or dim not dividing D): gather a block of queries'
+        # candidates [B, K, dim] in float32, then one batched product.
+        out = np.empty((n_queries, n_candidates), dtype=np.float32)
+        table = np.asarray(self._vectors)[:, :dim]
+        block = max(1, _RERANK_BLOCK // (n_candidates * dim))
+        for start in range(0, n_queries, block):
+            gathered = torch.from_numpy(table[safe_ids[start : start + block]].astype(np.float32, copy=False))
+            out[start : start + block] = torch.einsum("qkd,qd->qk", gathered, torch.from_numpy(q[start : start + block])).numpy()
+        return out
 
     def flops_per_query(self, funnel: Sequence[tuple[int, int]], shortlist_distances: float | None = None) -> float:
         """Theoretical FLOPs per query (:func:`mrl.retrieval.costs.funnel_flops`).
