@@ -267,7 +267,7 @@ def test_classifier_greedy_matches_function_and_predicts_at_chosen_size():
 def test_classifier_budget_reaches_target_and_costs_add_up():
     logits, labels = synthetic(4, 400, seed=9)
     largest = (logits[-1].argmax(-1) == labels).mean()
-    clf = AdaptiveClassifier([8, 16, 32, 64], policy="budget", cost="cumulative", n_quantiles=30)
+    clf = AdaptiveClassifier([8, 16, 32, 64], policy="budget", cost="cumulative", n_quantiles=30, confidence=0.5)
     clf.fit(logits, labels)
     assert clf.target_ == pytest.approx(largest - 0.002)
     assert clf.fit_accuracy_ >= clf.target_
@@ -279,6 +279,21 @@ def test_classifier_budget_reaches_target_and_costs_add_up():
     # no cheaper point on the front reaches the target
     i = int(np.flatnonzero((clf.sweep_.thresholds == clf.thresholds_).all(axis=1))[0])
     assert i == 0 or clf.sweep_.utility[i - 1] < clf.target_
+
+
+def test_budget_margin_holds_a_lower_confidence_bound():
+    logits, labels = synthetic(4, 600, seed=15)
+    conf, correct = max_softmax(logits), (logits.argmax(-1) == labels).astype(float)
+    plain = AdaptiveClassifier([8, 16, 32, 64], policy="budget", confidence=0.5).fit(logits, labels)
+    safe = AdaptiveClassifier([8, 16, 32, 64], policy="budget", confidence=0.95).fit(logits, labels)
+    assert safe.expected_dims_ >= plain.expected_dims_
+    diff = correct[cascade(conf, safe.thresholds_), np.arange(600)] - correct[-1]
+    assert diff.mean() - 1.6448536 * diff.std(ddof=1) / np.sqrt(600) >= -0.002 - 1e-9
+    # the front point just before it does not clear the bound
+    i = int(np.flatnonzero((safe.sweep_.thresholds == safe.thresholds_).all(axis=1))[0])
+    assert i > 0
+    prev = correct[cascade(conf, safe.sweep_.thresholds[i - 1]), np.arange(600)] - correct[-1]
+    assert prev.mean() - 1.6448536 * prev.std(ddof=1) / np.sqrt(600) < -0.002
 
 
 def test_classifier_budget_under_a_cost_budget():
@@ -327,6 +342,8 @@ def test_classifier_goal_errors():
         AdaptiveClassifier([8, 16]).fit(logits, labels, target=0.9)
     with pytest.raises(MRLError, match="not both"):
         AdaptiveClassifier([8, 16], policy="budget").fit(logits, labels, target=0.9, budget=10)
+    with pytest.raises(MRLError, match=r"confidence is a level in \[0.5, 1\), got 1.5"):
+        AdaptiveClassifier([8, 16], policy="budget", confidence=1.5).fit(logits, labels)
     with pytest.raises(MRLError, match=r"target is an accuracy in \(0, 1\], got 90"):
         AdaptiveClassifier([8, 16], policy="budget").fit(logits, labels, target=90)
     clf = AdaptiveClassifier([8, 16]).fit(logits, labels)

@@ -31,6 +31,7 @@ from mrl.adaptive.search import (
     greedy_thresholds,
     pareto_front,
     quantile_candidates,
+    select_with_confidence,
     sweep_thresholds,
 )
 
@@ -55,6 +56,7 @@ __all__ = [
     "pareto_front",
     "quantile_candidates",
     "repeated_splits",
+    "select_with_confidence",
     "share_wrong_at_every_size",
     "sweep_thresholds",
     "thresholds_to_json",

@@ -74,10 +74,11 @@ def run_adaptive(
     policies: Sequence[str] = ("greedy", "budget"),
     costs: Sequence[str] = ("final", "cumulative"),
     target_drop: float = 0.002,
+    confidence: float = 0.9,
     budget: float | None = None,
     seeds: int = 30,
     fit_fraction: float = 0.5,
-    n_quantiles: int = 100,
+    n_quantiles: int = 25,
     ff_runs: Sequence[str | Path] = (),
     overwrite: bool = False,
     progress: bool = False,
@@ -93,8 +94,8 @@ def run_adaptive(
         "num_classes": num_classes,
         "n_val": int(data["val"][0].shape[1]),
         "n_test": int(data["test"][0].shape[1]),
-        "settings": {"seeds": seeds, "fit_fraction": fit_fraction, "target_drop": target_drop, "budget": budget,
-                     "n_quantiles": n_quantiles},
+        "settings": {"seeds": seeds, "fit_fraction": fit_fraction, "target_drop": target_drop,
+                     "confidence": confidence, "budget": budget, "n_quantiles": n_quantiles},
         "fixed_sizes": {split: {str(m): float(a) for m, a in zip(nesting, data[split][1].mean(axis=1))}
                         for split in ("val", "test")},
         "oracle": {split: oracle_accuracy(data[split][1]) for split in ("val", "test")},
@@ -108,7 +109,8 @@ def run_adaptive(
         templates["greedy"] = (AdaptiveClassifier(nesting, policy="greedy"), {})
     if "budget" in policies:
         for cost in costs:
-            clf = AdaptiveClassifier(nesting, cost=cost, policy="budget", target_drop=target_drop, n_quantiles=n_quantiles)
+            clf = AdaptiveClassifier(nesting, cost=cost, policy="budget", target_drop=target_drop,
+                                     confidence=confidence, n_quantiles=n_quantiles)
             templates[f"budget-{cost}"] = (clf, {"budget": budget})
     for name, (clf, goal) in templates.items():
         res = repeated_splits(clf, data["val"], data["test"], num_classes, seeds=seeds, fit_fraction=fit_fraction,
@@ -180,7 +182,8 @@ def report_markdown(result: dict) -> str:
         "",
         f"Thresholds fitted on a random {s['fit_fraction']:.0%} of val ({result['n_val']} samples), measured on the "
         f"rest and on test ({result['n_test']}); {s['seeds']} seeds, mean ± std. Budget target: largest size's "
-        f"fit accuracy minus {100 * s['target_drop']:.2f} points"
+        f"fit accuracy minus {100 * s['target_drop']:.2f} points, held at a {s['confidence']:.0%} lower "
+        f"confidence bound; {s['n_quantiles']} candidate thresholds per size"
         + (f"; budget {s['budget']}" if s["budget"] is not None else "") + ".",
         "",
         "| policy | minimises | expected dims (final) | expected dims (cumulative) | accuracy, rest of val | "

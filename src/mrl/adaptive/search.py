@@ -379,3 +379,56 @@ def budget_thresholds(
     """
     sweep = sweep_thresholds(confidences, utility, costs, **sweep_options)
     return sweep.thresholds[sweep.select(min_utility=min_utility, max_cost=max_cost)].copy(), sweep
+
+
+def select_with_confidence(
+    sweep: ThresholdSweep,
+    confidences: np.ndarray,
+    utility: np.ndarray,
+    min_value: float,
+    reference: np.ndarray | None = None,
+    z: float = 1.2815515655446004,
+) -> int:
+    """Cheapest front point whose mean utility clears ``min_value`` with a safety margin.
+
+    The cheapest point that only just reaches a target on the fit data is chosen *because* it got
+    lucky there, so it tends to fall short on new data. Here each front point's per-sample utility,
+    minus ``reference`` (e.g. the largest size's utility, so the difference is paired and its noise
+    small), must have a one-sided normal lower confidence bound ``mean - z * std / sqrt(N)`` of at
+    least ``min_value``. z = 1.28 is a 90% bound; z = 0 is :meth:`ThresholdSweep.select`.
+
+    Args:
+        sweep: a front fitted on ``confidences``/``utility`` [S, N].
+        min_value: the least mean of (utility - reference), e.g. -0.002 for "at most 0.2 points
+            below the reference".
+        reference: [N] per-sample reference utility, or None for 0.
+
+    Returns:
+        an index into the sweep; the most useful point if none qualifies.
+
+    Example:
+        >>> from mrl.adaptive.cascading import head_costs
+        >>> rng = np.random.default_rng(0)
+        >>> conf, correct = rng.random((2, 400)), (rng.random((2, 400)) < [[0.7], [0.9]]).astype(float)
+        >>> sweep = sweep_thresholds(conf, correct, head_costs([8, 64]), n_quantiles=20)
+        >>> plain = sweep.select(min_utility=correct[1].mean() - 0.01)
+        >>> safe = select_with_confidence(sweep, conf, correct, -0.01, reference=correct[1])
+        >>> bool(sweep.cost[safe] >= sweep.cost[plain])
+        True
+    """
+    conf = check_confidences(confidences)
+    util = _check_utility(utility, conf.shape)
+    ref = np.zeros(conf.shape[1]) if reference is None else np.asarray(reference, dtype=np.float64)
+    if ref.shape != (conf.shape[1],):
+        raise MRLError(f"reference must be [N] = [{conf.shape[1]}], got shape {ref.shape}")
+    if z < 0:
+        raise MRLError(f"z must be >= 0, got {z}")
+    n = conf.shape[1]
+    cols = np.arange(n)
+    for i, thr in enumerate(sweep.thresholds):
+        diff = util[_cascade(conf, thr), cols] - ref
+        spread = diff.std(ddof=1) if n > 1 else 0.0
+        if diff.mean() - z * spread / np.sqrt(n) >= min_value - 1e-12:
+            return i
+    log.warning("no front point reaches %.6g with the margin z=%.3g; using the most useful one", min_value, z)
+    return len(sweep.cost) - 1

@@ -26,12 +26,15 @@ from mrl.errors import MRLError
                    "heads run, or their multiply-adds m*C.")
 @click.option("--target-drop", type=float, default=0.2, show_default=True,
               help="Budget policy: accuracy (points) it may lose against the largest size on the fit data.")
+@click.option("--confidence", type=float, default=0.9, show_default=True,
+              help="Budget policy: the target must hold for a lower confidence bound at this level on the fit "
+                   "data (0.5: take the fit accuracy at face value).")
 @click.option("--budget", type=float, default=None,
               help="Budget policy: instead of a target, the most expected cost to spend (units of --cost).")
 @click.option("--seeds", type=int, default=30, show_default=True, help="Random val splits to fit and measure on.")
 @click.option("--fit-fraction", type=float, default=0.5, show_default=True,
               help="Share of val used to fit the thresholds; the rest measures them.")
-@click.option("--n-quantiles", type=int, default=100, show_default=True,
+@click.option("--n-quantiles", type=int, default=25, show_default=True,
               help="Budget policy: candidate thresholds per size (quantiles of its confidence).")
 @click.option("--ff", "ff_runs", type=click.Path(file_okay=False, path_type=Path), multiple=True,
               help="A fixed-feature run directory (repeatable); its eval.json top-1 is drawn as a point.")
@@ -39,7 +42,8 @@ from mrl.errors import MRLError
               help="Folder to create for adaptive.json, adaptive.png and report.md.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def adaptive_command(run_dir: Path, policy: str, costs: tuple[str, ...], target_drop: float, budget: float | None,
+def adaptive_command(run_dir: Path, policy: str, costs: tuple[str, ...], target_drop: float, confidence: float,
+                     budget: float | None,
                      seeds: int, fit_fraction: float, n_quantiles: int, ff_runs: tuple[Path, ...], out: Path,
                      overwrite: bool, quiet: bool) -> None:
     """Adaptive classification: answer each input with the smallest confident nesting size.
@@ -56,7 +60,7 @@ def adaptive_command(run_dir: Path, policy: str, costs: tuple[str, ...], target_
     policies = ["greedy", "budget"] if policy == "all" else [policy]
     result = run_adaptive(
         run_dir, out, policies=policies, costs=list(dict.fromkeys(costs)), target_drop=target_drop / 100.0,
-        budget=budget, seeds=seeds, fit_fraction=fit_fraction, n_quantiles=n_quantiles, ff_runs=list(ff_runs),
+        confidence=confidence, budget=budget, seeds=seeds, fit_fraction=fit_fraction, n_quantiles=n_quantiles, ff_runs=list(ff_runs),
         overwrite=overwrite, progress=not quiet,
     )
     for name, res in result["policies"].items():
