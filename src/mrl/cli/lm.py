@@ -1,0 +1,159 @@
+"""``mrl lm train|eval|generate``: the Matryoshka language model from the command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from mrl.errors import MRLError
+
+_MODEL_OPTIONS = ("vocab_size", "context", "d_model", "n_layers", "n_heads", "head", "nesting")
+_TRAIN_OPTIONS = ("steps", "batch_size", "lr", "seed")
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    if threads < 1:
+        raise MRLError(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
+@click.group("lm")
+def lm_group() -> None:
+    """Matryoshka language model: nested output heads, per-size perplexity, adaptive decoding."""
+
+
+@lm_group.command("train")
+@click.option("--corpus", default="wordnet", show_default=True, help="wordnet (WordNet 3.0 glosses), or a .txt file or folder of .txt files.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory to create (or resume).")
+@click.option("--head", type=click.Choice(["mrl", "mrl-e", "ff"]), default="mrl", show_default=True,
+              help="mrl: one head per size; mrl-e: heads tied to the input embedding; ff: one head of --ff-size dims.")
+@click.option("--ff-size", type=int, default=None, help="Final representation size m of an ff model (a d -> m projection).")
+@click.option("--nesting", default="8,16,32,64,128", show_default=True, help="Comma-separated ascending head sizes (mrl, mrl-e).")
+@click.option("--vocab-size", type=int, default=2048, show_default=True, help="BPE vocabulary size (tokenizer trained on the corpus).")
+@click.option("--d-model", type=int, default=128, show_default=True, help="Hidden size d of the transformer.")
+@click.option("--layers", "n_layers", type=int, default=2, show_default=True, help="Transformer blocks.")
+@click.option("--n-heads", type=int, default=4, show_default=True, help="Attention heads per block.")
+@click.option("--context", type=int, default=64, show_default=True, help="Context length in tokens.")
+@click.option("--steps", type=int, default=400, show_default=True, help="Optimisation steps.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Windows per step.")
+@click.option("--lr", type=float, default=3e-3, show_default=True, help="Peak AdamW learning rate (warm-up, cosine decay).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weights and batch order.")
+@click.option("--tokenizer", type=click.Path(dir_okay=False, exists=True), default=None, help="Reuse this tokenizer.json instead of training one.")
+@click.option("--tokens-from", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Copy tokenizer and token ids from this run of the same corpus (compared models see the same tokens).")
+@click.option("--config", type=click.Path(dir_okay=False, exists=True), default=None,
+              help='JSON {"model": {...}, "train": {...}} (as a run\'s config.json); flags given override it.')
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint (settings come from its config.json).")
+@click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def train_command(ctx: click.Context, corpus: str, out: Path, ff_size: int | None, tokenizer: str | None, tokens_from: str | None,
+                  config: str | None, resume: bool, threads: int, quiet: bool, **params) -> None:
+    """Train a Matryoshka LM; writes config.json, tokenizer.json, safetensors checkpoints,
+    metrics.jsonl (train and validation loss per size) and model.safetensors."""
+    from mrl.io import read_json
+    from mrl.lm.model import LMConfig
+    from mrl.lm.train import TrainConfig, prepare_run, train
+    from mrl.nesting import parse_nesting
+
+    _set_threads(threads)
+    if resume and (out / "config.json").exists():
+        train(out, resume=True, progress=not quiet)
+        return
+    if (out / "config.json").exists():
+        raise MRLError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    given = {k: v for k, v in params.items() if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
+    base = read_json(config) if config else {}
+    if not isinstance(base, dict) or set(base) - {"model", "train", "corpus"}:
+        raise MRLError(f"--config must hold a JSON object with keys model, train (and corpus), got {config}")
+    model_values = {**base.get("model", {}), **{k: v for k, v in given.items() if k in _MODEL_OPTIONS}}
+    train_values = {**base.get("train", {}), **{k: v for k, v in given.items() if k in _TRAIN_OPTIONS}}
+    for k in _MODEL_OPTIONS:
+        model_values.setdefault(k, params[k])
+    for k in _TRAIN_OPTIONS:
+        train_values.setdefault(k, params[k])
+    if isinstance(model_values["nesting"], str):
+        model_values["nesting"] = parse_nesting(model_values["nesting"], model_values["d_model"])
+    if model_values["head"] == "ff":
+        if ff_size is None and len(model_values["nesting"]) != 1:
+            raise MRLError("an ff model needs --ff-size M (its final representation size)")
+        if ff_size is not None:
+            model_values["nesting"] = [ff_size]
+    elif ff_size is not None:
+        raise MRLError(f"--ff-size applies to --head ff only, got --head {model_values['head']}")
+    model_config = LMConfig.from_dict(model_values)
+    train_config = TrainConfig.from_dict(train_values)
+    prepare_run(out, base.get("corpus", corpus), model_config, train_config, tokenizer_path=tokenizer, tokens_from=tokens_from)
+    train(out, progress=not quiet)
+
+
+@lm_group.command("eval")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--max-tokens", type=int, default=None, help="Score at most this many validation tokens (default all).")
+@click.option("--tolerance", type=float, default=0.01, show_default=True,
+              help="Adaptive decoding: allowed relative perplexity increase over the full head.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Windows per forward pass.")
+@click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def eval_command(run_dir: Path, max_tokens: int | None, tolerance: float, batch_size: int, threads: int, quiet: bool) -> None:
+    """Per-size validation perplexity and top-1 (eval.json); for models with several sizes, also
+    fit adaptive-decoding thresholds (adaptive.json)."""
+    from mrl.lm.evaluate import evaluate_run, fit_adaptive
+
+    _set_threads(threads)
+    if not tolerance >= 0:
+        raise MRLError(f"--tolerance must be >= 0, got {tolerance}")
+    summary = evaluate_run(run_dir, batch_size=batch_size, max_tokens=max_tokens, progress=not quiet)
+    click.echo(f"{summary['tokens']} validation tokens")
+    click.echo("size  perplexity  top-1")
+    for m in summary["nesting"]:
+        click.echo(f"{m:>4}  {summary['ppl'][str(m)]:>10.2f}  {100 * summary['top1'][str(m)]:5.1f}%")
+    if len(summary["nesting"]) > 1:
+        a = fit_adaptive(run_dir, tolerance=tolerance)
+        c = a["chosen"]
+        click.echo(
+            f"adaptive: perplexity {c['ppl']:.2f} ({100 * c['ppl_increase']:+.2f}% vs full head), top-1 {100 * c['top1']:.1f}%, "
+            f"{c['flops_reduction']:.2f}x fewer head multiply-adds per token"
+        )
+
+
+@lm_group.command("generate")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--prompt", default="", help="Text to continue (empty: start a new document).")
+@click.option("--max-size", type=int, default=None, help="Use the head of this size for every token (default: the largest).")
+@click.option("--adaptive", is_flag=True, help="Per token, the smallest head whose confidence passes the thresholds of adaptive.json.")
+@click.option("--max-new-tokens", type=int, default=40, show_default=True, help="Tokens to sample at most.")
+@click.option("--temperature", type=float, default=0.8, show_default=True, help="Sampling temperature (0: greedy).")
+@click.option("--top-k", type=int, default=40, show_default=True, help="Sample among the k most likely tokens.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+def generate_command(run_dir: Path, prompt: str, max_size: int | None, adaptive: bool, max_new_tokens: int,
+                     temperature: float, top_k: int, seed: int) -> None:
+    """Sample a continuation of --prompt; prints the text, then (to stderr) the head sizes used and
+    the output-head multiply-adds per token."""
+    from mrl.io import read_json
+    from mrl.lm.decoding import generate
+    from mrl.lm.tokenizer import LMTokenizer
+    from mrl.lm.train import load_model
+
+    if adaptive and max_size is not None:
+        raise MRLError("give either --max-size or --adaptive, not both")
+    model = load_model(run_dir)
+    tokenizer = LMTokenizer.load(run_dir / "tokenizer.json")
+    thresholds = None
+    if adaptive:
+        if not (run_dir / "adaptive.json").exists():
+            raise MRLError(f"{run_dir} has no adaptive.json; run `mrl lm eval {run_dir}` first")
+        thresholds = read_json(run_dir / "adaptive.json")["thresholds"]
+    out = generate(model, tokenizer, prompt, max_new_tokens=max_new_tokens, size=max_size, thresholds=thresholds,
+                   temperature=temperature, top_k=top_k, seed=seed)
+    click.echo(out.text)
+    full = model.config.d_model * model.config.vocab_size
+    print(f"sizes used: {out.sizes}", file=sys.stderr)
+    print(f"head multiply-adds per token: {out.head_macs_per_token:.0f} ({full / out.head_macs_per_token:.2f}x fewer than the full head)", file=sys.stderr)
+
+
+COMMANDS = [lm_group]
