@@ -156,9 +156,9 @@ def _plot(path: Path, result: dict, ff: dict[int, float]) -> None:
     if ff:
         points["FF"] = (list(ff), list(ff.values()))
     for name, res in result["policies"].items():
-        dims_key = "expected_cumulative_dims" if name.endswith("cumulative") else "expected_dims"
-        points[f"{name} ({dims_key.replace('expected_', '').replace('_', ' ')})"] = (
-            [res["test"][dims_key]["mean"]], [res["test"]["accuracy"]["mean"]])
+        cumulative = name.endswith("cumulative")
+        dims = res["test"]["expected_cumulative_dims" if cumulative else "expected_dims"]["mean"]
+        points[f"{name} ({'cumulative' if cumulative else 'final'} dims, test)"] = ([dims], [res["test"]["accuracy"]["mean"]])
     plot_cost_accuracy(path, curves, points, oracle=result["oracle"]["test"],
                        title=f"Adaptive classification, {Path(result['run_dir']).name} (d={result['d']})")
 
