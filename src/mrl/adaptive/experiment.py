@@ -8,7 +8,6 @@ accuracy vs expected-dims front next to the fixed sizes of MRL and of FF baselin
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mrl.adaptive.cascading import as_logits, max_softmax
-from mrl.adaptive.classifier import _check_labels, AdaptiveClassifier
+from mrl.adaptive.classifier import AdaptiveClassifier, _check_labels
 from mrl.adaptive.plot import plot_cost_accuracy
 from mrl.adaptive.protocol import (
     oracle_accuracy,
@@ -28,8 +27,6 @@ from mrl.adaptive.protocol import (
 from mrl.errors import MRLError
 from mrl.io import atomic_directory, atomic_write_text, load_npy, read_json, write_json
 from mrl.nesting import validate_nesting
-
-log = logging.getLogger(__name__)
 
 GOAL_RATIO = 14  # the paper's headline: the largest size's accuracy at 1/14 of its dims
 

@@ -14,7 +14,12 @@
   largest), warm-starting each lam from the last. Every point evaluated on the way, not only the
   Lagrangian optima, is kept and reduced to its Pareto front (:func:`pareto_front`), so the front
   includes non-convex points a pure Lagrangian method would miss, and no returned point is
-  dominated by another evaluated one.
+  dominated by another evaluated one. A polish then reruns the descent from points along the
+  front with the constraint itself as the goal (cheapest at that utility, best at that cost). On
+  small problems where every grid combination can be scored (:func:`exhaustive_thresholds`) the
+  front matches the exhaustive one at almost every target (tests/test_adaptive.py).
+- :func:`select_with_confidence` picks the front point for a target with a margin for the noise of
+  the fit data; :func:`budget_thresholds` is the one-call budget policy on per-sample arrays.
 
 Utilities are "higher is better" per sample [S, N]: 0/1 correctness for classification; for a
 language model pass minus the per-token loss, so "mean loss <= L" is ``min_utility=-L``.
@@ -31,7 +36,6 @@ import numpy as np
 from mrl.adaptive.cascading import (
     HeadCosts,
     _cascade,
-    cascade,
     _check_utility,
     check_confidences,
     check_thresholds,
@@ -370,7 +374,7 @@ def budget_thresholds(
     For a loss (lower is better) pass ``utility=-loss`` and ``min_utility=-max_mean_loss``.
 
     Example:
-        >>> from mrl.adaptive.cascading import head_costs
+        >>> from mrl.adaptive.cascading import cascade, head_costs
         >>> nll = np.array([[0.1, 2.0, 0.2, 3.0], [0.1, 0.5, 0.2, 0.4]])  # per-token loss per size
         >>> conf = np.exp(-nll)  # e.g. the probability of the chosen token
         >>> thr, _ = budget_thresholds(conf, -nll, head_costs([64, 512]), min_utility=-0.3, n_quantiles=4)
