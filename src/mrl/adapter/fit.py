@@ -1,0 +1,250 @@
+"""Fitting a :class:`~mrl.adapter.model.MatryoshkaAdapter` on frozen embeddings.
+
+Two modes, as in Matryoshka-Adaptor (Yoon et al., 2024, sections 3.1-3.2):
+
+* unsupervised: only a corpus of embeddings [N, d]. Each step takes a batch of rows, their k
+  nearest neighbours in the frozen full-size space (exact search once, before training) and
+  minimises :class:`~mrl.adapter.losses.UnsupervisedAdapterLoss` over every prefix of the nesting.
+* supervised: (query, relevant document) embedding pairs [P, d] as well. Each step adds the in-batch
+  ranking loss over every prefix (:func:`~mrl.adapter.losses.supervised_adapter_loss`, MRL's nested
+  objective, Kusupati et al. 2022 eq. 1) to the unsupervised terms, which keep the adapter from
+  drifting away from the frozen geometry on the few pairs it sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mrl.adapter.losses import UnsupervisedAdapterLoss, supervised_adapter_loss
+from mrl.adapter.model import MatryoshkaAdapter
+from mrl.errors import MRLError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitConfig:
+    """How an adapter is trained; saved with it.
+
+    Attributes:
+        epochs: passes over the corpus (unsupervised) or over the pairs (supervised).
+        batch_size: rows (or pairs) per step; the pairwise term compares all B^2 pairs of a batch.
+        lr: AdamW learning rate; 1e-3 moves a zero-initialised adapter quickly but smoothly.
+        weight_decay: AdamW weight decay; 0 because the reconstruction term already regularises.
+        neighbours: k of the neighbour term: the top-k is what retrieval at k = 10 reads.
+        pairwise_weight: weight of the global pairwise-similarity term.
+        neighbour_weight: weight of the top-k similarity term.
+        reconstruction_weight: weight of ||f(e) - e||^2; keeps the full-size output usable.
+        supervised_weight: weight of the ranking loss (supervised mode only).
+        temperature: softmax temperature of the ranking loss (sentence-transformers' scale 20).
+        seed: seed of the initial weights and the batch order.
+    """
+
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    neighbours: int = 10
+    pairwise_weight: float = 1.0
+    neighbour_weight: float = 1.0
+    reconstruction_weight: float = 1.0
+    supervised_weight: float = 1.0
+    temperature: float = 0.05
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FitConfig:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise MRLError(f"unknown fit config key(s) {unknown}; known: {sorted(known)}")
+        return cls(**data).validate()
+
+    def validate(self) -> FitConfig:
+        for name in ("epochs", "batch_size", "neighbours"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "neighbours" else 1):
+                raise MRLError(f"{name} must be a {'non-negative' if name == 'neighbours' else 'positive'} integer, got {value!r}")
+        for name in ("lr", "temperature"):
+            if not getattr(self, name) > 0:
+                raise MRLError(f"{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("weight_decay", "pairwise_weight", "neighbour_weight", "reconstruction_weight", "supervised_weight"):
+            if not getattr(self, name) >= 0:
+                raise MRLError(f"{name} must be non-negative, got {getattr(self, name)!r}")
+        return self
+
+
+def _as_tensor(name: str, array: np.ndarray | torch.Tensor, dim: int) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(array) if not isinstance(array, torch.Tensor) else array)
+    if x.dim() != 2 or not x.is_floating_point():
+        raise MRLError(f"{name} must be a float matrix [N, d], got shape {tuple(x.shape)} and dtype {x.dtype}")
+    if x.shape[1] != dim:
+        raise MRLError(f"{name} have {x.shape[1]} dimensions but the adapter expects {dim}")
+    if len(x) == 0:
+        raise MRLError(f"{name} must not be empty")
+    if not torch.isfinite(x).all():
+        raise MRLError(f"{name} contain NaN or infinite values")
+    return x.float()
+
+
+@torch.no_grad()
+def nearest_neighbours(embeddings: torch.Tensor, k: int, block_size: int = 4096) -> torch.Tensor:
+    """Indices of each row's k most cosine-similar other rows, by blockwise exact search.
+
+    Args:
+        embeddings: [N, d].
+        k: neighbours per row, k < N.
+        block_size: rows compared at once (memory is block_size * N floats).
+
+    Returns:
+        int64 [N, k], most similar first; a row is never its own neighbour.
+
+    Example:
+        >>> e = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+        >>> nearest_neighbours(e, 1).flatten().tolist()
+        [1, 0, 1]
+    """
+    n = len(embeddings)
+    if not 0 < k < n:
+        raise MRLError(f"neighbours must be in [1, {n - 1}] for {n} embeddings, got {k}")
+    unit = F.normalize(embeddings.float(), dim=-1)
+    out = torch.empty(n, k, dtype=torch.int64)
+    for start in range(0, n, block_size):
+        sims = unit[start : start + block_size] @ unit.T
+        rows = torch.arange(start, min(start + block_size, n))
+        sims[rows - start, rows] = -math.inf
+        out[start : start + len(rows)] = sims.topk(k, dim=1).indices.cpu()
+    return out
+
+
+def fit_adapter(
+    adapter: MatryoshkaAdapter,
+    embeddings: np.ndarray | torch.Tensor | None = None,
+    queries: np.ndarray | torch.Tensor | None = None,
+    documents: np.ndarray | torch.Tensor | None = None,
+    config: FitConfig | None = None,
+    progress: bool = False,
+) -> list[dict[str, float]]:
+    """Train ``adapter`` in place on frozen embeddings; unsupervised unless pairs are given.
+
+    Args:
+        adapter: the adapter to train (usually new, i.e. the identity).
+        embeddings: corpus [N, d] for the unsupervised terms; in supervised mode it defaults to the
+            queries and documents stacked.
+        queries: query embeddings [P, d] (supervised mode), row i relevant to ``documents[i]``.
+        documents: document embeddings [P, d].
+        config: training settings (default :class:`FitConfig`).
+        progress: show a progress bar on stderr.
+
+    Returns:
+        One record per epoch: the mean of each loss term.
+
+    Raises:
+        MRLError: mismatched shapes, dimensions other than the adapter's, NaN, or a bad config.
+
+    Example:
+        >>> torch.manual_seed(0) and None
+        >>> e = torch.nn.functional.normalize(torch.randn(64, 16), dim=-1)
+        >>> adapter = MatryoshkaAdapter(16, nesting=[4, 16])
+        >>> history = fit_adapter(adapter, e, config=FitConfig(epochs=3, batch_size=32, neighbours=4))
+        >>> len(history), history[-1]["loss"] < history[0]["loss"]
+        (3, True)
+    """
+    config = (config or FitConfig()).validate()
+    if (queries is None) != (documents is None):
+        raise MRLError("supervised fitting needs both queries and documents (or neither)")
+    device = adapter.out.weight.device
+    supervised = queries is not None
+    if supervised:
+        q = _as_tensor("queries", queries, adapter.dim)
+        d = _as_tensor("documents", documents, adapter.dim)
+        if len(q) != len(d):
+            raise MRLError(f"queries and documents must pair up row by row, got {len(q)} and {len(d)} rows")
+        corpus = _as_tensor("embeddings", embeddings, adapter.dim) if embeddings is not None else torch.cat([q, d])
+        q, d = q.to(device), d.to(device)
+    elif embeddings is None:
+        raise MRLError("pass embeddings (unsupervised) or queries and documents (supervised)")
+    else:
+        corpus = _as_tensor("embeddings", embeddings, adapter.dim)
+    if len(corpus) < 2:
+        raise MRLError(f"need at least 2 embeddings to fit an adapter, got {len(corpus)}")
+
+    k = min(config.neighbours, len(corpus) - 1)
+    neighbour_index = nearest_neighbours(corpus, k).to(device) if k > 0 and config.neighbour_weight > 0 else None
+    corpus = corpus.to(device)
+    unsupervised = UnsupervisedAdapterLoss(
+        adapter.nesting,
+        pairwise_weight=config.pairwise_weight,
+        neighbour_weight=config.neighbour_weight,
+        reconstruction_weight=config.reconstruction_weight,
+    ).to(device)
+    ranking = supervised_adapter_loss(adapter.nesting, temperature=config.temperature).to(device)
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    n_items = len(q) if supervised else len(corpus)
+    steps = max(1, math.ceil(n_items / config.batch_size))
+    # With the neighbour term a batch is A anchors plus their k neighbours, so one forward pass
+    # serves both terms and the pairwise term also sees close pairs; A * (k + 1) ~ batch_size.
+    anchors = max(1, config.batch_size // (k + 1)) if neighbour_index is not None else config.batch_size
+    anchors = min(anchors, len(corpus))
+    history: list[dict[str, float]] = []
+    adapter.train()
+    bar = tqdm(total=config.epochs * steps, desc="fit adapter", disable=not progress, leave=False)
+    cursor, corpus_order = len(corpus), torch.empty(0, dtype=torch.int64)
+    for epoch in range(config.epochs):
+        order = torch.randperm(n_items, generator=generator)
+        sums: dict[str, float] = {}
+        for step in range(steps):
+            if cursor + anchors > len(corpus):
+                corpus_order, cursor = torch.randperm(len(corpus), generator=generator).to(device), 0
+            anchor_rows = corpus_order[cursor : cursor + anchors]
+            cursor += anchors
+            if neighbour_index is not None:
+                nbr_rows = neighbour_index[anchor_rows]  # [A, k]
+                batch = corpus[torch.cat([anchor_rows, nbr_rows.reshape(-1)])]
+                adapted = adapter(batch)
+                terms = unsupervised(
+                    adapted[:anchors], batch[:anchors],
+                    adapted[anchors:].view(anchors, k, -1), batch[anchors:].view(anchors, k, -1),
+                    pairwise_adapted=adapted, pairwise_embeddings=batch,
+                )
+            else:
+                batch = corpus[anchor_rows]
+                terms = unsupervised(adapter(batch), batch)
+            rows = order[step * config.batch_size : (step + 1) * config.batch_size]
+            if len(rows) < 2:
+                rows = order[-min(config.batch_size, n_items) :]
+            loss = terms["loss"]
+            if supervised:
+                rows = rows.to(device)
+                terms["ranking"] = ranking(adapter(q[rows]), adapter(d[rows]))
+                loss = loss + config.supervised_weight * terms["ranking"]
+                terms["loss"] = loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            bar.update(1)
+        record = {"epoch": epoch + 1, **{name: total / steps for name, total in sums.items()}}
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+        log.info("epoch %d: %s", epoch + 1, {name: round(value, 5) for name, value in record.items() if name != "epoch"})
+    bar.close()
+    adapter.eval()
+    return history
+
+
+def fit_info(config: FitConfig, history: list[dict[str, float]], **extra: Any) -> dict[str, Any]:
+    """The JSON record saved with a fitted adapter: its settings, its loss history, and ``extra``."""
+    return {"config": asdict(config), "history": history, **extra}
