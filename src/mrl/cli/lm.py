@@ -76,15 +76,14 @@ def train_command(ctx: click.Context, corpus: str, out: Path, ff_size: int | Non
         model_values.setdefault(k, params[k])
     for k in _TRAIN_OPTIONS:
         train_values.setdefault(k, params[k])
-    if isinstance(model_values["nesting"], str):
-        model_values["nesting"] = parse_nesting(model_values["nesting"], model_values["d_model"])
-    if model_values["head"] == "ff":
-        if ff_size is None and len(model_values["nesting"]) != 1:
-            raise MRLError("an ff model needs --ff-size M (its final representation size)")
-        if ff_size is not None:
-            model_values["nesting"] = [ff_size]
+    if model_values["head"] == "ff" and ff_size is not None:
+        model_values["nesting"] = [ff_size]
     elif ff_size is not None:
         raise MRLError(f"--ff-size applies to --head ff only, got --head {model_values['head']}")
+    if isinstance(model_values["nesting"], str):
+        model_values["nesting"] = parse_nesting(model_values["nesting"], model_values["d_model"])
+    if model_values["head"] == "ff" and len(model_values["nesting"]) != 1:
+        raise MRLError("an ff model needs --ff-size M (its final representation size)")
     model_config = LMConfig.from_dict(model_values)
     train_config = TrainConfig.from_dict(train_values)
     prepare_run(out, base.get("corpus", corpus), model_config, train_config, tokenizer_path=tokenizer, tokens_from=tokens_from)

@@ -179,6 +179,12 @@ class MatryoshkaLM(nn.Module):
             weight, bias = self.wte.weight[:, :m], self.head_bias[index]
         return F.linear(h[..., :m], weight, bias)
 
+    def per_size_logits(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """Logits at every size as a list of G tensors [..., V] (the same values as
+        :meth:`logits_from_hidden`). Training uses this: on a CPU, stacking G vocabulary-sized
+        tensors (and the tied head's cumulative sum) costs more than the products themselves."""
+        return [self.logits_from_hidden(h, g) for g in range(len(self.nesting))]
+
     def head_block_logits(self, h: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """MRL-E only: the partial product h[..., start:stop] E[:, start:stop]^T, no bias [..., V].
 

@@ -255,7 +255,8 @@ def train(run_dir: str | os.PathLike, resume: bool = False, stop_after: int | No
         for group in opt.param_groups:
             group["lr"] = lr
         x, y = sample_batch(train_ids, model_config.context, cfg.batch_size, generator)
-        per_size = loss_fn.per_size(model(x).flatten(1, 2), y.flatten())
+        h = model.hidden(x).flatten(0, 1)
+        per_size = loss_fn.per_size(model.per_size_logits(h), y.flatten())
         loss = (loss_fn.weights * per_size).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
