@@ -124,9 +124,15 @@ def cascade(confidences: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
 
 def _cascade(conf: np.ndarray, thr: np.ndarray) -> np.ndarray:
-    stops = np.ones(conf.shape, dtype=bool)
-    stops[:-1] = conf[:-1] >= thr[:, None]
-    return stops.argmax(axis=0).astype(np.int64)
+    chosen = np.full(conf.shape[1], conf.shape[0] - 1, dtype=np.int64)
+    open_ = np.ones(conf.shape[1], dtype=bool)  # row by row: argmax over axis 0 is strided and slow
+    for s, t in enumerate(thr):
+        if t == np.inf:
+            continue
+        stop = open_ & (conf[s] >= t)
+        chosen[stop] = s
+        open_ &= ~stop
+    return chosen
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,7 @@ class _CoordinateSearch:
         self.conf, self.util, self.costs, self.candidates = conf, util, costs, candidates
         self.num_sizes, self.n = conf.shape
         self.cols = np.arange(self.n)
+        self.order = [np.argsort(conf[s], kind="stable") for s in range(self.num_sizes - 1)]
         self.front = (np.empty((0, self.num_sizes - 1)), np.empty(0), np.empty(0))
         self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.keep_evaluated = keep_evaluated
@@ -218,7 +219,7 @@ class _CoordinateSearch:
         reached = chosen >= s
         base_cost = per_answer[chosen[~reached]].sum()
         base_util = self.util[chosen[~reached], self.cols[~reached]].sum()
-        idx = np.flatnonzero(reached)
+        idx = self.order[s][reached[self.order[s]]]  # reached samples, ascending confidence at s
         # what the reached samples get if they do not stop at s: the rest of the cascade
         if s + 1 < self.num_sizes - 1:
             later = _cascade(self.conf[s + 1 :, idx], thresholds[s + 1 :]) + s + 1
@@ -233,11 +234,10 @@ class _CoordinateSearch:
         util_cont = self.util[later, idx]
         cost_stop = self.costs.per_answer(active_s)[s]
         util_stop = self.util[s, idx]
-        order = np.argsort(self.conf[s, idx], kind="stable")
-        conf_sorted = self.conf[s, idx][order]
-        d_cost = np.concatenate([np.cumsum((cost_stop - cost_cont_active[order])[::-1])[::-1], [0.0]])
-        d_util = np.concatenate([np.cumsum((util_stop[order] - util_cont[order])[::-1])[::-1], [0.0]])
-        first_stop = np.searchsorted(conf_sorted, cand, side="left")
+        # the samples that stop at s for a threshold are a suffix of idx: suffix sums of the changes
+        d_cost = np.concatenate([np.cumsum((cost_stop - cost_cont_active)[::-1])[::-1], [0.0]])
+        d_util = np.concatenate([np.cumsum((util_stop - util_cont)[::-1])[::-1], [0.0]])
+        first_stop = np.searchsorted(self.conf[s, idx], cand, side="left")
         cost = base_cost + cost_cont_active.sum() + d_cost[first_stop]
         util = base_util + util_cont.sum() + d_util[first_stop]
         skip = cand == np.inf
