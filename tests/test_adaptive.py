@@ -24,6 +24,7 @@ from mrl.adaptive import (
     pareto_front,
     quantile_candidates,
     repeated_splits,
+    select_with_confidence,
     share_wrong_at_every_size,
     sweep_thresholds,
 )
@@ -402,3 +403,14 @@ def test_budget_thresholds_with_a_loss_meets_the_mean_loss_goal_at_least_cost():
     cheaper = sweep.cost < out.mean_cost
     assert (-sweep.utility[cheaper] > goal).all()
     assert out.mean_cost < costs.per_answer(np.full(3, np.inf))[-1]  # cheaper than always the largest
+
+
+def test_select_with_confidence_errors_and_no_margin_equals_plain_select():
+    logits, labels = synthetic(3, 200, seed=16)
+    conf, correct = max_softmax(logits), (logits.argmax(-1) == labels).astype(float)
+    sweep = sweep_thresholds(conf, correct, head_costs([8, 16, 32]), n_quantiles=15)
+    assert select_with_confidence(sweep, conf, correct, 0.8, z=0.0) == sweep.select(min_utility=0.8)
+    with pytest.raises(MRLError, match=r"reference must be \[N\] = \[200\]"):
+        select_with_confidence(sweep, conf, correct, 0.8, reference=np.zeros(5))
+    with pytest.raises(MRLError, match="z must be >= 0"):
+        select_with_confidence(sweep, conf, correct, 0.8, z=-1.0)
