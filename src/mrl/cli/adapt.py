@@ -84,7 +84,7 @@ def adapt_group() -> None:
               help="k of the top-k similarity term (0 turns it off).")
 @click.option("--pairwise-weight", type=float, default=1.0, show_default=True, help="Weight of the pairwise-similarity term.")
 @click.option("--neighbour-weight", type=float, default=1.0, show_default=True, help="Weight of the top-k similarity term.")
-@click.option("--reconstruction-weight", type=float, default=1.0, show_default=True,
+@click.option("--reconstruction-weight", type=float, default=0.1, show_default=True,
               help="Weight of ||f(e) - e||^2 at full size.")
 @click.option("--supervised-weight", type=float, default=1.0, show_default=True, help="Weight of the ranking loss on --pairs.")
 @click.option("--temperature", type=float, default=0.05, show_default=True, help="Temperature of the ranking loss.")
