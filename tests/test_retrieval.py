@@ -153,6 +153,7 @@ def test_default_funnel_and_costs():
     db, _ = _data()
     index = FunnelIndex(db, shortlist_dim=DS)
     assert index.default_funnel(10) == [(DS, 200), (D, 10)]
+    assert FunnelIndex(db, shortlist_dim=D).default_funnel(10) == [(D, 10)]
     assert stage_flops([(16, 200), (2048, 10)], 10**6) == [16e6, 200 * 2048.0]
     assert funnel_flops([(16, 800), (32, 400), (2048, 10)], 1000, shortlist_distances=50) == 50 * 16 + 800 * 32 + 400 * 2048
 
@@ -297,3 +298,15 @@ def test_errors(call, match):
     index = FunnelIndex(db, shortlist_dim=DS)
     with pytest.raises(MRLError, match=match):
         call(index, queries)
+
+
+def test_tuner_skips_dominated_candidates_and_accepts_ground_truth():
+    db, queries = _data(12)
+    index = FunnelIndex(db, shortlist_dim=DS)
+    _, exact_ids = exact_search(db, queries, k=5)
+    candidates = [[(DS, 5)], [(DS, 200), (D, 5)], [(DS, 400), (D, 5)]]
+    tuner = FunnelTuner(k=5, target_recall=0.95, candidates=candidates).fit(index, queries, exact_ids=exact_ids)
+    assert [r["spec"] for r in tuner.results_] == ["8:5", "8:200,32:5"]  # 8:400,32:5 costs more than a success
+    assert tuner.best_funnel_ == [(DS, 200), (D, 5)]
+    with pytest.raises(MRLError, match="exact_ids has 3 rows but there are 25 sample queries"):
+        FunnelTuner(k=5).fit(index, queries, exact_ids=exact_ids[:3])

@@ -250,13 +250,15 @@ class FunnelIndex:
         return {"vectors": vectors, "shortlist": shortlist, "total": vectors + shortlist}
 
     def default_funnel(self, k: int) -> Funnel:
-        """The tuned funnel when it keeps >= k results, else ``[(d_1, max(200, k)), (D, k)]`` clipped to N."""
+        """The tuned funnel when it keeps >= k results, else ``[(d_1, max(200, k)), (D, k)]`` clipped to N.
+
+        When the shortlist already uses all D dims the default is the single stage ``[(D, k)]``.
+        """
         if self.funnel is not None and self.funnel[-1][1] >= k:
             return list(self.funnel)
-        first = min(max(DEFAULT_SHORTLIST_LENGTH, k), self.ntotal)
         if self.shortlist_dim == self.dim:
-            return [(self.dim, first)]
-        return [(self.shortlist_dim, first), (self.dim, k)]
+            return [(self.dim, k)]
+        return [(self.shortlist_dim, min(max(DEFAULT_SHORTLIST_LENGTH, k), self.ntotal)), (self.dim, k)]
 
     # -- search -----------------------------------------------------------------------------------
 
@@ -379,16 +381,24 @@ class FunnelIndex:
             shortlist_distances = self.last_search["shortlist_distances"]
         return funnel_flops(funnel, self.ntotal, shortlist_distances)
 
-    def tune(self, sample_queries: np.ndarray, k: int = 10, target_recall: float = 0.99, candidates: Sequence[Sequence[tuple[int, int]]] | None = None) -> FunnelTuner:
+    def tune(
+        self,
+        sample_queries: np.ndarray,
+        k: int = 10,
+        target_recall: float = 0.99,
+        candidates: Sequence[Sequence[tuple[int, int]]] | None = None,
+        exact_ids: np.ndarray | None = None,
+    ) -> FunnelTuner:
         """Pick the cheapest funnel whose kNN-recall@k against exact search meets ``target_recall``.
 
         Sets :attr:`funnel` to the choice (used by :meth:`search` when no funnel is given, and
         saved by :meth:`save`) and returns the fitted :class:`~mrl.retrieval.tuning.FunnelTuner`,
         whose ``results_`` give every candidate's measured recall, FLOPs and wall-clock.
+        ``exact_ids`` [Q, >= k] may pass precomputed exact full-dim results for the sample.
         """
         from mrl.retrieval.tuning import FunnelTuner
 
-        tuner = FunnelTuner(k=k, target_recall=target_recall, candidates=candidates).fit(self, sample_queries)
+        tuner = FunnelTuner(k=k, target_recall=target_recall, candidates=candidates).fit(self, sample_queries, exact_ids)
         self.funnel = list(tuner.best_funnel_)
         return tuner
 

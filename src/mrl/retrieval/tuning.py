@@ -27,10 +27,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def candidate_funnels(dim: int, shortlist_dim: int, n_database: int, k: int, max_length: int = 16384) -> list[Funnel]:
+def candidate_funnels(dim: int, shortlist_dim: int, n_database: int, k: int, max_length: int = 2048) -> list[Funnel]:
     """A grid of funnels from ``shortlist_dim`` to ``dim`` ending with k results.
 
-    Shortlist lengths n_1 = k, 2k, 4k, ... (up to ``max_length`` and N); for each, three shapes:
+    Shortlist lengths n_1 = k, 2k, 4k, ... (up to ``max_length``, the paper's largest shortlist,
+    and N); for each, three shapes:
     two stages (d_1 -> D), three stages (d_1 -> 4 d_1 -> D) and the doubling cascade
     (d_1 -> 2 d_1 -> 4 d_1 -> ... -> D), lengths shrinking geometrically from n_1 to k.
 
@@ -62,6 +63,11 @@ def candidate_funnels(dim: int, shortlist_dim: int, n_database: int, k: int, max
     return out
 
 
+def _dominates(cheaper: Funnel, funnel: Funnel) -> bool:
+    """True when ``funnel`` has the same stage dims as ``cheaper`` and no shorter shortlist."""
+    return [d for d, _ in cheaper] == [d for d, _ in funnel] and all(a <= b for (_, a), (_, b) in zip(cheaper, funnel))
+
+
 class FunnelTuner:
     """Measure candidate funnels on sample queries and keep the cheapest that meets a recall target.
 
@@ -72,7 +78,7 @@ class FunnelTuner:
 
     Attributes:
         exact_ids_: int [Q, k] exact full-dim results for the sample.
-        results_: one dict per candidate: funnel, spec, knn_recall, flops_per_query, mflops,
+        results_: one dict per measured candidate: funnel, spec, knn_recall, flops_per_query, mflops,
             ms_per_query, meets_target.
         best_: the chosen entry of ``results_``; best_funnel_: its funnel.
         target_met_: False when no candidate met the target and the most accurate one was kept.
@@ -92,8 +98,18 @@ class FunnelTuner:
         self.target_recall = target_recall
         self.candidates = candidates
 
-    def fit(self, index: FunnelIndex, sample_queries: np.ndarray) -> FunnelTuner:
-        """Search ``sample_queries`` [Q, D] with every candidate and choose; returns self."""
+    def fit(self, index: FunnelIndex, sample_queries: np.ndarray, exact_ids: np.ndarray | None = None) -> FunnelTuner:
+        """Search ``sample_queries`` [Q, D] with the candidates and choose; returns self.
+
+        A candidate is skipped when one already measured with the same stage dims and no longer
+        shortlists met the target: it costs at least as much, so it cannot be chosen.
+
+        Args:
+            index: the index to tune.
+            sample_queries: [Q, D] float queries.
+            exact_ids: int [Q, >= k] exact full-dim results for the sample, when already computed
+                (default: computed here with :func:`~mrl.retrieval.exact_search`).
+        """
         for name in ("exact_ids_", "results_", "best_", "best_funnel_", "target_met_"):
             self.__dict__.pop(name, None)
         if not isinstance(self.target_recall, (int, float)) or not 0 < self.target_recall <= 1:
@@ -106,10 +122,15 @@ class FunnelTuner:
             candidates = [validate_funnel(f, index.dim, index.shortlist_dim, index.ntotal, self.k) for f in self.candidates]
             if not candidates:
                 raise MRLError("candidates must hold at least one funnel")
-        _, exact_ids = exact_search(index.vectors, sample_queries, self.k, metric=index.metric)
+        if exact_ids is None:
+            _, exact_ids = exact_search(index.vectors, sample_queries, self.k, metric=index.metric)
+        elif len(exact_ids) != len(sample_queries):
+            raise MRLError(f"exact_ids has {len(exact_ids)} rows but there are {len(sample_queries)} sample queries")
         index.search(sample_queries[: min(8, len(sample_queries))], self.k, candidates[0])  # warm-up
         results = []
         for funnel in candidates:
+            if any(_dominates(r["funnel"], funnel) for r in results if r["meets_target"]):
+                continue
             _, ids = index.search(sample_queries, self.k, funnel)
             stats = index.last_search
             recall = float(knn_recall_at_k(ids, exact_ids, self.k).mean())
