@@ -72,7 +72,7 @@ def test_learning_rate_schedule():
     assert all(a >= b for a, b in zip(values[2:], values[3:])) and values[-1] == pytest.approx(0.1)
     with pytest.raises(MRLError, match=r"unknown training option\(s\) \['epochs'\]"):
         TrainConfig.from_dict({"epochs": 3})
-    with pytest.raises(MRLError, match="steps must be a positive integer, got 0"):
+    with pytest.raises(MRLError, match="steps must be an integer >= 1, got 0"):
         TrainConfig(steps=0)
 
 
@@ -127,6 +127,9 @@ def test_fit_adaptive_needs_several_sizes(tmp_path, corpus_file):
     evaluate_run(run, progress=False)
     with pytest.raises(MRLError, match=r"adaptive decoding needs a model with several head sizes"):
         fit_adaptive(run)
+    model, tok = load_model(run), LMTokenizer.load(run / "tokenizer.json")
+    out = generate(model, tok, "the", max_new_tokens=3, stop_at_end=False)
+    assert out.sizes == [8] * 3 and out.head_macs_per_token == 8 * 64 + 16 * 8  # head + d -> m projection
 
 
 def test_generate_fixed_and_adaptive(trained):

@@ -33,6 +33,15 @@ from mrl.nesting import validate_nesting
 HEAD_KINDS = ("mrl", "mrl-e", "ff")
 
 
+def config_from_dict(cls: type, values: dict, what: str):
+    """``cls(**values)`` for a config dataclass, with unknown keys an error naming them."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise MRLError(f"unknown {what} option(s) {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
 @dataclass
 class LMConfig:
     """Shape of the LM. Defaults fit a few CPU minutes of training per model."""
@@ -64,11 +73,7 @@ class LMConfig:
     @classmethod
     def from_dict(cls, values: dict) -> LMConfig:
         """Build from a dict (e.g. config.json's "model"); unknown keys are errors."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise MRLError(f"unknown model option(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return config_from_dict(cls, values, "model")
 
 
 class CausalSelfAttention(nn.Module):

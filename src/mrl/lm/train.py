@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,7 @@ from mrl.errors import MRLError
 from mrl.io import append_jsonl, load_npy, load_tensors, read_json, save_npy, save_tensors, write_json
 from mrl.losses import MatryoshkaLoss
 from mrl.lm.corpus import load_corpus
-from mrl.lm.model import LMConfig, MatryoshkaLM
+from mrl.lm.model import LMConfig, MatryoshkaLM, config_from_dict
 from mrl.lm.tokenizer import LMTokenizer
 
 log = logging.getLogger(__name__)
@@ -55,18 +55,16 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "warmup_steps", "checkpoint_every", "log_every", "eval_batches"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "warmup_steps" else 1):
-                raise MRLError(f"{name} must be a positive integer, got {value!r}")
+            least = 0 if name == "warmup_steps" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise MRLError(f"{name} must be an integer >= {least}, got {value!r}")
         if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
             raise MRLError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise MRLError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        """Build from a dict (e.g. config.json's "train"); unknown keys are errors."""
+        return config_from_dict(cls, values, "training")
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:

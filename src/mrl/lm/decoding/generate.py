@@ -59,7 +59,8 @@ def _next_logits(model: MatryoshkaLM, h: torch.Tensor, index: int | None, thresh
     nesting, vocab = model.nesting, model.config.vocab_size
     if thresholds is None:
         index = len(nesting) - 1 if index is None else index
-        m = model.config.d_model if model.config.head == "ff" else nesting[index]
+        m = nesting[index]
+        # an FF model also projects d -> m before its head
         cost = m * vocab + (model.config.d_model * m if model.config.head == "ff" else 0)
         return model.logits_from_hidden(h, index), index, float(cost)
     tied = model.config.head == "mrl-e"
