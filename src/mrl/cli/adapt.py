@@ -7,15 +7,12 @@ row i of the other. The adapter directory holds ``adapter.safetensors`` and ``co
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
 import numpy as np
 
 from mrl.errors import MRLError
-
-log = logging.getLogger(__name__)
 
 # Flag name -> FitConfig field; only flags given on the command line override --config.
 _FIT_FIELDS = (
