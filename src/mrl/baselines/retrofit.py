@@ -1,0 +1,145 @@
+"""MRL retro-fitting: Matryoshka heads trained on a frozen FF-d model (the paper's cheap variant).
+
+MRL paper, Appendix (MRL on a pretrained FF model, "fine-tuning only the last layer"): start from
+a trained FF-d model, freeze everything below the representation layer, and train that layer
+together with new Matryoshka heads (one W_m per m, as MRL) with the Matryoshka loss. With
+``last_layer=False`` only the heads are trained; z is then the FF-d representation itself, so
+1-NN equals FF-d's truncated prefixes and only the linear heads change.
+
+The frozen trunk runs in eval mode (its BatchNorm statistics stay those of the FF-d model); the
+recipe is otherwise that of :mod:`mrl.training` (AdamW, warm-up + cosine, seeded shuffling and
+augmentation). A retro-fit is cheap (a fraction of one run), so it is stored whole: the directory
+(config.json, model.safetensors, eval.json) appears atomically once it is complete.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from mrl.baselines.parts import split_backbone
+from mrl.config import TrainConfig
+from mrl.data import Dataset
+from mrl.errors import MRLError
+from mrl.evaluation import EVAL_FILE, embed, knn1_accuracy, load_run, topk_accuracy
+from mrl.heads import MatryoshkaLinear
+from mrl.io import atomic_directory, read_json, save_tensors, write_json
+from mrl.losses import MatryoshkaLoss
+from mrl.models import MatryoshkaClassifier
+from mrl.nesting import parse_nesting
+from mrl.training import CONFIG_FILE, augment, lr_at, predict_logits, read_state
+
+METHOD = "retrofit"
+MODEL_FILE = "model.safetensors"
+
+
+def is_done(out: str | Path) -> bool:
+    """A retro-fit directory exists only once complete (it is written atomically)."""
+    return (Path(out) / EVAL_FILE).is_file()
+
+
+def retrofit(
+    base_run: str | Path, out: str | Path, nesting: Sequence[int] | str | None = None, epochs: int | None = None,
+    lr: float | None = None, last_layer: bool = True, seed: int | None = None, data: Dataset | None = None,
+    progress: bool = True,
+) -> dict:
+    """Retro-fit MRL heads onto the FF-d run ``base_run``; write ``out`` and return its eval.json.
+
+    Args:
+        base_run: a finished FF run directory (mode ff, representation size d).
+        out: directory to create (must not exist).
+        nesting: sizes of the new heads (default 8, 16, ..., d).
+        epochs, lr, seed: default to the base run's.
+        last_layer: also fine-tune the representation layer (default); False trains heads only.
+    """
+    base_run, out = Path(base_run), Path(out)
+    base_config, base, data, device = load_run(base_run, data)
+    if base_config.mode != "ff":
+        raise MRLError(f"retro-fit needs an FF run as its base, got mode {base_config.mode!r} in {base_run}")
+    d = base_config.rep_dim
+    config = TrainConfig(
+        data=base_config.data, data_dir=base_config.data_dir, mode="mrl", arch=base_config.arch, rep_dim=d,
+        nesting=parse_nesting(nesting, d) if not isinstance(nesting, list) else nesting,
+        epochs=epochs or base_config.epochs, batch_size=base_config.batch_size, lr=lr or base_config.lr,
+        weight_decay=base_config.weight_decay, warmup_epochs=base_config.warmup_epochs, augment=base_config.augment,
+        max_train=base_config.max_train, seed=base_config.seed if seed is None else seed,
+        extra={"method": METHOD, "last_layer": last_layer, "base_model_sha256": read_state(base_run)["model_sha256"]},
+    )
+    model = MatryoshkaClassifier(base.backbone, data.num_classes, config.nesting, tied=False)
+    torch.manual_seed(config.seed)
+    model.head = MatryoshkaLinear(d, data.num_classes, config.nesting).to(device)
+    parts = split_backbone(model.backbone)
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    trained = list(model.head.parameters())
+    if last_layer:
+        for p in parts.last.parameters():
+            p.requires_grad_(True)
+        trained += list(parts.last.parameters())
+    optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
+    criterion = MatryoshkaLoss(nesting=config.nesting).to(device)
+    n = len(data.train)
+    steps_per_epoch = max(1, n // config.batch_size)
+    total, warmup = steps_per_epoch * config.epochs, int(config.warmup_epochs * steps_per_epoch)
+    use_augment = config.augment and data.kind == "image"
+    started, step = time.time(), 0
+    for epoch in range(config.epochs):
+        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=gen)
+        model.eval()
+        parts.last.train(last_layer)
+        for i in tqdm(range(steps_per_epoch), desc=f"retro-fit epoch {epoch + 1}/{config.epochs}", disable=not progress,
+                      leave=False, dynamic_ncols=True):
+            idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
+            x, y = data.train.x[idx], data.train.y[idx]
+            if use_augment:
+                x = augment(x, gen)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total, warmup, config.lr)
+            with torch.no_grad():
+                h = parts.trunk(x.to(device))
+            z = parts.finish(parts.last(h))
+            loss = criterion(model.head(z), y.to(device))
+            if not torch.isfinite(loss):
+                raise MRLError(f"retro-fit diverged at epoch {epoch + 1}, step {i}; lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+    seconds = time.time() - started
+    result = _evaluate(model, config, data, device)
+    result["train_seconds"] = seconds
+    with atomic_directory(out) as tmp:
+        config.save(tmp / CONFIG_FILE)
+        save_tensors(tmp / MODEL_FILE, {k: v.contiguous() for k, v in model.state_dict().items()})
+        write_json(tmp / EVAL_FILE, result)
+    return result
+
+
+def _evaluate(model: MatryoshkaClassifier, config: TrainConfig, data: Dataset, device: torch.device) -> dict:
+    model.eval()
+    logits = predict_logits(model, data.test.x, device)
+    z_train, z_test = embed(model, data.train.x, device), embed(model, data.test.x, device)
+    knn = knn1_accuracy(z_train, data.train.y.numpy(), z_test, data.test.y.numpy(), config.nesting)
+    return {
+        "top1": {str(m): float(v) for m, v in zip(config.nesting, topk_accuracy(logits, data.test.y, 1))},
+        "top5": {str(m): float(v) for m, v in zip(config.nesting, topk_accuracy(logits, data.test.y, 5))},
+        "knn1": {str(m): knn[m] for m in config.nesting},
+        "mode": METHOD,
+        "nesting": config.nesting,
+        "n_test": len(data.test),
+    }
+
+
+def load_result(out: str | Path) -> dict:
+    """eval.json of a finished retro-fit directory."""
+    if not is_done(out):
+        raise MRLError(f"{out} holds no finished retro-fit (no {EVAL_FILE})")
+    return read_json(Path(out) / EVAL_FILE)
+
+
+__all__ = ["METHOD", "MODEL_FILE", "is_done", "load_result", "retrofit"]

@@ -1,0 +1,233 @@
+"""The slimmable-network baseline (Yu et al., ICLR 2019), switched at the representation layer.
+
+MRL paper, section 4.1 (Figure 2, "Slim. Net"): one network trained jointly at several widths,
+evaluated at each width m. What is slimmed here, exactly: the final layer of the backbone, the one
+that outputs the representation (MLP: Linear(512, d) -> BN -> ReLU; ResNet: 1x1 conv to d
+channels -> BN -> ReLU -> pool). At width m only its first m output units are computed (the slice
+W[:m] of its weight), followed by a *private* BatchNorm for that width (Yu et al.'s switchable
+BN: its own scale, shift and running statistics) and a private linear head on the m units. The
+trunk below is shared at full width. Training sums the cross-entropy of every width in each step,
+which is Yu et al.'s Algorithm 1 (gradients of all widths accumulated before one update).
+
+How this differs from MRL: MRL has one BatchNorm over all d units, so z[:m] is literally the
+first m coordinates of one vector and a single forward pass yields every size; here the width-m
+representation has its own normalisation, so the d-dim vector's prefix is *not* the width-m
+representation, and each size needs its own pass through the last layer and its own stored
+vector. Because BatchNorm acts per unit, the two differ only in those per-width affine maps and
+running statistics; a slimmable network that also narrowed the trunk (Yu et al.'s full setting)
+is not built here.
+
+Runs use the layout and checkpoint format of :mod:`mrl.training` (config.json with
+``extra={"method": "slimmable"}``, state.json, per-epoch safetensors, metrics.jsonl), so
+:func:`mrl.experiments.run_status` and :func:`mrl.training.load_weights` work on them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mrl.baselines.parts import split_backbone
+from mrl.config import TrainConfig
+from mrl.data import Dataset, load_dataset
+from mrl.errors import MRLError
+from mrl.evaluation import EVAL_FILE, knn1_accuracy, topk_accuracy
+from mrl.io import append_jsonl, load_tensors, read_jsonl, sha256_file, write_json
+from mrl.losses import MatryoshkaLoss
+from mrl.models import create_model
+from mrl.nesting import validate_nesting
+from mrl.training import (
+    CONFIG_FILE, METRICS_FILE, STATE_FILE, _load_optimizer, _save_checkpoint, augment, device_from_env, load_config,
+    load_weights, lr_at, prepare_run, read_state,
+)
+
+METHOD = "slimmable"
+
+
+class SlimmableClassifier(nn.Module):
+    """A backbone whose representation layer switches between widths, with switchable BN and heads.
+
+    Args:
+        backbone: an ``mlp`` or ``resnet`` backbone of width d (its final BatchNorm is replaced by
+            one BatchNorm per width).
+        num_classes: C.
+        widths: ascending widths m (the largest at most d).
+
+    Shape:
+        forward: input -> logits [G, B, C]; embed(x, m): input -> z_m [B, m]
+
+    Example:
+        >>> from mrl.models import MLP
+        >>> net = SlimmableClassifier(MLP(784, 32), 10, [8, 32])
+        >>> net(torch.zeros(4, 1, 28, 28)).shape, net.embed(torch.zeros(4, 1, 28, 28), 8).shape
+        (torch.Size([2, 4, 10]), torch.Size([4, 8]))
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, widths: Sequence[int]) -> None:
+        super().__init__()
+        parts = split_backbone(backbone)
+        self.widths = validate_nesting(widths, backbone.num_features)
+        self.pool = parts.pool
+        self.trunk = parts.trunk
+        self.last = parts.last[0]
+        bn = nn.BatchNorm2d if self.pool else nn.BatchNorm1d
+        self.norms = nn.ModuleList(bn(m) for m in self.widths)
+        self.heads = nn.ModuleList(nn.Linear(m, num_classes) for m in self.widths)
+        self._finish = parts.finish
+
+    @property
+    def nesting(self) -> list[int]:
+        return self.widths
+
+    def _z(self, a: torch.Tensor, index: int) -> torch.Tensor:
+        m = self.widths[index]
+        return self._finish(torch.relu(self.norms[index](a[:, :m])))
+
+    def embed(self, x: torch.Tensor, m: int) -> torch.Tensor:
+        """Representation at width m [B, m] (m must be one of ``widths``)."""
+        if m not in self.widths:
+            raise MRLError(f"width {m} is not one of this network's widths {self.widths}")
+        # Slicing the output of the full layer equals applying the sliced weight W[:m]: each output
+        # unit depends only on its own row.
+        return self._z(self.last(self.trunk(x)), self.widths.index(m))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.last(self.trunk(x))
+        return torch.stack([head(self._z(a, g)) for g, head in enumerate(self.heads)])
+
+
+def slimmable_config(**settings) -> TrainConfig:
+    """A TrainConfig marked as a slimmable run (mode must be mrl; the nesting are the widths)."""
+    extra = dict(settings.pop("extra", None) or {})
+    extra["method"] = METHOD
+    return TrainConfig(mode="mrl", extra=extra, **settings)
+
+
+def build_slimmable(config: TrainConfig, data: Dataset) -> SlimmableClassifier:
+    arch = config.arch or ("resnet" if data.kind == "image" else "mlp")
+    if arch == "resnet":
+        backbone = create_model("resnet", in_channels=data.input_shape[0], num_features=config.rep_dim)
+    else:
+        backbone = create_model("mlp", in_features=math.prod(data.input_shape), num_features=config.rep_dim)
+    return SlimmableClassifier(backbone, data.num_classes, config.nesting)
+
+
+def _check_config(config: TrainConfig) -> None:
+    if config.extra.get("method") != METHOD or config.mode != "mrl":
+        raise MRLError(f"not a slimmable config (need mode mrl and extra method {METHOD!r}); build it with slimmable_config()")
+
+
+def train_slimmable(
+    config: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True, data: Dataset | None = None,
+) -> Path:
+    """Train a slimmable network into run directory ``out`` (single process; resumable per epoch).
+
+    Same recipe as :func:`mrl.training.train`: AdamW, warm-up + cosine :func:`~mrl.training.lr_at`,
+    the same seeded shuffling and augmentation per epoch.
+    """
+    _check_config(config)
+    out = Path(out)
+    prepare_run(config, out, resume)
+    data = data if data is not None else load_dataset(config.data, config.data_dir, config.max_train)
+    device = device_from_env()
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        config.save(out / CONFIG_FILE)
+    torch.manual_seed(config.seed)
+    model = build_slimmable(config, data).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    start_epoch, step = 0, 0
+    state = read_state(out) if resume else None
+    if state is not None:
+        load_weights(model, out)
+        optim_path = out / state["optimizer"]
+        if sha256_file(optim_path) != state["optimizer_sha256"]:
+            raise MRLError(f"{optim_path} does not match the checksum in {STATE_FILE}; the checkpoint is corrupt")
+        _load_optimizer(optimizer, load_tensors(optim_path), state["optimizer_groups"])
+        start_epoch, step = state["epochs_done"], state["step"]
+    criterion = MatryoshkaLoss(nesting=config.nesting, weights=config.loss_weights).to(device)
+    n = len(data.train)
+    steps_per_epoch = max(1, n // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    use_augment = config.augment and data.kind == "image"
+    for epoch in range(start_epoch, config.epochs):
+        started = time.time()
+        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=gen)
+        model.train()
+        sums = torch.zeros(len(config.nesting))
+        for i in tqdm(range(steps_per_epoch), desc=f"slimmable epoch {epoch + 1}/{config.epochs}",
+                      disable=not progress, leave=False, dynamic_ncols=True):
+            idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
+            x, y = data.train.x[idx], data.train.y[idx]
+            if use_augment:
+                x = augment(x, gen)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total_steps, warmup, config.lr)
+            per_size = criterion.per_size(model(x.to(device)), y.to(device))
+            loss = (criterion.weights * per_size).sum()
+            if not torch.isfinite(loss):
+                raise MRLError(f"slimmable training diverged at epoch {epoch + 1}, step {i}; lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            sums += per_size.detach().cpu()
+        val_top1 = topk_accuracy(_predict(model, data.val.x, device), data.val.y, 1)
+        record = {
+            "epoch": epoch + 1,
+            "loss_per_size": {str(m): v for m, v in zip(config.nesting, (sums / steps_per_epoch).tolist())},
+            "val_top1": {str(m): float(v) for m, v in zip(config.nesting, val_top1)},
+            "seconds": time.time() - started,
+        }
+        if not any(r.get("epoch") == epoch + 1 for r in read_jsonl(out / METRICS_FILE)):
+            append_jsonl(out / METRICS_FILE, record)
+        _save_checkpoint(out, model, optimizer, epoch + 1, step)
+    return out
+
+
+@torch.no_grad()
+def _predict(model: SlimmableClassifier, x: torch.Tensor, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)], dim=1)
+
+
+@torch.no_grad()
+def _embed(model: SlimmableClassifier, x: torch.Tensor, m: int, device: torch.device, batch_size: int = 1024) -> np.ndarray:
+    model.eval()
+    return torch.cat([model.embed(x[i : i + batch_size].to(device), m).cpu() for i in range(0, len(x), batch_size)]).numpy()
+
+
+def evaluate_slimmable(run_dir: str | Path, data: Dataset | None = None, progress: bool = False) -> dict:
+    """Write RUN_DIR/eval.json: test top-1 / top-5 of each width's head and 1-NN on each width's z_m."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir)
+    _check_config(config)
+    data = data if data is not None else load_dataset(config.data, config.data_dir, config.max_train)
+    device = device_from_env()
+    model = build_slimmable(config, data)
+    load_weights(model, run_dir)
+    model = model.to(device).eval()
+    logits = _predict(model, data.test.x, device)
+    knn = {}
+    for m in tqdm(config.nesting, desc="slimmable 1-NN", disable=not progress, leave=False):
+        z_train, z_test = _embed(model, data.train.x, m, device), _embed(model, data.test.x, m, device)
+        knn.update(knn1_accuracy(z_train, data.train.y.numpy(), z_test, data.test.y.numpy(), [m]))
+    result = {
+        "top1": {str(m): float(v) for m, v in zip(config.nesting, topk_accuracy(logits, data.test.y, 1))},
+        "top5": {str(m): float(v) for m, v in zip(config.nesting, topk_accuracy(logits, data.test.y, 5))},
+        "knn1": {str(m): knn[m] for m in config.nesting},
+        "mode": METHOD,
+        "nesting": config.nesting,
+        "n_test": len(data.test),
+    }
+    write_json(run_dir / EVAL_FILE, result)
+    return result
