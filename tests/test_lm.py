@@ -84,6 +84,9 @@ def test_ff_is_a_projection_then_a_head():
     with torch.no_grad():
         h = model.hidden(torch.randint(0, 50, (2, 12)))
         assert torch.allclose(model.logits_from_hidden(h)[0], model.head(h @ model.ff_proj.weight.T), atol=1e-6)
+        # initialised as truncation: the FF model starts from the representation h[:m]
+        small = MatryoshkaLM(LMConfig(vocab_size=50, context=12, d_model=16, n_layers=1, n_heads=2, head="ff", nesting=[4]))
+        assert torch.equal(small.ff_proj(h), h[..., :4])
 
 
 def test_config_errors():

@@ -12,7 +12,7 @@ classification over the vocabulary, so the heads are the paper's (Kusupati et al
   :func:`mrl.heads.nested_logits`. One bias per size.
 * ``"ff"``: the fixed-feature baseline of size m (section 4). Like the paper's ResNet FF models,
   the trunk is unchanged and only the final representation is m-dimensional: a learned projection
-  d -> m after the final LayerNorm, then a head m -> V. A whole transformer of width m would also
+  d -> m after the final LayerNorm (initialised as truncation to h[:m]), then a head m -> V. A whole transformer of width m would also
   shrink attention and MLPs (a width-16 trunk is a different, much weaker model), so it would not
   isolate the output representation, which is what MRL nests.
 """
@@ -145,6 +145,12 @@ class MatryoshkaLM(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+        if config.head == "ff":
+            # Start the d -> m projection as truncation to h[:m]: at m = d the FF model then is the
+            # plain LM, and a small m starts where MRL's prefix does instead of from a random
+            # rank-m map (which measurably slowed FF training: see the lm benchmark notes).
+            with torch.no_grad():
+                self.ff_proj.weight.copy_(torch.eye(d)[: config.nesting[0]])
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
