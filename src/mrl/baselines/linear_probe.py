@@ -100,7 +100,8 @@ class LinearProbe:
 
     def predict(self, X) -> np.ndarray:
         """Labels [N]."""
-        return self.classes_[self.decision_function(X).argmax(1)]
+        scores = self.decision_function(X)
+        return self.classes_[scores.argmax(1)]
 
     def score(self, X, y) -> float:
         """Top-1 accuracy."""
