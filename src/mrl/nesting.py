@@ -89,12 +89,14 @@ def parse_nesting(text: str | Sequence[int] | None, dim: int) -> list[int]:
     return validate_nesting(text, dim)
 
 
-def truncate(z: ArrayLike, m: int, normalize: bool = False, eps: float = 1e-12) -> ArrayLike:
+def truncate(z: ArrayLike, m: int, normalize: bool = False, eps: float = 1e-6) -> ArrayLike:
     """Keep the first ``m`` coordinates of each vector, then optionally L2-normalise.
 
     Truncation comes first, so ``truncate(z, m, normalize=True)`` is the unit vector in the
     direction of the prefix z[..., :m], not a prefix of the normalised z. Works on torch tensors
-    and numpy arrays of shape [..., d]; zero vectors stay zero.
+    and numpy arrays of shape [..., d]. Norms below ``eps`` count as ``eps``: zero vectors stay
+    zero, and the gradient at a zero prefix stays bounded (1/eps) instead of overflowing Adam's
+    second moment, as a 1e-12 floor would.
 
     Args:
         z: vectors [..., d].
