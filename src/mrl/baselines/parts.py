@@ -8,14 +8,19 @@ ReLU) and ``ResNetSmall.expand`` (1x1 conv -> BN -> ReLU, then global average po
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
+from mrl.config import TrainConfig
+from mrl.data import Dataset
 from mrl.errors import MRLError
 from mrl.models import MLP, ResNetSmall
+from mrl.training import augment
 
 
 @dataclass
@@ -45,3 +50,32 @@ def split_backbone(backbone: nn.Module) -> BackboneParts:
     if isinstance(backbone, ResNetSmall):
         return BackboneParts(nn.Sequential(backbone.stem, backbone.stages), backbone.expand, pool=True)
     raise MRLError(f"the slimmable and retro-fit baselines support the mlp and resnet backbones, got {type(backbone).__name__}")
+
+
+def steps_per_epoch(config: TrainConfig, data: Dataset) -> int:
+    """Full batches per epoch in a single process, as :func:`mrl.training.train` counts them."""
+    return max(1, len(data.train) // config.batch_size)
+
+
+def epoch_batches(
+    config: TrainConfig, data: Dataset, epoch: int, progress: bool = False, desc: str = "",
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Train batches (x, y) of one epoch, shuffled and augmented exactly as :func:`mrl.training.train`
+    does in one process: a generator seeded by (seed, epoch) draws the permutation, then each
+    batch's augmentation.
+
+    Example:
+        >>> from mrl.data import Split
+        >>> data = Dataset("toy", Split(torch.zeros(10, 3), torch.arange(10)), Split(torch.zeros(1, 3), torch.zeros(1)),
+        ...                Split(torch.zeros(1, 3), torch.zeros(1)), 10, "vector")
+        >>> [len(y) for _, y in epoch_batches(TrainConfig(batch_size=4), data, epoch=0)]
+        [4, 4]
+    """
+    steps = steps_per_epoch(config, data)
+    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    perm = torch.randperm(len(data.train), generator=gen)
+    use_augment = config.augment and data.kind == "image"
+    for i in tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+        idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
+        x, y = data.train.x[idx], data.train.y[idx]
+        yield (augment(x, gen) if use_augment else x), y

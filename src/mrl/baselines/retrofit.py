@@ -19,9 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from mrl.baselines.parts import split_backbone
+from mrl.baselines.parts import epoch_batches, split_backbone, steps_per_epoch
 from mrl.config import TrainConfig
 from mrl.data import Dataset
 from mrl.errors import MRLError
@@ -31,7 +30,7 @@ from mrl.io import atomic_directory, read_json, save_tensors, write_json
 from mrl.losses import MatryoshkaLoss
 from mrl.models import MatryoshkaClassifier
 from mrl.nesting import parse_nesting
-from mrl.training import CONFIG_FILE, augment, lr_at, predict_logits, read_state
+from mrl.training import CONFIG_FILE, lr_at, predict_logits, read_state
 
 METHOD = "retrofit"
 MODEL_FILE = "model.safetensors"
@@ -63,7 +62,7 @@ def retrofit(
     d = base_config.rep_dim
     config = TrainConfig(
         data=base_config.data, data_dir=base_config.data_dir, mode="mrl", arch=base_config.arch, rep_dim=d,
-        nesting=parse_nesting(nesting, d) if not isinstance(nesting, list) else nesting,
+        nesting=parse_nesting(nesting, d),
         epochs=epochs or base_config.epochs, batch_size=base_config.batch_size, lr=lr or base_config.lr,
         weight_decay=base_config.weight_decay, warmup_epochs=base_config.warmup_epochs, augment=base_config.augment,
         max_train=base_config.max_train, seed=base_config.seed if seed is None else seed,
@@ -82,22 +81,14 @@ def retrofit(
         trained += list(parts.last.parameters())
     optimizer = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay)
     criterion = MatryoshkaLoss(nesting=config.nesting).to(device)
-    n = len(data.train)
-    steps_per_epoch = max(1, n // config.batch_size)
-    total, warmup = steps_per_epoch * config.epochs, int(config.warmup_epochs * steps_per_epoch)
-    use_augment = config.augment and data.kind == "image"
+    steps = steps_per_epoch(config, data)
+    total, warmup = steps * config.epochs, int(config.warmup_epochs * steps)
     started, step = time.time(), 0
     for epoch in range(config.epochs):
-        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-        perm = torch.randperm(n, generator=gen)
         model.eval()
         parts.last.train(last_layer)
-        for i in tqdm(range(steps_per_epoch), desc=f"retro-fit epoch {epoch + 1}/{config.epochs}", disable=not progress,
-                      leave=False, dynamic_ncols=True):
-            idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
-            x, y = data.train.x[idx], data.train.y[idx]
-            if use_augment:
-                x = augment(x, gen)
+        batches = epoch_batches(config, data, epoch, progress, f"retro-fit epoch {epoch + 1}/{config.epochs}")
+        for i, (x, y) in enumerate(batches):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, warmup, config.lr)
             with torch.no_grad():

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mrl.baselines.parts import split_backbone
+from mrl.baselines.parts import epoch_batches, split_backbone, steps_per_epoch
 from mrl.config import TrainConfig
 from mrl.data import Dataset, load_dataset
 from mrl.errors import MRLError
@@ -44,7 +44,7 @@ from mrl.losses import MatryoshkaLoss
 from mrl.models import create_model
 from mrl.nesting import validate_nesting
 from mrl.training import (
-    CONFIG_FILE, METRICS_FILE, STATE_FILE, _load_optimizer, _save_checkpoint, augment, device_from_env, load_config,
+    CONFIG_FILE, METRICS_FILE, STATE_FILE, _load_optimizer, _save_checkpoint, device_from_env, load_config,
     load_weights, lr_at, prepare_run, read_state,
 )
 
@@ -153,23 +153,15 @@ def train_slimmable(
         _load_optimizer(optimizer, load_tensors(optim_path), state["optimizer_groups"])
         start_epoch, step = state["epochs_done"], state["step"]
     criterion = MatryoshkaLoss(nesting=config.nesting, weights=config.loss_weights).to(device)
-    n = len(data.train)
-    steps_per_epoch = max(1, n // config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    warmup = int(config.warmup_epochs * steps_per_epoch)
-    use_augment = config.augment and data.kind == "image"
+    steps = steps_per_epoch(config, data)
+    total_steps = steps * config.epochs
+    warmup = int(config.warmup_epochs * steps)
     for epoch in range(start_epoch, config.epochs):
         started = time.time()
-        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-        perm = torch.randperm(n, generator=gen)
         model.train()
         sums = torch.zeros(len(config.nesting))
-        for i in tqdm(range(steps_per_epoch), desc=f"slimmable epoch {epoch + 1}/{config.epochs}",
-                      disable=not progress, leave=False, dynamic_ncols=True):
-            idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
-            x, y = data.train.x[idx], data.train.y[idx]
-            if use_augment:
-                x = augment(x, gen)
+        batches = epoch_batches(config, data, epoch, progress, f"slimmable epoch {epoch + 1}/{config.epochs}")
+        for i, (x, y) in enumerate(batches):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, config.lr)
             per_size = criterion.per_size(model(x.to(device)), y.to(device))
@@ -184,7 +176,7 @@ def train_slimmable(
         val_top1 = topk_accuracy(_predict(model, data.val.x, device), data.val.y, 1)
         record = {
             "epoch": epoch + 1,
-            "loss_per_size": {str(m): v for m, v in zip(config.nesting, (sums / steps_per_epoch).tolist())},
+            "loss_per_size": {str(m): v for m, v in zip(config.nesting, (sums / steps).tolist())},
             "val_top1": {str(m): float(v) for m, v in zip(config.nesting, val_top1)},
             "seconds": time.time() - started,
         }
