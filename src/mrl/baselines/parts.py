@@ -20,6 +20,7 @@ from mrl.config import TrainConfig
 from mrl.data import Dataset
 from mrl.errors import MRLError
 from mrl.models import MLP, ResNetSmall
+from mrl.evaluation import topk_accuracy
 from mrl.training import augment
 
 
@@ -79,3 +80,26 @@ def epoch_batches(
         idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
         x, y = data.train.x[idx], data.train.y[idx]
         yield (augment(x, gen) if use_augment else x), y
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float, where: str) -> None:
+    """Set the learning rate, refuse a non-finite loss (naming ``where``), backpropagate and step."""
+    if not torch.isfinite(loss):
+        raise MRLError(f"training diverged at {where}: loss is {loss.item()}; lower --lr")
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def eval_record(nesting: list[int], logits: torch.Tensor, labels: torch.Tensor, knn: dict[int, float], method: str) -> dict:
+    """An eval.json record as :func:`mrl.evaluation.evaluate_run` writes it, from test logits [G, N, C]."""
+    return {
+        "top1": {str(m): float(v) for m, v in zip(nesting, topk_accuracy(logits, labels, 1))},
+        "top5": {str(m): float(v) for m, v in zip(nesting, topk_accuracy(logits, labels, 5))},
+        "knn1": {str(m): knn[m] for m in nesting},
+        "mode": method,
+        "nesting": nesting,
+        "n_test": len(labels),
+    }

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from mrl.baselines.parts import epoch_batches, split_backbone, steps_per_epoch
+from mrl.baselines.parts import epoch_batches, eval_record, optimizer_step, split_backbone, steps_per_epoch
 from mrl.config import TrainConfig
 from mrl.data import Dataset
 from mrl.errors import MRLError
-from mrl.evaluation import EVAL_FILE, embed, knn1_accuracy, load_run, topk_accuracy
+from mrl.evaluation import EVAL_FILE, embed, knn1_accuracy, load_run
 from mrl.heads import MatryoshkaLinear
 from mrl.io import atomic_directory, read_json, save_tensors, write_json
 from mrl.losses import MatryoshkaLoss
@@ -89,17 +89,10 @@ def retrofit(
         parts.last.train(last_layer)
         batches = epoch_batches(config, data, epoch, progress, f"retro-fit epoch {epoch + 1}/{config.epochs}")
         for i, (x, y) in enumerate(batches):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total, warmup, config.lr)
             with torch.no_grad():
                 h = parts.trunk(x.to(device))
-            z = parts.finish(parts.last(h))
-            loss = criterion(model.head(z), y.to(device))
-            if not torch.isfinite(loss):
-                raise MRLError(f"retro-fit diverged at epoch {epoch + 1}, step {i}; lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = criterion(model.head(parts.finish(parts.last(h))), y.to(device))
+            optimizer_step(optimizer, loss, lr_at(step, total, warmup, config.lr), f"retro-fit epoch {epoch + 1}, step {i}")
             step += 1
     seconds = time.time() - started
     result = _evaluate(model, config, data, device)
@@ -116,14 +109,7 @@ def _evaluate(model: MatryoshkaClassifier, config: TrainConfig, data: Dataset, d
     logits = predict_logits(model, data.test.x, device)
     z_train, z_test = embed(model, data.train.x, device), embed(model, data.test.x, device)
     knn = knn1_accuracy(z_train, data.train.y.numpy(), z_test, data.test.y.numpy(), config.nesting)
-    return {
-        "top1": {str(m): float(v) for m, v in zip(config.nesting, topk_accuracy(logits, data.test.y, 1))},
-        "top5": {str(m): float(v) for m, v in zip(config.nesting, topk_accuracy(logits, data.test.y, 5))},
-        "knn1": {str(m): knn[m] for m in config.nesting},
-        "mode": METHOD,
-        "nesting": config.nesting,
-        "n_test": len(data.test),
-    }
+    return eval_record(config.nesting, logits, data.test.y, knn, METHOD)
 
 
 def load_result(out: str | Path) -> dict:

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mrl.baselines.parts import epoch_batches, split_backbone, steps_per_epoch
+from mrl.baselines.parts import epoch_batches, eval_record, optimizer_step, split_backbone, steps_per_epoch
 from mrl.config import TrainConfig
 from mrl.data import Dataset, load_dataset
 from mrl.errors import MRLError
@@ -162,15 +162,9 @@ def train_slimmable(
         sums = torch.zeros(len(config.nesting))
         batches = epoch_batches(config, data, epoch, progress, f"slimmable epoch {epoch + 1}/{config.epochs}")
         for i, (x, y) in enumerate(batches):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, warmup, config.lr)
             per_size = criterion.per_size(model(x.to(device)), y.to(device))
-            loss = (criterion.weights * per_size).sum()
-            if not torch.isfinite(loss):
-                raise MRLError(f"slimmable training diverged at epoch {epoch + 1}, step {i}; lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optimizer_step(optimizer, (criterion.weights * per_size).sum(), lr_at(step, total_steps, warmup, config.lr),
+                           f"slimmable epoch {epoch + 1}, step {i}")
             step += 1
             sums += per_size.detach().cpu()
         val_top1 = topk_accuracy(_predict(model, data.val.x, device), data.val.y, 1)
@@ -213,13 +207,6 @@ def evaluate_slimmable(run_dir: str | Path, data: Dataset | None = None, progres
     for m in tqdm(config.nesting, desc="slimmable 1-NN", disable=not progress, leave=False):
         z_train, z_test = _embed(model, data.train.x, m, device), _embed(model, data.test.x, m, device)
         knn.update(knn1_accuracy(z_train, data.train.y.numpy(), z_test, data.test.y.numpy(), [m]))
-    result = {
-        "top1": {str(m): float(v) for m, v in zip(config.nesting, topk_accuracy(logits, data.test.y, 1))},
-        "top5": {str(m): float(v) for m, v in zip(config.nesting, topk_accuracy(logits, data.test.y, 5))},
-        "knn1": {str(m): knn[m] for m in config.nesting},
-        "mode": METHOD,
-        "nesting": config.nesting,
-        "n_test": len(data.test),
-    }
+    result = eval_record(config.nesting, logits, data.test.y, knn, METHOD)
     write_json(run_dir / EVAL_FILE, result)
     return result
