@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -91,6 +92,7 @@ def plot_perplexity(results: dict, path: str | os.PathLike) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     axes[0].set_yscale("log")
+    axes[0].yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     return _save(fig, path)
 
 
@@ -107,6 +109,7 @@ def plot_adaptive(adaptive: dict, results: dict, path: str | os.PathLike) -> Pat
             ax.plot([a["chosen"]["head_macs_per_token"]], [scale * a["chosen"][key]], "*", ms=14, color=line.get_color())
     for ax, label in zip(axes, ("perplexity (test half of validation)", "next-token top-1 (%)")):
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("output-head multiply-adds per token")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
