@@ -216,3 +216,17 @@ def test_cli_empty_corpus_and_missing_adaptive(tmp_path, trained):
         (bare / name).write_bytes((trained / name).read_bytes())
     result = CliRunner().invoke(cli, ["lm", "generate", str(bare), "--adaptive"])
     assert result.exit_code == 1 and "has no adaptive.json; run `mrl lm eval" in result.output
+
+
+def test_cli_config_file_then_flags(tmp_path, trained):
+    out = tmp_path / "again"
+    result = CliRunner().invoke(cli, ["lm", "train", "--config", str(trained / "config.json"), "--steps", "2",
+                                      "--tokens-from", str(trained), "--out", str(out), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    saved, source = read_json(out / "config.json"), read_json(trained / "config.json")
+    assert saved["model"] == source["model"] and saved["corpus"] == source["corpus"]
+    assert saved["train"] == {**source["train"], "steps": 2}
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"model": {"width": 3}}')
+    result = CliRunner().invoke(cli, ["lm", "train", "--config", str(bad), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1 and "unknown model option(s) ['width']" in result.output

@@ -86,7 +86,9 @@ def train_command(ctx: click.Context, corpus: str, out: Path, ff_size: int | Non
         raise MRLError("an ff model needs --ff-size M (its final representation size)")
     model_config = LMConfig.from_dict(model_values)
     train_config = TrainConfig.from_dict(train_values)
-    prepare_run(out, base.get("corpus", corpus), model_config, train_config, tokenizer_path=tokenizer, tokens_from=tokens_from)
+    if ctx.get_parameter_source("corpus") == click.core.ParameterSource.DEFAULT:
+        corpus = base.get("corpus", corpus)
+    prepare_run(out, corpus, model_config, train_config, tokenizer_path=tokenizer, tokens_from=tokens_from)
     train(out, progress=not quiet)
 
 
