@@ -140,7 +140,7 @@ def _outcome(stats: dict[str, np.ndarray], thresholds: np.ndarray, costs: HeadCo
         "top1": float(stats["correct"][out.chosen, cols].mean()),
         "head_macs_per_token": out.mean_cost,
         "flops_reduction": full_cost / out.mean_cost,
-        "share_per_size": np.bincount(out.chosen, minlength=stats["nll"].shape[0]).astype(float).__truediv__(out.chosen.size).tolist(),
+        "share_per_size": (np.bincount(out.chosen, minlength=stats["nll"].shape[0]) / out.chosen.size).tolist(),
     }
 
 

@@ -188,28 +188,25 @@ def prepare_run(
             copied (so models compared with each other see the same tokens, tokenised once).
     """
     run_dir = Path(run_dir)
+    names = ("tokens_train.npy", "tokens_val.npy")
     if tokens_from is not None:
         source = Path(tokens_from)
         if read_json(source / "config.json")["corpus"] != corpus:
             raise MRLError(f"tokens_from={str(source)!r} was made from another corpus than {corpus!r}")
         tokenizer = LMTokenizer.load(source / "tokenizer.json")
-        if tokenizer.vocab_size > model_config.vocab_size:
-            raise MRLError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than vocab_size={model_config.vocab_size}")
-        for name in ("tokens_train.npy", "tokens_val.npy"):
-            save_npy(run_dir / name, load_npy(source / name))
-        tokenizer.save(run_dir / "tokenizer.json")
-        write_json(run_dir / "config.json", {"corpus": corpus, "model": model_config.to_dict(), "train": asdict(train_config)})
-        return
-    data = load_corpus(corpus)
-    if tokenizer_path is not None:
-        tokenizer = LMTokenizer.load(tokenizer_path)
+        streams = [load_npy(source / name) for name in names]
     else:
-        tokenizer = LMTokenizer.train(data.train, vocab_size=model_config.vocab_size)
+        data = load_corpus(corpus)
+        if tokenizer_path is not None:
+            tokenizer = LMTokenizer.load(tokenizer_path)
+        else:
+            tokenizer = LMTokenizer.train(data.train, vocab_size=model_config.vocab_size)
+        dtype = np.uint16 if model_config.vocab_size <= 65536 else np.int32
+        streams = [np.asarray(tokenizer.encode_documents(docs), dtype=dtype) for docs in (data.train, data.val)]
     if tokenizer.vocab_size > model_config.vocab_size:
         raise MRLError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than vocab_size={model_config.vocab_size}")
-    dtype = np.uint16 if model_config.vocab_size <= 65536 else np.int32
-    save_npy(run_dir / "tokens_train.npy", np.asarray(tokenizer.encode_documents(data.train), dtype=dtype))
-    save_npy(run_dir / "tokens_val.npy", np.asarray(tokenizer.encode_documents(data.val), dtype=dtype))
+    for name, stream in zip(names, streams):
+        save_npy(run_dir / name, stream)
     tokenizer.save(run_dir / "tokenizer.json")
     write_json(run_dir / "config.json", {"corpus": corpus, "model": model_config.to_dict(), "train": asdict(train_config)})
 
@@ -263,15 +260,14 @@ def train(run_dir: str | os.PathLike, resume: bool = False, stop_after: int | No
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{per_size[-1].item():.3f}")
-        record = None
-        if step % cfg.log_every == 0 or step == last:
-            record = {"step": step, "lr": lr, "train_loss": per_size.tolist(), "elapsed_s": time.perf_counter() - started}
-        if step % cfg.checkpoint_every == 0 or step == last:
-            record = record or {"step": step, "lr": lr, "train_loss": per_size.tolist(), "elapsed_s": time.perf_counter() - started}
-            record["val_loss"] = validation_loss(model, val_ids, cfg.batch_size, cfg.eval_batches)
-            save_checkpoint(run_dir, model, opt, generator, step)
-        if record is not None:
-            record["nesting"] = model.nesting
+        log_now = step % cfg.log_every == 0 or step == last
+        checkpoint_now = step % cfg.checkpoint_every == 0 or step == last
+        if log_now or checkpoint_now:
+            record = {"step": step, "lr": lr, "nesting": model.nesting, "train_loss": per_size.tolist(),
+                      "elapsed_s": time.perf_counter() - started}
+            if checkpoint_now:
+                record["val_loss"] = validation_loss(model, val_ids, cfg.batch_size, cfg.eval_batches)
+                save_checkpoint(run_dir, model, opt, generator, step)
             append_jsonl(run_dir / "metrics.jsonl", record)
     bar.close()
     if step >= cfg.steps:
