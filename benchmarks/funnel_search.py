@@ -16,7 +16,12 @@ Funnels are tuned (kNN-recall@10 >= --target-recall on separate tuning queries) 
 For exact search above --flat-copy-gib the script calls faiss.knn on the stored array, the
 kernel IndexFlatIP.search runs (knn_inner_product), to avoid a second copy of the data.
 
-    .venv/bin/python benchmarks/funnel_search.py --database train.npz --queries test.npz --n 1000000
+    # embeddings: mrl train --arch mlp --epochs 3 --no-augment --out RUN
+    #             mrl embed RUN --split train --out train.npz; mrl embed RUN --split test --out test.npz
+    .venv/bin/python benchmarks/funnel_search.py --skip-speed --database train.npz --queries test.npz
+    .venv/bin/python benchmarks/funnel_search.py --skip-real --n 100000 --hnsw-full-n 100000 --tune-queries 100
+    .venv/bin/python benchmarks/funnel_search.py --skip-real --n 1000000 --hnsw-full-n 0 --tune-queries 200 \
+        --ef-construction 40 --repeats 2 --exact-repeats 1     # ~20 min on 2 busy cores, ~9 GB RAM
     .venv/bin/python benchmarks/funnel_search.py --skip-real --n 20000 --dim 256   # small smoke run
 
 Goals (issue 5): funnel mAP@10 within 0.1 point of exact on the real data; at 1M x 2048 the
