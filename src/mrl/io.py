@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,15 +38,20 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically: temp file beside it, fsync, rename."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success fsync it and rename it onto ``path``.
+
+    Lets writers that stream to a file (np.save, faiss.write_index) write atomically without
+    building the whole file in memory first. On error the temp file is removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -53,7 +59,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
-    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: temp file beside it, fsync, rename."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -111,28 +123,14 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise MRLError(f"{path} is not a valid safetensors file ({exc})") from None
 
 
-def torch_load_weights(path: str | os.PathLike) -> Any:
-    """Load a torch file with ``weights_only=True``: plain tensors and containers, never code."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError and friends
-        raise MRLError(f"{path} holds objects other than plain tensors; refusing to load it ({type(exc).__name__})") from None
-
-
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
-    buf = _npy_bytes(array)
-    return atomic_write_bytes(path, buf)
-
-
-def _npy_bytes(array: np.ndarray) -> bytes:
-    import io as _io
-
+    """Atomically write one array as .npy (streamed to disk; object arrays are refused)."""
     arr = np.asarray(array)
     if arr.dtype == object:
         raise MRLError("refusing to save an object array (it would need pickle)")
-    f = _io.BytesIO()
-    np.save(f, arr, allow_pickle=False)
-    return f.getvalue()
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+    return Path(path)
 
 
 def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
@@ -146,14 +144,13 @@ def load_npy(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
-    import io as _io
-
+    """Atomically write named arrays as an uncompressed .npz (object arrays are refused)."""
     for name, arr in arrays.items():
         if np.asarray(arr).dtype == object:
             raise MRLError(f"refusing to save object array {name!r} (it would need pickle)")
-    f = _io.BytesIO()
-    np.savez(f, **arrays)
-    return atomic_write_bytes(path, f.getvalue())
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    return Path(path)
 
 
 def load_npz(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
@@ -164,7 +161,7 @@ def load_npz(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict[st
     try:
         with np.load(path, allow_pickle=False) as f:
             out = {k: f[k] for k in f.files}
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise MRLError(f"{path} is not a readable .npz file ({exc})") from None
     missing = [k for k in required if k not in out]
     if missing:
