@@ -96,7 +96,7 @@ def test_config_errors():
         LMConfig(head="ff", d_model=16, n_heads=2, nesting=[8, 16])
     with pytest.raises(MRLError, match=r"d_model \(30\) must be divisible by n_heads \(4\)"):
         LMConfig(d_model=30, nesting=[30])
-    with pytest.raises(MRLError, match=r"unknown model option\(s\) \['width'\]"):
+    with pytest.raises(MRLError, match=r"unknown model config key\(s\) \['width'\]"):
         LMConfig.from_dict({"width": 3})
     with pytest.raises(MRLError, match=r"sequence length must be in \[1, 12\]"):
         tiny("mrl")(torch.zeros(1, 13, dtype=torch.long))

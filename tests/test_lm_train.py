@@ -70,7 +70,7 @@ def test_learning_rate_schedule():
     values = [learning_rate(s, cfg) for s in range(11)]
     assert values[:3] == [0.5, 1.0, 1.0]
     assert all(a >= b for a, b in zip(values[2:], values[3:])) and values[-1] == pytest.approx(0.1)
-    with pytest.raises(MRLError, match=r"unknown training option\(s\) \['epochs'\]"):
+    with pytest.raises(MRLError, match=r"unknown training config key\(s\) \['epochs'\]"):
         TrainConfig.from_dict({"epochs": 3})
     with pytest.raises(MRLError, match="steps must be an integer >= 1, got 0"):
         TrainConfig(steps=0)
@@ -229,4 +229,4 @@ def test_cli_config_file_then_flags(tmp_path, trained):
     bad = tmp_path / "bad.json"
     bad.write_text('{"model": {"width": 3}}')
     result = CliRunner().invoke(cli, ["lm", "train", "--config", str(bad), "--out", str(tmp_path / "b")])
-    assert result.exit_code == 1 and "unknown model option(s) ['width']" in result.output
+    assert result.exit_code == 1 and "unknown model config key(s) ['width']" in result.output

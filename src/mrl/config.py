@@ -8,6 +8,7 @@ them (W_m = W[:, :m]), ``ff`` trains the fixed-feature baseline whose representa
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,20 @@ from mrl.models import MODELS
 from mrl.nesting import parse_nesting, validate_nesting
 
 MODES = ("mrl", "mrl-e", "ff")
+
+
+def config_from_dict(cls: type, values: Mapping[str, Any], what: str):
+    """``cls(**values)`` for a config dataclass; unknown keys are an error that names them.
+
+    Example:
+        >>> config_from_dict(TrainConfig, {"epochs": 3}, "training").epochs
+        3
+    """
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise MRLError(f"unknown {what} config key(s) {unknown}; known keys: {sorted(known)}")
+    return cls(**values)
 
 
 @dataclass
@@ -79,12 +94,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise MRLError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**values)
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        return config_from_dict(cls, values, "training")
 
     def save(self, path: str | Path) -> None:
         write_json(path, self.to_dict())

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from mrl.adapter.losses import UnsupervisedAdapterLoss, supervised_adapter_loss
 from mrl.adapter.model import MatryoshkaAdapter
+from mrl.config import config_from_dict
 from mrl.errors import MRLError
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,7 @@ class FitConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FitConfig:
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise MRLError(f"unknown fit config key(s) {unknown}; known: {sorted(known)}")
-        return cls(**data).validate()
+        return config_from_dict(cls, data, "fit").validate()
 
     def validate(self) -> FitConfig:
         for name in ("epochs", "batch_size", "neighbours"):

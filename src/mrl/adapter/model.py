@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mrl.config import config_from_dict
 from mrl.errors import MRLError
 from mrl.io import atomic_directory, load_tensors, read_json, save_tensors, write_json
 from mrl.nesting import default_nesting, truncate, validate_nesting
@@ -55,11 +56,7 @@ class AdapterConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AdapterConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise MRLError(f"unknown adapter config key(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return config_from_dict(cls, data, "adapter")
 
 
 class MatryoshkaAdapter(nn.Module):

@@ -20,26 +20,18 @@ classification over the vocabulary, so the heads are the paper's (Kusupati et al
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mrl.config import config_from_dict
 from mrl.errors import MRLError
 from mrl.heads import MatryoshkaLinear, nested_logits
 from mrl.nesting import validate_nesting
 
 HEAD_KINDS = ("mrl", "mrl-e", "ff")
-
-
-def config_from_dict(cls: type, values: dict, what: str):
-    """``cls(**values)`` for a config dataclass, with unknown keys an error naming them."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise MRLError(f"unknown {what} option(s) {unknown}; known: {sorted(known)}")
-    return cls(**values)
 
 
 @dataclass

@@ -30,7 +30,8 @@ from mrl.errors import MRLError
 from mrl.io import append_jsonl, load_npy, load_tensors, read_json, save_npy, save_tensors, write_json
 from mrl.losses import MatryoshkaLoss
 from mrl.lm.corpus import load_corpus
-from mrl.lm.model import LMConfig, MatryoshkaLM, config_from_dict
+from mrl.config import config_from_dict
+from mrl.lm.model import LMConfig, MatryoshkaLM
 from mrl.lm.tokenizer import LMTokenizer
 
 log = logging.getLogger(__name__)
