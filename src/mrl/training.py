@@ -165,7 +165,8 @@ def load_weights(model: nn.Module, run_dir: str | Path) -> dict:
     return state
 
 
-def _save_checkpoint(run_dir: Path, model: nn.Module, optimizer, epoch: int, step: int) -> None:
+def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> None:
+    """Write model and optimizer of a finished epoch, then state.json naming them; drop older files."""
     ckpt = run_dir / "checkpoints"
     model_path = ckpt / f"model-{epoch:04d}.safetensors"
     optim_path = ckpt / f"optim-{epoch:04d}.safetensors"
@@ -190,6 +191,23 @@ def _save_checkpoint(run_dir: Path, model: nn.Module, optimizer, epoch: int, ste
             old = run_dir / previous[key]
             if old.exists() and old.name not in (model_path.name, optim_path.name):
                 old.unlink()
+
+
+def restore_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, run_dir: Path) -> tuple[int, int]:
+    """Load the last complete checkpoint into ``model`` and ``optimizer``; returns (epochs done, step).
+
+    A run with no finished epoch yet starts from (0, 0).
+    """
+    state = read_state(run_dir)
+    if state is None:
+        return 0, 0
+    load_weights(model, run_dir)
+    optim_path = Path(run_dir) / state["optimizer"]
+    tensors = load_tensors(optim_path)
+    if sha256_file(optim_path) != state["optimizer_sha256"]:
+        raise MRLError(f"{optim_path} does not match the checksum in {STATE_FILE}; the checkpoint is corrupt")
+    _load_optimizer(optimizer, tensors, state["optimizer_groups"])
+    return state["epochs_done"], state["step"]
 
 
 @torch.no_grad()
@@ -251,16 +269,7 @@ def train(
     torch.manual_seed(config.seed)
     model = build_model(config, data).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    start_epoch, step = 0, 0
-    state = read_state(out) if resume else None
-    if state is not None:
-        load_weights(model, out)
-        optim_path = out / state["optimizer"]
-        if sha256_file(optim_path) != state["optimizer_sha256"]:
-            raise MRLError(f"{optim_path} does not match the checksum in {STATE_FILE}; the checkpoint is corrupt")
-        _load_optimizer(optimizer, load_tensors(optim_path), state["optimizer_groups"])
-        start_epoch, step = state["epochs_done"], state["step"]
-    model = model.to(device)
+    start_epoch, step = restore_checkpoint(model, optimizer, out) if resume else (0, 0)
     ddp_model: nn.Module = (
         nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if env.world_size > 1
@@ -322,7 +331,7 @@ def train(
             # epoch (with identical results) and must not log it twice.
             if not any(r.get("epoch") == epoch + 1 for r in read_jsonl(out / METRICS_FILE)):
                 append_jsonl(out / METRICS_FILE, record)
-            _save_checkpoint(out, model, optimizer, epoch + 1, step)
+            save_checkpoint(out, model, optimizer, epoch + 1, step)
             log.info("epoch %d: loss %.4f, val top-1 %s", epoch + 1, record["loss"], record["val_top1"])
             if progress:
                 tqdm.write(

@@ -39,13 +39,13 @@ from mrl.config import TrainConfig
 from mrl.data import Dataset, load_dataset
 from mrl.errors import MRLError
 from mrl.evaluation import EVAL_FILE, knn1_accuracy, topk_accuracy
-from mrl.io import append_jsonl, load_tensors, read_jsonl, sha256_file, write_json
+from mrl.io import append_jsonl, read_jsonl, write_json
 from mrl.losses import MatryoshkaLoss
 from mrl.models import create_model
 from mrl.nesting import validate_nesting
 from mrl.training import (
-    CONFIG_FILE, METRICS_FILE, STATE_FILE, _load_optimizer, _save_checkpoint, device_from_env, load_config,
-    load_weights, lr_at, prepare_run, read_state,
+    CONFIG_FILE, METRICS_FILE, device_from_env, load_config, load_weights, lr_at, prepare_run,
+    restore_checkpoint, save_checkpoint,
 )
 
 METHOD = "slimmable"
@@ -143,15 +143,7 @@ def train_slimmable(
     torch.manual_seed(config.seed)
     model = build_slimmable(config, data).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    start_epoch, step = 0, 0
-    state = read_state(out) if resume else None
-    if state is not None:
-        load_weights(model, out)
-        optim_path = out / state["optimizer"]
-        if sha256_file(optim_path) != state["optimizer_sha256"]:
-            raise MRLError(f"{optim_path} does not match the checksum in {STATE_FILE}; the checkpoint is corrupt")
-        _load_optimizer(optimizer, load_tensors(optim_path), state["optimizer_groups"])
-        start_epoch, step = state["epochs_done"], state["step"]
+    start_epoch, step = restore_checkpoint(model, optimizer, out) if resume else (0, 0)
     criterion = MatryoshkaLoss(nesting=config.nesting, weights=config.loss_weights).to(device)
     steps = steps_per_epoch(config, data)
     total_steps = steps * config.epochs
@@ -176,7 +168,7 @@ def train_slimmable(
         }
         if not any(r.get("epoch") == epoch + 1 for r in read_jsonl(out / METRICS_FILE)):
             append_jsonl(out / METRICS_FILE, record)
-        _save_checkpoint(out, model, optimizer, epoch + 1, step)
+        save_checkpoint(out, model, optimizer, epoch + 1, step)
     return out
 
 
