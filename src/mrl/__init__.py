@@ -1,20 +1,80 @@
-"""mrl: Matryoshka Representation Learning (Kusupati et al., NeurIPS 2022), end to end."""
+"""mrl: Matryoshka Representation Learning (Kusupati et al., NeurIPS 2022), end to end.
 
+The public API, re-exported from the modules that define it: nesting lists and truncation, the
+Matryoshka heads and loss, backbones, training and evaluation of runs, baselines, adaptive
+classification, retrieval metrics and the funnel index, the post-hoc adapter and the Matryoshka LM.
+"""
+
+from mrl.adapter import FitConfig, MatryoshkaAdapter, fit_adapter
+from mrl.adaptive import AdaptiveClassifier, budget_thresholds, cascade, greedy_thresholds, head_costs, max_softmax
+from mrl.baselines import LinearProbe, RandomFeatures, SlimmableClassifier, SVDProjection, retrofit
+from mrl.compare import compare
+from mrl.config import TrainConfig
+from mrl.data import load_dataset
 from mrl.errors import MRLError, NotFittedError
+from mrl.evaluation import evaluate_run
 from mrl.heads import MatryoshkaLinear, nested_logits
+from mrl.lm import LMConfig, LMTokenizer, MatryoshkaLM, load_corpus
 from mrl.losses import MatryoshkaLoss
+from mrl.metrics import (
+    Relevance,
+    average_precision_at_k,
+    knn_recall_at_k,
+    ndcg_at_k,
+    precision_at_k,
+    recall_at_k,
+    top_k_accuracy,
+)
+from mrl.models import MatryoshkaClassifier, create_model
 from mrl.nesting import default_nesting, parse_nesting, truncate, validate_nesting
+from mrl.retrieval import FunnelIndex, FunnelTuner, exact_search
+from mrl.training import train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveClassifier",
+    "FitConfig",
+    "FunnelIndex",
+    "FunnelTuner",
+    "LMConfig",
+    "LMTokenizer",
+    "LinearProbe",
     "MRLError",
+    "MatryoshkaAdapter",
+    "MatryoshkaClassifier",
+    "MatryoshkaLM",
     "MatryoshkaLinear",
     "MatryoshkaLoss",
     "NotFittedError",
+    "RandomFeatures",
+    "Relevance",
+    "SVDProjection",
+    "SlimmableClassifier",
+    "TrainConfig",
+    "average_precision_at_k",
+    "budget_thresholds",
+    "cascade",
+    "compare",
+    "create_model",
     "default_nesting",
+    "evaluate_run",
+    "exact_search",
+    "fit_adapter",
+    "greedy_thresholds",
+    "head_costs",
+    "knn_recall_at_k",
+    "load_corpus",
+    "load_dataset",
+    "max_softmax",
     "nested_logits",
+    "ndcg_at_k",
     "parse_nesting",
+    "precision_at_k",
+    "recall_at_k",
+    "retrofit",
+    "top_k_accuracy",
+    "train",
     "truncate",
     "validate_nesting",
 ]

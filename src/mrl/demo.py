@@ -23,8 +23,8 @@ def _series(result: dict, key: str) -> dict[int, float]:
 
 
 def run_demo(
-    out: str | Path, data: str = "fashion-mnist", data_dir: str | None = None, arch: str = "resnet",
-    rep_dim: int = 2048, ff_dims: str = "8,32,2048", epochs: int = 2, max_train: int | None = None, seed: int = 0,
+    out: str | Path, data: str = "fashion-mnist", data_dir: str | None = None, arch: str = "mlp",
+    rep_dim: int = 2048, ff_dims: str = "8,32,2048", epochs: int = 10, max_train: int | None = None, seed: int = 0,
     progress: bool = True, echo: Callable[[str], None] = print,
 ) -> dict:
     """Train (or reuse) every demo run under ``out``, evaluate, and write the report."""
