@@ -106,7 +106,7 @@ def pca_basis(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--work-dir", type=Path, default=Path("/work/runs/adapter"),
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/adapter"),
                         help="embedding cache, fitted adapters and results (outside git)")
     parser.add_argument("--nesting", default="16,32,64,128,256,384", help="prefix sizes evaluated and trained")
     parser.add_argument("--epochs-unsupervised", type=int, default=10, help="epochs of the unsupervised adapter")

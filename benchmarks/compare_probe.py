@@ -6,7 +6,7 @@ with the network (a few hundred SGD steps on a small budget), while SVD and rand
 and MRL-E prefixes z[:m] and on each FF-m representation, so the representations themselves can be
 compared with the SVD row on equal terms (MRL paper, section 4.1 evaluates SVD the same way).
 
-    .venv/bin/python benchmarks/compare_probe.py /work/runs/compare
+    .venv/bin/python benchmarks/compare_probe.py runs/compare
 """
 
 from __future__ import annotations

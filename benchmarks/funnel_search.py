@@ -16,9 +16,10 @@ Funnels are tuned (kNN-recall@10 >= --target-recall on separate tuning queries) 
 For exact search above --flat-copy-gib the script calls faiss.knn on the stored array, the
 kernel IndexFlatIP.search runs (knn_inner_product), to avoid a second copy of the data.
 
-    # embeddings: mrl train --arch mlp --epochs 3 --no-augment --out RUN
-    #             mrl embed RUN --split train --out train.npz; mrl embed RUN --split test --out test.npz
-    .venv/bin/python benchmarks/funnel_search.py --skip-speed --database train.npz --queries test.npz
+    # embeddings of the demo's MRL run (bash scripts/demo.sh first):
+    #   mrl embed runs/demo/runs/mrl --split train --out runs/demo/mrl_train.npz
+    #   mrl embed runs/demo/runs/mrl --split test --out runs/demo/mrl_test.npz
+    .venv/bin/python benchmarks/funnel_search.py --skip-speed
     .venv/bin/python benchmarks/funnel_search.py --skip-real --n 100000 --hnsw-full-n 100000 --tune-queries 100
     .venv/bin/python benchmarks/funnel_search.py --skip-real --n 1000000 --hnsw-full-n 0 --tune-queries 200 \
         --ef-construction 40 --repeats 2 --exact-repeats 1     # ~20 min on 2 busy cores, ~9 GB RAM
@@ -221,8 +222,8 @@ def speed_table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--database", type=Path, default=Path("/work/runs/retrieval/fmnist_train.npz"), help="embeddings .npz (X, y) of the database")
-    parser.add_argument("--queries", type=Path, default=Path("/work/runs/retrieval/fmnist_test.npz"), help="embeddings .npz (X, y) of the queries")
+    parser.add_argument("--database", type=Path, default=Path("runs/demo/mrl_train.npz"), help="embeddings .npz (X, y) of the database")
+    parser.add_argument("--queries", type=Path, default=Path("runs/demo/mrl_test.npz"), help="embeddings .npz (X, y) of the queries")
     parser.add_argument("--skip-real", action="store_true", help="skip part 1")
     parser.add_argument("--skip-speed", action="store_true", help="skip part 2")
     parser.add_argument("--n", type=int, default=1_000_000, help="synthetic database size")
@@ -243,7 +244,7 @@ def main() -> None:
     parser.add_argument("--flat-copy-gib", type=float, default=2.0, help="above this size exact search uses faiss.knn without a copy")
     parser.add_argument("--repeats", type=int, default=3, help="timing rounds")
     parser.add_argument("--exact-repeats", type=int, default=3, help="timing rounds of exact search (at most --repeats)")
-    parser.add_argument("--out", type=Path, default=Path("/work/runs/retrieval/funnel_search.json"), help="JSON results")
+    parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/funnel_search.json"), help="JSON results")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

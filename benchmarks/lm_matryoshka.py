@@ -4,7 +4,7 @@ Trains seven LMs with the same trunk, tokens and schedule (MRL, MRL-E, and one F
 nesting size), evaluates every size on the validation split, fits adaptive-decoding thresholds and
 writes table.md, results.json, perplexity.png and adaptive.png under OUT.
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/lm_matryoshka.py --out /work/runs/lm/wordnet
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/lm_matryoshka.py --out runs/lm/wordnet
 
 Each phase skips the models already done, so an interrupted run picks up where it stopped.
 About 25 minutes on one CPU core at the defaults; ``--d-model 256 --layers 4 --steps 2000`` is the
@@ -27,7 +27,7 @@ from mrl.lm.train import TrainConfig, prepare_run, train
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("/work/runs/lm/wordnet"))
+    parser.add_argument("--out", type=Path, default=Path("runs/lm/wordnet"))
     parser.add_argument("--corpus", default="wordnet")
     parser.add_argument("--vocab-size", type=int, default=2048)
     parser.add_argument("--d-model", type=int, default=128)
