@@ -111,3 +111,21 @@ def test_demo_end_to_end_small(tmp_path, fashion_subset_dir):
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.safetensors")}
     assert run(*args).exit_code == 0
     assert mtimes == {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.safetensors")}
+
+
+def test_multi_run_commands_refuse_a_foreign_out(trained_run, tmp_path, fashion_subset_dir):
+    before = files_under(trained_run)
+    common = ["--data", "mnist", "--data-dir", fashion_subset_dir, "--epochs", 1, "--quiet"]
+    for command in (["demo", "--out", trained_run], ["compare", "--out", trained_run, "--seeds", 1]):
+        result = run(*command, *common)
+        assert result.exit_code == 1
+        assert f"{trained_run} exists and is not an `mrl {command[0]}` folder" in result.output
+    assert files_under(trained_run) == before
+
+
+def test_eval_refuses_a_foreign_config(tmp_path):
+    (tmp_path / "lm").mkdir()
+    (tmp_path / "lm" / "config.json").write_text('{"corpus": "wordnet", "model": {}, "train": {}}')
+    result = run("eval", tmp_path / "lm")
+    assert result.exit_code == 1
+    assert "is not a run directory of `mrl train` (its config.json is not a training config)" in result.output

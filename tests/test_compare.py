@@ -13,6 +13,7 @@ from mrl.compare import METHODS, aggregate, compare, parse_methods
 from mrl.config import TrainConfig
 from mrl.data import load_dataset
 from mrl.errors import MRLError
+from mrl.experiments import claim_folder
 from mrl.training import train
 
 SIZES = [8, 16]
@@ -79,6 +80,7 @@ def test_interrupted_compare_resumes_and_matches(tmp_path, full, fashion_subset_
     def stop_after_first(epoch):
         raise Interrupt
 
+    claim_folder(out, "compare")  # as the compare does before its first run
     with pytest.raises(Interrupt):
         train(config, out / "runs" / "seed-0" / "mrl", progress=False, data=dataset, on_epoch_end=stop_after_first)
     # ... then the compare itself interrupted after six finished pieces.

@@ -230,3 +230,19 @@ def test_cli_config_file_then_flags(tmp_path, trained):
     bad.write_text('{"model": {"width": 3}}')
     result = CliRunner().invoke(cli, ["lm", "train", "--config", str(bad), "--out", str(tmp_path / "b")])
     assert result.exit_code == 1 and "unknown model config key(s) ['width']" in result.output
+
+
+def test_foreign_or_missing_run_dir_is_refused(tmp_path):
+    from click.testing import CliRunner
+
+    from mrl.cli import cli
+
+    (tmp_path / "cls").mkdir()
+    (tmp_path / "cls" / "config.json").write_text('{"mode": "mrl", "nesting": [8, 16]}')  # a classification run
+    for args, message in (
+        (["eval", str(tmp_path / "cls")], "is not an LM run directory (its config.json has no corpus/model/train sections)"),
+        (["generate", str(tmp_path), "--prompt", "a"], "is not an LM run directory (no config.json)"),
+        (["eval", str(tmp_path / "missing")], "does not exist"),
+    ):
+        result = CliRunner().invoke(cli, ["lm", *args], catch_exceptions=False)
+        assert result.exit_code != 0 and message in result.output, result.output

@@ -37,7 +37,7 @@ from mrl.config import TrainConfig
 from mrl.data import Dataset, load_dataset
 from mrl.errors import MRLError
 from mrl.evaluation import EVAL_FILE, embed, knn1_accuracy, load_run
-from mrl.experiments import run_or_reuse, run_status
+from mrl.experiments import claim_folder, run_or_reuse, run_status
 from mrl.io import atomic_directory, atomic_write_text, read_json, read_jsonl, write_json
 from mrl.nesting import parse_nesting
 from mrl.report import markdown_table, plot_vs_size
@@ -191,6 +191,7 @@ def compare(
                   batch_size=batch_size, lr=lr)
     TrainConfig(rep_dim=rep_dim, nesting=sizes, **common)  # validate every setting before any work
     dataset = dataset if dataset is not None else load_dataset(data, data_dir, max_train)
+    claim_folder(out, "compare")
     y_train, y_test = dataset.train.y.numpy(), dataset.test.y.numpy()
     needs_ffd = any(m in methods for m in ("svd", "rand", "retrofit"))
     ff_sizes = sorted(set(sizes if "ff" in methods else []) | ({rep_dim} if needs_ffd else set()))

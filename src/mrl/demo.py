@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mrl.config import TrainConfig
 from mrl.data import load_dataset
-from mrl.experiments import run_or_reuse
+from mrl.experiments import claim_folder, run_or_reuse
 from mrl.io import atomic_write_text, write_json
 from mrl.nesting import parse_nesting
 from mrl.report import markdown_table, plot_vs_size
@@ -37,6 +37,7 @@ def run_demo(
         **{f"FF-{m}": TrainConfig(mode="ff", ff_dim=m, **common) for m in ff_sizes},
     }
     dataset = load_dataset(data, data_dir, max_train)
+    claim_folder(out, "demo")
     results, seconds = {}, {}
     for name, config in configs.items():
         echo(f"== {name}")

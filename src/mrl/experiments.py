@@ -13,8 +13,30 @@ from mrl.config import TrainConfig
 from mrl.data import Dataset
 from mrl.errors import MRLError
 from mrl.evaluation import EVAL_FILE, evaluate_run
-from mrl.io import read_json
+from mrl.io import read_json, write_json
 from mrl.training import is_run_dir, load_config, read_state, train
+
+
+FOLDER_FILE = "experiment.json"
+
+
+def claim_folder(out: str | Path, command: str) -> Path:
+    """Make ``out`` the folder of one multi-run command, or check that it already is.
+
+    An existing, non-empty folder that another command (or no command) made is refused, so
+    pointing ``--out`` at the wrong place never writes runs into it.
+    """
+    out = Path(out)
+    marker = out / FOLDER_FILE
+    if marker.is_file():
+        owner = read_json(marker)
+        if not isinstance(owner, dict) or owner.get("command") != command:
+            raise MRLError(f"{out} holds the results of another command ({owner}); choose another --out")
+        return out
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MRLError(f"{out} exists and is not an `mrl {command}` folder; choose another --out")
+    write_json(marker, {"command": command})
+    return out
 
 
 def run_status(run_dir: Path, config: TrainConfig) -> str:

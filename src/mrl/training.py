@@ -118,7 +118,10 @@ def load_config(run_dir: str | Path) -> TrainConfig:
         raise MRLError(f"run directory {run_dir} does not exist")
     if not is_run_dir(run_dir):
         raise MRLError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); create one with `mrl train`")
-    return TrainConfig.load(run_dir / CONFIG_FILE)
+    values = read_json(run_dir / CONFIG_FILE)
+    if not isinstance(values, dict) or "mode" not in values:
+        raise MRLError(f"{run_dir} is not a run directory of `mrl train` (its {CONFIG_FILE} is not a training config)")
+    return TrainConfig.from_dict(values)
 
 
 def read_state(run_dir: Path) -> dict | None:

@@ -33,9 +33,9 @@ from tqdm.auto import tqdm
 
 from mrl.adaptive import HeadCosts, budget_thresholds, cascade_outcome, head_costs, thresholds_to_json
 from mrl.errors import MRLError
-from mrl.io import load_npy, load_npz, read_json, save_npz, write_json
+from mrl.io import load_npy, load_npz, save_npz, write_json
 from mrl.lm.model import MatryoshkaLM
-from mrl.lm.train import load_model
+from mrl.lm.train import load_model, read_run_config
 
 
 def windows_of(ids: torch.Tensor, context: int, max_tokens: int | None = None) -> torch.Tensor:
@@ -159,7 +159,7 @@ def fit_adaptive(run_dir: str | os.PathLike, tolerance: float = 0.01, n_quantile
         front's points on the test half), ``fixed`` (each single size on the test half), ``full``.
     """
     run_dir = Path(run_dir)
-    config = read_json(run_dir / "config.json")["model"]
+    config = read_run_config(run_dir)["model"]
     nesting, vocab = config["nesting"], config["vocab_size"]
     if len(nesting) < 2:
         raise MRLError(f"adaptive decoding needs a model with several head sizes; {run_dir} has nesting {nesting}")

@@ -136,10 +136,23 @@ def load_checkpoint(run_dir: Path, model: MatryoshkaLM, opt: torch.optim.AdamW, 
     return int(read_json(run_dir / "state.json")["step"])
 
 
+def read_run_config(run_dir: str | os.PathLike) -> dict:
+    """config.json of an LM run directory; anything else is refused with a clear error."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise MRLError(f"LM run directory {run_dir} does not exist")
+    if not (run_dir / "config.json").is_file():
+        raise MRLError(f"{run_dir} is not an LM run directory (no config.json); create one with `mrl lm train`")
+    config = read_json(run_dir / "config.json")
+    if not isinstance(config, dict) or not {"corpus", "model", "train"} <= set(config):
+        raise MRLError(f"{run_dir} is not an LM run directory (its config.json has no corpus/model/train sections)")
+    return config
+
+
 def load_model(run_dir: str | os.PathLike, weights: str = "model.safetensors") -> MatryoshkaLM:
     """The trained LM of a run directory (final weights, or the checkpoint's while training)."""
     run_dir = Path(run_dir)
-    config = read_json(run_dir / "config.json")
+    config = read_run_config(run_dir)
     model = MatryoshkaLM(LMConfig.from_dict(config["model"]))
     path = run_dir / weights
     if not path.exists() and (run_dir / "checkpoint.safetensors").exists():
@@ -192,7 +205,7 @@ def prepare_run(
     names = ("tokens_train.npy", "tokens_val.npy")
     if tokens_from is not None:
         source = Path(tokens_from)
-        if read_json(source / "config.json")["corpus"] != corpus:
+        if read_run_config(source)["corpus"] != corpus:
             raise MRLError(f"tokens_from={str(source)!r} was made from another corpus than {corpus!r}")
         tokenizer = LMTokenizer.load(source / "tokenizer.json")
         streams = [load_npy(source / name) for name in names]
@@ -226,7 +239,7 @@ def train(run_dir: str | os.PathLike, resume: bool = False, stop_after: int | No
         The model (in eval mode).
     """
     run_dir = Path(run_dir)
-    config = read_json(run_dir / "config.json")
+    config = read_run_config(run_dir)
     model_config = LMConfig.from_dict(config["model"])
     cfg = TrainConfig.from_dict(config["train"])
     torch.manual_seed(cfg.seed)
