@@ -36,7 +36,7 @@ from mrl.baselines.slimmable import evaluate_slimmable, slimmable_config, train_
 from mrl.config import TrainConfig
 from mrl.data import Dataset, load_dataset
 from mrl.errors import MRLError
-from mrl.evaluation import EVAL_FILE, embed, knn1_accuracy, load_run
+from mrl.evaluation import EVAL_FILE, embed, knn1_accuracy, load_run, per_size
 from mrl.experiments import claim_folder, run_or_reuse, run_status
 from mrl.io import atomic_directory, atomic_write_text, read_json, read_jsonl, write_json
 from mrl.nesting import parse_nesting
@@ -65,10 +65,6 @@ def parse_methods(text: str | Sequence[str] | None) -> list[str]:
     if unknown or not names:
         raise MRLError(f"unknown method(s) {unknown or names!r} in --methods; choose from {', '.join(METHODS)}")
     return [m for m in METHODS if m in names]
-
-
-def _series(result: dict, key: str) -> dict[int, float]:
-    return {int(m): float(v) for m, v in result[key].items()}
 
 
 def _derived(path: Path, key: dict, build: Callable[[], dict]) -> dict:
@@ -268,7 +264,7 @@ def compare(
                 seconds.setdefault("retrofit", []).append(float(results["retrofit"].get("train_seconds", 0.0)))
                 done(f"seed-{seed}/retrofit")
         for method in methods:
-            per_seed[method].append({key: _series(results[method], key) for key in ("top1", "knn1")})
+            per_seed[method].append({key: per_size(results[method], key) for key in ("top1", "knn1")})
 
     return write_report(out, per_seed, seconds, sizes, dict(
         data=data, arch=arch or ("resnet" if dataset.kind == "image" else "mlp"), rep_dim=rep_dim, epochs=epochs,

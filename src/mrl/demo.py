@@ -12,14 +12,11 @@ from pathlib import Path
 
 from mrl.config import TrainConfig
 from mrl.data import load_dataset
+from mrl.evaluation import per_size
 from mrl.experiments import claim_folder, run_or_reuse
 from mrl.io import atomic_write_text, write_json
 from mrl.nesting import parse_nesting
 from mrl.report import markdown_table, plot_vs_size
-
-
-def _series(result: dict, key: str) -> dict[int, float]:
-    return {int(m): v for m, v in result[key].items()}
 
 
 def run_demo(
@@ -45,9 +42,9 @@ def run_demo(
         results[name] = run_or_reuse(config, out / "runs" / name.lower(), data=dataset, progress=progress)
         seconds[name] = time.time() - started
 
-    top1 = {"MRL": _series(results["MRL"], "top1"), "MRL-E": _series(results["MRL-E"], "top1"),
+    top1 = {"MRL": per_size(results["MRL"], "top1"), "MRL-E": per_size(results["MRL-E"], "top1"),
             "FF": {m: results[f"FF-{m}"]["top1"][str(m)] for m in ff_sizes}}
-    knn1 = {"MRL": _series(results["MRL"], "knn1"), "MRL-E": _series(results["MRL-E"], "knn1"),
+    knn1 = {"MRL": per_size(results["MRL"], "knn1"), "MRL-E": per_size(results["MRL-E"], "knn1"),
             "FF": {m: results[f"FF-{m}"]["knn1"][str(m)] for m in ff_sizes}}
     plot_vs_size(out / "top1.png", top1, "test top-1 accuracy (%)", f"{data}: linear top-1 vs size")
     plot_vs_size(out / "knn1.png", knn1, "test 1-NN accuracy (%)", f"{data}: 1-NN vs size")

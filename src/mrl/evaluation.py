@@ -27,6 +27,16 @@ from mrl.training import build_model, device_from_env, load_config, load_weights
 EVAL_FILE = "eval.json"
 
 
+def per_size(result: dict, key: str) -> dict[int, float]:
+    """One series of an eval.json (``top1``, ``top5``, ``knn1``...) keyed by int size.
+
+    Example:
+        >>> per_size({"top1": {"8": 0.5, "16": 0.75}}, "top1")
+        {8: 0.5, 16: 0.75}
+    """
+    return {int(m): float(v) for m, v in result[key].items()}
+
+
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     """Share of rows whose label is among the k largest logits; logits [..., N, C] -> [...]."""
     k = min(k, logits.shape[-1])

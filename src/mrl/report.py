@@ -49,13 +49,21 @@ def markdown_table(
     return "\n".join(lines)
 
 
+def save_figure(fig, path: str | Path, **savefig_kwargs) -> Path:
+    """Render ``fig`` as PNG, close it, and write it atomically to ``path``."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **savefig_kwargs)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
 def plot_vs_size(
     path: str | Path, columns: Mapping[str, Series], ylabel: str, title: str = "",
     stds: Mapping[str, Series] | None = None, percent: bool = True,
 ) -> Path:
     """One line per method (a single point shows as a marker), log2 x-axis; written atomically as PNG."""
-    import io
-
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     scale = 100.0 if percent else 1.0
     for name, col in columns.items():
@@ -75,7 +83,4 @@ def plot_vs_size(
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return save_figure(fig, path)

@@ -6,7 +6,6 @@ Curves are threshold sweeps (expected dims vary continuously), points are fixed-
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mrl.io import atomic_write_bytes  # noqa: E402
+from mrl.report import save_figure  # noqa: E402
 
 XY = tuple[Sequence[float], Sequence[float]]
 
@@ -59,7 +58,4 @@ def plot_cost_accuracy(
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return save_figure(fig, path)

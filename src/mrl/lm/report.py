@@ -13,7 +13,7 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mrl.io import atomic_write_bytes  # noqa: E402
+from mrl.report import save_figure  # noqa: E402
 
 
 def _ff_by_size(results: dict) -> dict[str, dict]:
@@ -62,15 +62,6 @@ def comparison_table(results: dict, adaptive: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
 def plot_perplexity(results: dict, path: str | os.PathLike) -> Path:
     """PNG of validation perplexity (log scale) vs head size, one line per model family."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -93,7 +84,7 @@ def plot_perplexity(results: dict, path: str | os.PathLike) -> Path:
         ax.legend()
     axes[0].set_yscale("log")
     axes[0].yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
 def plot_adaptive(adaptive: dict, results: dict, path: str | os.PathLike) -> Path:
@@ -115,4 +106,4 @@ def plot_adaptive(adaptive: dict, results: dict, path: str | os.PathLike) -> Pat
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_yscale("log")
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=120, bbox_inches="tight")

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from mrl.errors import MRLError
-from mrl.io import atomic_write_bytes
 from mrl.metrics import Relevance, knn_recall_at_k, retrieval_summary
 from mrl.retrieval.costs import funnel_flops
 from mrl.retrieval.funnel import FunnelIndex, format_funnel, parse_funnel
@@ -135,12 +134,13 @@ def format_table(rows: Sequence[dict]) -> str:
 
 def plot_accuracy_vs_flops(path: str | Path, rows: Sequence[dict], metric: str = "map@10", title: str = "") -> Path:
     """Scatter ``metric`` against MFLOPs per query (log x), one labelled point per configuration; PNG written atomically."""
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on servers
     import matplotlib.pyplot as plt
+
+    from mrl.report import save_figure
 
     points = [r for r in rows if metric in r]
     if not points:
@@ -156,7 +156,4 @@ def plot_accuracy_vs_flops(path: str | Path, rows: Sequence[dict], metric: str =
         ax.set_title(title)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return save_figure(fig, path)
