@@ -134,21 +134,31 @@ def read_state(run_dir: Path) -> dict | None:
     return state
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = optimizer.state_dict()
+def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The optimizer's per-parameter state as flat safetensors entries ``{prefix}{index}.{key}``."""
     tensors = {}
-    for idx, slot in sd["state"].items():
+    for idx, slot in optimizer.state_dict()["state"].items():
         for key, value in slot.items():
-            tensors[f"{idx}.{key}"] = value if isinstance(value, torch.Tensor) else torch.tensor(value)
-    return tensors, {"param_groups": sd["param_groups"]}
+            tensors[f"{prefix}{idx}.{key}"] = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+    return tensors
 
 
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: dict) -> None:
+def load_optimizer_tensors(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str = "",
+    param_groups: list[dict] | None = None,
+) -> None:
+    """Inverse of :func:`optimizer_tensors`; entries without ``prefix`` are ignored.
+
+    ``param_groups`` (as saved in JSON) restores hyper-parameters too; by default the optimizer's
+    current groups are kept.
+    """
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
-        idx, key = name.split(".", 1)
-        state.setdefault(int(idx), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": groups["param_groups"]})
+        if name.startswith(prefix):
+            idx, key = name[len(prefix) :].split(".", 1)
+            state.setdefault(int(idx), {})[key] = value
+    groups = param_groups if param_groups is not None else optimizer.state_dict()["param_groups"]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
 def load_weights(model: nn.Module, run_dir: str | Path) -> dict:
@@ -174,8 +184,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
     model_path = ckpt / f"model-{epoch:04d}.safetensors"
     optim_path = ckpt / f"optim-{epoch:04d}.safetensors"
     save_tensors(model_path, model.state_dict())
-    optim_tensors, groups = _optimizer_tensors(optimizer)
-    save_tensors(optim_path, optim_tensors)
+    save_tensors(optim_path, optimizer_tensors(optimizer))
     previous = read_state(run_dir)
     write_json(
         run_dir / STATE_FILE,
@@ -186,7 +195,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
             "model_sha256": sha256_file(model_path),
             "optimizer": str(optim_path.relative_to(run_dir)),
             "optimizer_sha256": sha256_file(optim_path),
-            "optimizer_groups": groups,
+            "optimizer_groups": {"param_groups": optimizer.state_dict()["param_groups"]},
         },
     )
     if previous is not None:  # the new state is on disk: older files are no longer needed
@@ -209,7 +218,7 @@ def restore_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, run_d
     tensors = load_tensors(optim_path)
     if sha256_file(optim_path) != state["optimizer_sha256"]:
         raise MRLError(f"{optim_path} does not match the checksum in {STATE_FILE}; the checkpoint is corrupt")
-    _load_optimizer(optimizer, tensors, state["optimizer_groups"])
+    load_optimizer_tensors(optimizer, tensors, param_groups=state["optimizer_groups"]["param_groups"])
     return state["epochs_done"], state["step"]
 
 

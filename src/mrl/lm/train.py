@@ -26,13 +26,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mrl.config import config_from_dict
 from mrl.errors import MRLError
 from mrl.io import append_jsonl, load_npy, load_tensors, read_json, save_npy, save_tensors, write_json
-from mrl.losses import MatryoshkaLoss
 from mrl.lm.corpus import load_corpus
-from mrl.config import config_from_dict
 from mrl.lm.model import LMConfig, MatryoshkaLM
 from mrl.lm.tokenizer import LMTokenizer
+from mrl.losses import MatryoshkaLoss
+from mrl.training import load_optimizer_tensors, optimizer_tensors
 
 log = logging.getLogger(__name__)
 
@@ -99,29 +100,10 @@ def make_optimizer(model: MatryoshkaLM, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
 
 
-def _optimizer_tensors(opt: torch.optim.AdamW) -> dict[str, torch.Tensor]:
-    out = {}
-    for index, state in opt.state_dict()["state"].items():
-        for key, value in state.items():
-            out[f"optim.{index}.{key}"] = value if isinstance(value, torch.Tensor) else torch.tensor(value)
-    return out
-
-
-def _load_optimizer_tensors(opt: torch.optim.AdamW, tensors: dict[str, torch.Tensor]) -> None:
-    state_dict = opt.state_dict()
-    state: dict[int, dict] = {}
-    for name, value in tensors.items():
-        if name.startswith("optim."):
-            _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value
-    state_dict["state"] = state
-    opt.load_state_dict(state_dict)
-
-
 def save_checkpoint(run_dir: Path, model: MatryoshkaLM, opt: torch.optim.AdamW, generator: torch.Generator, step: int) -> None:
     """Model, optimizer and batch-generator state at ``step`` (one safetensors file, atomic)."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors.update(_optimizer_tensors(opt))
+    tensors.update(optimizer_tensors(opt, prefix="optim."))
     tensors["rng"] = generator.get_state()
     save_tensors(run_dir / "checkpoint.safetensors", tensors, metadata={"step": str(step)})
     write_json(run_dir / "state.json", {"step": step, "checkpoint": "checkpoint.safetensors"})
@@ -131,7 +113,7 @@ def load_checkpoint(run_dir: Path, model: MatryoshkaLM, opt: torch.optim.AdamW, 
     """Restore a checkpoint; returns the step it was taken at."""
     tensors = load_tensors(run_dir / "checkpoint.safetensors")
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-    _load_optimizer_tensors(opt, tensors)
+    load_optimizer_tensors(opt, tensors, prefix="optim.")
     generator.set_state(tensors["rng"])
     return int(read_json(run_dir / "state.json")["step"])
 
