@@ -187,11 +187,11 @@ def lock(directory: str | os.PathLike) -> Iterator[Path]:
     """Hold an exclusive lock on ``directory`` (created if missing) for one writer.
 
     An fcntl.flock on ``directory/.lock``, released when the block ends or the process dies. A
-    second writer fails at once with an MRLError naming the holder's pid. A folder this call
-    created is removed again if the block fails before writing anything into it.
+    second writer fails at once with an MRLError naming the holder's pid. Folders this call
+    created are removed again if the block fails before writing anything into them.
     """
     directory = Path(directory)
-    created = not directory.exists()
+    created = [p for p in (directory, *directory.parents) if not p.exists()]  # innermost first
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
@@ -210,11 +210,11 @@ def lock(directory: str | os.PathLike) -> Iterator[Path]:
         try:
             yield directory
         except BaseException:
-            if created:
-                with contextlib.suppress(OSError):
-                    if [p.name for p in directory.iterdir()] == [LOCK_FILE]:
-                        os.unlink(directory / LOCK_FILE)
-                        directory.rmdir()
+            with contextlib.suppress(OSError):
+                if created and [p.name for p in directory.iterdir()] == [LOCK_FILE]:
+                    os.unlink(directory / LOCK_FILE)
+                    for folder in created:
+                        folder.rmdir()
             raise
     finally:
         os.close(fd)
