@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mrl.errors import MRLError
-from mrl.io import read_json, sha256_file, write_json
+from mrl.io import atomic_directory, read_json, sha256_file, write_json
 
 KINDS = ("training-run", "lm-run", "index", "adapter", "experiment", "text-run")
 MANIFEST = "manifest.json"
@@ -260,3 +260,30 @@ def prepare_output(
         if _within(source, resolved) or _within(resolved, source):
             raise MRLError(f"refusing to overwrite {path}: it holds or lies inside the input {item}")
     return check_writable(path)
+
+
+@contextlib.contextmanager
+def new_artifact(
+    path: str | os.PathLike, kind: str, overwrite: bool = False, inputs: Iterable[str | os.PathLike] = (),
+    meta: dict[str, Any] | None = None, format_version: int = 1,
+) -> Iterator[Path]:
+    """Build a whole ``kind`` artifact in a temp folder and move it to ``path`` when the block ends.
+
+    ``path`` is checked by :func:`prepare_output` and locked; the manifest lists every top-level
+    file the block wrote (``meta`` may be filled in by the block). On error nothing at ``path``
+    changes.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "exp"
+        >>> with new_artifact(out, "experiment", meta={"command": "doc"}) as tmp:
+        ...     _ = (tmp / "result.json").write_text("{}")
+        >>> read_manifest(out, "experiment").files.keys()
+        dict_keys(['result.json'])
+    """
+    path = prepare_output(path, kind, overwrite, inputs)
+    meta = {} if meta is None else meta
+    with lock(path), atomic_directory(path, overwrite=True) as tmp:
+        yield tmp
+        names = sorted(p.name for p in tmp.iterdir() if p.is_file() and not p.is_symlink() and p.name != MANIFEST)
+        write_manifest(tmp, kind, names, format_version, meta)
