@@ -38,7 +38,7 @@ def test_fit_then_apply_matches_the_library(data):
                  "--epochs", "3", "--batch-size", "64", "--neighbours", "3", "--quiet")
     assert result.exit_code == 0, result.output
     assert "nesting [4, 8, 16]" in result.output
-    assert sorted(p.name for p in (data / "ad").iterdir()) == ["adapter.safetensors", "config.json"]
+    assert sorted(p.name for p in (data / "ad").iterdir()) == ["adapter.safetensors", "config.json", "manifest.json"]
     info = read_fit_info(data / "ad")
     assert info["config"]["epochs"] == 3 and len(info["history"]) == 3 and info["n_pairs"] == 0
 
@@ -89,7 +89,7 @@ def test_apply_refuses_another_dimension(data):
     [
         (("--key", "Z"), r"has no array 'Z'; it has \['X', 'y'\]"),
         (("--nesting", "8,4"), r"nesting must be strictly ascending, got \[8, 4\]"),
-        (("--epochs", "0"), "epochs must be a positive integer, got 0"),
+        (("--epochs", "0"), "epochs must be an integer >= 1 and <= 100000, got 0"),
         (("--key", "y"), r"emb.npz:y must be a float matrix \[N, d\], got shape \(200,\)"),
     ],
 )

@@ -104,10 +104,11 @@ def fit_command(
     import torch
 
     from mrl.adapter import MatryoshkaAdapter, fit_adapter, fit_info
+    from mrl.artifacts import prepare_output
     from mrl.nesting import parse_nesting
 
-    if out.exists() and not overwrite:
-        raise MRLError(f"{out} already exists; choose another --out or pass --overwrite")
+    inputs = [p for p in (embeddings, pairs, config_path) if p is not None]
+    prepare_output(out, "adapter", overwrite, inputs)  # refuse before the work
     config = _fit_config(ctx, params, config_path)
     corpus, _ = _matrix(embeddings, key)
     queries = documents = None
@@ -122,7 +123,7 @@ def fit_command(
         config, history, embeddings=str(embeddings), key=key, n_embeddings=int(len(corpus)),
         pairs=str(pairs) if pairs is not None else None, n_pairs=int(len(queries)) if queries is not None else 0,
     )
-    adapter.save(out, fit_info=info, overwrite=overwrite)
+    adapter.save(out, fit_info=info, overwrite=overwrite, inputs=inputs)
     last = history[-1]
     click.echo(f"adapter for {dim}-dim embeddings, nesting {adapter.nesting}: final loss {last['loss']:.4f} -> {out}")
 
