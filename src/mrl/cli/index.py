@@ -42,14 +42,15 @@ def index_group() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build(embeddings, out, shortlist_dim, shortlist, metric, dtype, hnsw_m, ef_construction, ef_search, overwrite, quiet) -> None:
     """Build a funnel index from EMBEDDINGS (.npz with X and optional labels y) and save it to --out."""
+    from mrl.artifacts import lock, prepare_output
     from mrl.retrieval import FunnelIndex
 
-    if Path(out).exists() and not overwrite:
-        raise MRLError(f"{out} already exists; pass --overwrite to replace it")
+    prepare_output(out, "index", overwrite, inputs=[embeddings])
     vectors, labels = _load_queries(embeddings)
     index = FunnelIndex(vectors, metric=metric, shortlist_dim=shortlist_dim, shortlist=shortlist, hnsw_m=hnsw_m,
                         ef_construction=ef_construction, ef_search=ef_search, dtype=dtype, labels=labels, progress=not quiet)
-    index.save(out, overwrite=overwrite)
+    with lock(out):
+        index.save(out, overwrite=True)  # prepare_output allowed replacing it; the lock made the folder
     memory = index.memory_bytes()
     click.echo(f"wrote {out}: {index.ntotal} x {index.dim} {dtype}, {shortlist} shortlist on {shortlist_dim} dims, "
                f"{memory['total'] / 2**20:.1f} MiB")
@@ -89,15 +90,17 @@ def search(index_dir, queries, k, funnel, out, mmap) -> None:
 @click.option("--max-queries", type=int, default=1000, show_default=True, help="Tune on at most this many queries (the first ones).")
 def tune(index_dir, queries, k, target_recall, max_queries) -> None:
     """Pick the cheapest funnel meeting --target-recall on QUERIES and store it as the index's default."""
+    from mrl.artifacts import lock
     from mrl.retrieval import FunnelIndex
 
-    index = FunnelIndex.load(index_dir)
-    x, _ = _load_queries(queries)
-    tuner = index.tune(x[:max_queries], k=k, target_recall=target_recall)
-    click.echo(tuner.summary())
-    if not tuner.target_met_:
-        click.echo(f"no funnel reached knn_recall@{k} >= {target_recall}; kept the most accurate", err=True)
-    index.save(index_dir, overwrite=True)
+    with lock(index_dir):
+        index = FunnelIndex.load(index_dir)
+        x, _ = _load_queries(queries)
+        tuner = index.tune(x[:max_queries], k=k, target_recall=target_recall)
+        click.echo(tuner.summary())
+        if not tuner.target_met_:
+            click.echo(f"no funnel reached knn_recall@{k} >= {target_recall}; kept the most accurate", err=True)
+        index.save(index_dir, overwrite=True)
     click.echo(f"chose {tuner.best_['spec']} (knn_recall@{k} {tuner.best_['knn_recall']:.4f}, "
                f"{tuner.best_['mflops']:.3f} MFLOPs/query); saved as the default of {index_dir}")
 
@@ -113,19 +116,25 @@ def tune(index_dir, queries, k, target_recall, max_queries) -> None:
               help="Where to write evaluation.json, evaluation.md and the mAP-vs-MFLOPs PNG (default: INDEX_DIR-evaluation).")
 def evaluate(index_dir, queries, funnels, k, out_dir) -> None:
     """Compare configurations on QUERIES: mAP@k, P@k, recall@k, top-1, kNN-recall@k, MFLOPs and ms per query."""
+    from mrl.artifacts import new_artifact, prepare_output
     from mrl.retrieval import FunnelIndex, evaluate_configurations, format_table, plot_accuracy_vs_flops
 
+    out = Path(out_dir) if out_dir else Path(index_dir).with_name(Path(index_dir).name + "-evaluation")
+    # The folder is an experiment artifact: an earlier evaluation is replaced, any other folder refused.
+    prepare_output(out, "experiment", True, inputs=[index_dir, queries])
     index = FunnelIndex.load(index_dir)
     x, y = _load_queries(queries)
     configs = None if funnels is None else [c.strip() for c in funnels.split(";") if c.strip()]
     rows = evaluate_configurations(index, x, y, configs, k=k)
     table = format_table(rows)
     click.echo(table)
-    out = Path(out_dir) if out_dir else Path(index_dir).with_name(Path(index_dir).name + "-evaluation")
-    write_json(out / "evaluation.json", {"index": str(index_dir), "queries": str(queries), "k": k, "rows": rows})
-    atomic_write_text(out / "evaluation.md", table + "\n")
-    if f"map@{k}" in rows[0]:
-        plot_accuracy_vs_flops(out / f"map{k}_vs_mflops.png", rows, metric=f"map@{k}", title=f"mAP@{k} vs cost ({Path(index_dir).name})")
+    meta = {"command": "index evaluate"}
+    with new_artifact(out, "experiment", True, inputs=[index_dir, queries], meta=meta) as tmp:
+        write_json(tmp / "evaluation.json", {"index": str(index_dir), "queries": str(queries), "k": k, "rows": rows})
+        atomic_write_text(tmp / "evaluation.md", table + "\n")
+        if f"map@{k}" in rows[0]:
+            plot_accuracy_vs_flops(tmp / f"map{k}_vs_mflops.png", rows, metric=f"map@{k}",
+                                   title=f"mAP@{k} vs cost ({Path(index_dir).name})")
     click.echo(f"wrote {out}")
 
 
