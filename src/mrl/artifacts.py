@@ -240,7 +240,7 @@ def prepare_output(
 ) -> Path:
     """Check that ``path`` may receive a new ``kind`` artifact; nothing is changed on disk.
 
-    A missing path is fine (its nearest existing folder must be writable). An existing one is
+    A missing path or an empty folder is fine (the nearest existing folder must be writable). Any other is
     refused unless ``overwrite`` is set, it is an artifact of the same kind, and it neither is,
     contains nor lies inside any of the command's ``inputs``.
     """
@@ -248,6 +248,8 @@ def prepare_output(
     _check_kind(kind)
     if not path.exists() and not path.is_symlink():
         return check_writable(path)
+    if path.is_dir() and not path.is_symlink() and all(p.name == LOCK_FILE for p in path.iterdir()):
+        return check_writable(path)  # an empty folder holds nothing to lose
     if not overwrite:
         raise MRLError(f"{path} already exists; choose another --out or pass --overwrite")
     found = kind_of(path) if path.is_dir() and not path.is_symlink() else None

@@ -55,17 +55,20 @@ def train_command(ctx: click.Context, corpus: str, out: Path, ff_size: int | Non
                   config: str | None, resume: bool, threads: int, quiet: bool, **params) -> None:
     """Train a Matryoshka LM; writes config.json, tokenizer.json, safetensors checkpoints,
     metrics.jsonl (train and validation loss per size) and model.safetensors."""
+    from mrl.artifacts import kind_of, lock, prepare_output
     from mrl.io import read_json
     from mrl.lm.model import LMConfig
     from mrl.lm.train import TrainConfig, prepare_run, train
     from mrl.nesting import parse_nesting
 
     _set_threads(threads)
-    if resume and (out / "config.json").exists():
+    if kind_of(out) == "lm-run":
+        if not resume:
+            raise MRLError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         train(out, resume=True, progress=not quiet)
         return
-    if (out / "config.json").exists():
-        raise MRLError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    inputs = [p for p in (corpus, tokenizer, tokens_from, config) if p is not None and Path(p).exists()]
+    prepare_output(out, "lm-run", False, inputs)
     given = {k: v for k, v in params.items() if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
     base = read_json(config) if config else {}
     if not isinstance(base, dict) or set(base) - {"model", "train", "corpus"}:
@@ -88,7 +91,8 @@ def train_command(ctx: click.Context, corpus: str, out: Path, ff_size: int | Non
     train_config = TrainConfig.from_dict(train_values)
     if ctx.get_parameter_source("corpus") == click.core.ParameterSource.DEFAULT:
         corpus = base.get("corpus", corpus)
-    prepare_run(out, corpus, model_config, train_config, tokenizer_path=tokenizer, tokens_from=tokens_from)
+    with lock(out):
+        prepare_run(out, corpus, model_config, train_config, tokenizer_path=tokenizer, tokens_from=tokens_from)
     train(out, progress=not quiet)
 
 
@@ -135,20 +139,17 @@ def generate_command(run_dir: Path, prompt: str, max_size: int | None, adaptive:
                      temperature: float, top_k: int, seed: int) -> None:
     """Sample a continuation of --prompt; prints the text, then (to stderr) the head sizes used and
     the output-head multiply-adds per token."""
-    from mrl.io import read_json
     from mrl.lm.decoding import generate
+    from mrl.lm.evaluate import read_thresholds
     from mrl.lm.tokenizer import LMTokenizer
-    from mrl.lm.train import load_model
+    from mrl.lm.train import load_model, read_lm_run
 
     if adaptive and max_size is not None:
         raise MRLError("give either --max-size or --adaptive, not both")
     model = load_model(run_dir)
+    read_lm_run(run_dir, verify=["tokenizer.json"])
     tokenizer = LMTokenizer.load(run_dir / "tokenizer.json")
-    thresholds = None
-    if adaptive:
-        if not (run_dir / "adaptive.json").exists():
-            raise MRLError(f"{run_dir} has no adaptive.json; run `mrl lm eval {run_dir}` first")
-        thresholds = read_json(run_dir / "adaptive.json")["thresholds"]
+    thresholds = read_thresholds(run_dir) if adaptive else None
     out = generate(model, tokenizer, prompt, max_new_tokens=max_new_tokens, size=max_size, thresholds=thresholds,
                    temperature=temperature, top_k=top_k, seed=seed)
     click.echo(out.text)
