@@ -104,8 +104,12 @@ def test_fit_errors_are_one_line(data, extra, message):
 
 def test_fit_refuses_existing_output_and_bad_config(data):
     (data / "ad").mkdir()
+    (data / "ad" / "notes.txt").write_text("keep me")
     result = CliRunner().invoke(cli, ["adapt", "fit", str(data / "emb.npz"), "--out", str(data / "ad")])
     assert result.exit_code == 1 and "already exists; choose another --out or pass --overwrite" in result.output
+    result = CliRunner().invoke(cli, ["adapt", "fit", str(data / "emb.npz"), "--out", str(data / "ad"), "--overwrite"])
+    assert result.exit_code == 1 and "it is not an mrl artifact" in result.output
+    assert [p.name for p in (data / "ad").iterdir()] == ["notes.txt"]
     (data / "bad.json").write_text(json.dumps({"epochz": 2}))
     result = CliRunner().invoke(cli, ["adapt", "fit", str(data / "emb.npz"), "--out", str(data / "new"), "--config", str(data / "bad.json")])
     assert result.exit_code == 1 and "unknown fit config key(s) ['epochz']" in result.output

@@ -199,7 +199,7 @@ def test_cli_train_eval_generate(tmp_path, corpus_file):
         (["lm", "train", "--head", "ff", "--out", "X"], "Error: an ff model needs --ff-size M"),
         (["lm", "train", "--ff-size", "8", "--out", "X"], "Error: --ff-size applies to --head ff only"),
         (["lm", "train", "--nesting", "8,4", "--out", "X"], r"Error: nesting must be strictly ascending, got [8, 4]"),
-        (["lm", "train", "--threads", "0", "--out", "X"], "Error: --threads must be at least 1, got 0"),
+        (["lm", "train", "--threads", "0", "--out", "X"], "Error: --threads must be an integer >= 1 and <= 4096, got 0"),
     ],
 )
 def test_cli_train_errors(tmp_path, args, message):

@@ -146,13 +146,13 @@ def test_lr_schedule():
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        (dict(mode="big"), "unknown mode 'big'; choose one of mrl, mrl-e, ff"),
+        (dict(mode="big"), "mode must be one of mrl, mrl-e, ff, got 'big'"),
         (dict(mode="ff"), "mode ff needs --ff-dim"),
         (dict(nesting=[16, 8]), "strictly ascending"),
         (dict(nesting=[8, 64]), "64 is larger than the representation size 32"),
         (dict(nesting=[0, 8]), "must be positive"),
-        (dict(epochs=0), "epochs must be a positive integer"),
-        (dict(arch="vit"), "unknown arch 'vit'"),
+        (dict(epochs=0), "epochs must be an integer >= 1 and <= 100000, got 0"),
+        (dict(arch="vit"), "arch must be one of mlp, resnet, got 'vit'"),
     ],
 )
 def test_config_errors(kw, match, tmp_path):

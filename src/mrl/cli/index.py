@@ -8,13 +8,24 @@ import click
 import numpy as np
 
 from mrl.errors import MRLError
+from mrl.validation import check_float, check_int, check_seed, click_check
 from mrl.io import atomic_write_text, load_npz, save_npz, write_json
 
 
 
-def _load_queries(path: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _load_queries(path: str, dtype: str = "float32") -> tuple[np.ndarray, np.ndarray | None]:
+    """X [N, d] and optional y [N] of an .npz, refused unless X is a non-empty finite float matrix
+    whose values fit ``dtype`` (a value past float16's range would become inf in the index)."""
     data = load_npz(path, required=("X",))
-    return data["X"], data.get("y")
+    x = data["X"]
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating) or x.shape[0] == 0 or x.shape[1] == 0:
+        raise MRLError(f"{path}: X must be a non-empty float matrix [N, d], got shape {x.shape} and dtype {x.dtype}")
+    if not np.isfinite(x).all():
+        raise MRLError(f"{path}: X contains NaN or infinite values")
+    limit = float(np.finfo(dtype).max)
+    if np.abs(x).max() > limit:
+        raise MRLError(f"{path}: X holds values up to {np.abs(x).max():.3g}, beyond what {dtype} can store ({limit:.3g})")
+    return x, data.get("y")
 
 
 @click.group("index")
@@ -28,16 +39,16 @@ def index_group() -> None:
 @index_group.command("build")
 @click.argument("embeddings", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", required=True, type=click.Path(), help="Index directory to create.")
-@click.option("--shortlist-dim", type=int, default=16, show_default=True, help="Prefix size indexed by FAISS for the shortlist.")
+@click.option("--shortlist-dim", type=int, callback=click_check(check_int, min=1, max=1 << 16), default=16, show_default=True, help="Prefix size indexed by FAISS for the shortlist.")
 @click.option("--shortlist", type=click.Choice(["flat", "hnsw"]), default="flat", show_default=True,
               help="flat: exact search over the prefix; hnsw: approximate graph search.")
 @click.option("--metric", type=click.Choice(["cosine", "ip", "l2"]), default="cosine", show_default=True,
               help="cosine normalises every prefix; ip is the raw inner product; l2 the squared distance.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Storage of the full vectors (float16 halves memory).")
-@click.option("--hnsw-m", type=int, default=32, show_default=True, help="HNSW graph degree M.")
-@click.option("--ef-construction", type=int, default=80, show_default=True, help="HNSW build beam width.")
-@click.option("--ef-search", type=int, default=128, show_default=True, help="HNSW search beam width.")
+@click.option("--hnsw-m", type=int, callback=click_check(check_int, min=2, max=1024), default=32, show_default=True, help="HNSW graph degree M.")
+@click.option("--ef-construction", type=int, callback=click_check(check_int, min=1, max=1 << 20), default=80, show_default=True, help="HNSW build beam width.")
+@click.option("--ef-search", type=int, callback=click_check(check_int, min=1, max=1 << 20), default=128, show_default=True, help="HNSW search beam width.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing index directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def build(embeddings, out, shortlist_dim, shortlist, metric, dtype, hnsw_m, ef_construction, ef_search, overwrite, quiet) -> None:
@@ -46,7 +57,7 @@ def build(embeddings, out, shortlist_dim, shortlist, metric, dtype, hnsw_m, ef_c
     from mrl.retrieval import FunnelIndex
 
     prepare_output(out, "index", overwrite, inputs=[embeddings])
-    vectors, labels = _load_queries(embeddings)
+    vectors, labels = _load_queries(embeddings, dtype)
     index = FunnelIndex(vectors, metric=metric, shortlist_dim=shortlist_dim, shortlist=shortlist, hnsw_m=hnsw_m,
                         ef_construction=ef_construction, ef_search=ef_search, dtype=dtype, labels=labels, progress=not quiet)
     with lock(out):
@@ -59,7 +70,7 @@ def build(embeddings, out, shortlist_dim, shortlist, metric, dtype, hnsw_m, ef_c
 @index_group.command("search")
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("queries", type=click.Path(exists=True, dir_okay=False))
-@click.option("--k", type=int, default=10, show_default=True, help="Results per query.")
+@click.option("--k", type=int, callback=click_check(check_int, min=1, max=1 << 20), default=10, show_default=True, help="Results per query.")
 @click.option("--funnel", default=None, help="Stages as dim:shortlist_length pairs, e.g. 16:200,2048:10 (default: tuned or d1:200,D:k).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write scores [Q, k] and ids [Q, k] to this .npz.")
 @click.option("--mmap", is_flag=True, help="Memory-map the stored vectors instead of reading them into memory.")
@@ -85,9 +96,9 @@ def search(index_dir, queries, k, funnel, out, mmap) -> None:
 @index_group.command("tune")
 @click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("queries", type=click.Path(exists=True, dir_okay=False))
-@click.option("--k", type=int, default=10, show_default=True, help="Results per query compared with exact search.")
-@click.option("--target-recall", type=float, default=0.99, show_default=True, help="Required kNN-recall@k against exact full-dim search.")
-@click.option("--max-queries", type=int, default=1000, show_default=True, help="Tune on at most this many queries (the first ones).")
+@click.option("--k", type=int, callback=click_check(check_int, min=1, max=1 << 20), default=10, show_default=True, help="Results per query compared with exact search.")
+@click.option("--target-recall", type=float, callback=click_check(check_float, min=0, max=1), default=0.99, show_default=True, help="Required kNN-recall@k against exact full-dim search.")
+@click.option("--max-queries", type=int, callback=click_check(check_int, min=1), default=1000, show_default=True, help="Tune on at most this many queries (the first ones).")
 def tune(index_dir, queries, k, target_recall, max_queries) -> None:
     """Pick the cheapest funnel meeting --target-recall on QUERIES and store it as the index's default."""
     from mrl.artifacts import lock
@@ -111,7 +122,7 @@ def tune(index_dir, queries, k, target_recall, max_queries) -> None:
 @click.option("--funnels", default=None,
               help="Semicolon-separated configurations: exact, exact:DIM or a funnel like 16:200,2048:10 "
                    "(default: exact, exact at the shortlist dim, d1:200,D:k, the doubling cascade, any tuned funnel).")
-@click.option("--k", type=int, default=10, show_default=True, help="Cut-off of every metric.")
+@click.option("--k", type=int, callback=click_check(check_int, min=1, max=1 << 20), default=10, show_default=True, help="Cut-off of every metric.")
 @click.option("--out-dir", type=click.Path(file_okay=False), default=None,
               help="Where to write evaluation.json, evaluation.md and the mAP-vs-MFLOPs PNG (default: INDEX_DIR-evaluation).")
 def evaluate(index_dir, queries, funnels, k, out_dir) -> None:
