@@ -37,6 +37,11 @@ IDX_FILES = {
 DATASETS = ("fashion-mnist", "mnist")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
+# Labels index the classifier's output layer: 2**40 would allocate terabytes before failing.
+MAX_CLASSES = 1 << 20
+# A class-folder image is decoded in full; PIL's own limit (~179M pixels) still allows ~0.5 GB per image.
+MAX_IMAGE_PIXELS = 4096 * 4096
+
 
 @dataclass
 class Split:
@@ -89,8 +94,10 @@ def _check(x: np.ndarray, y: np.ndarray, source: str) -> None:
         raise MRLError(f"{source} contains NaN or infinite values")
     if not np.issubdtype(y.dtype, np.integer):
         raise MRLError(f"{source}: labels must be integers, got dtype {y.dtype}")
-    if y.min() < 0:
-        raise MRLError(f"{source}: labels must be non-negative, got {y.min()}")
+    if y.min() < 0 or y.max() >= MAX_CLASSES:
+        raise MRLError(f"{source}: labels must be integers in [0, {MAX_CLASSES}), got {y.min()}..{y.max()}")
+    if np.issubdtype(x.dtype, np.floating) and np.abs(x).max() > np.finfo(np.float32).max:
+        raise MRLError(f"{source}: values up to {np.abs(x).max():.3g} do not fit float32")
 
 
 def _holdout(n: int, size: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -189,12 +196,15 @@ def _read_image_folder(root: Path, classes: list[str] | None = None):
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             try:
-                with Image.open(f) as img:
+                with Image.open(f) as img:  # reads the header only; pixels are decoded below
+                    if img.width * img.height > MAX_IMAGE_PIXELS:
+                        raise MRLError(f"image {f} is {img.width} x {img.height} pixels, more than the "
+                                       f"{MAX_IMAGE_PIXELS} allowed (a decompression bomb?)")
                     if mode is None:
                         mode = "L" if img.mode in ("L", "1", "P", "I", "I;16") else "RGB"
                         size = img.size
                     arr = np.asarray(img.convert(mode).resize(size), dtype=np.float32) / 255.0
-            except (UnidentifiedImageError, OSError) as exc:
+            except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
                 raise MRLError(f"cannot read image {f}: {exc}") from None
             images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
             labels.append(label)
