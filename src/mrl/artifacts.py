@@ -235,6 +235,30 @@ def check_writable(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_overlap(path: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> Path:
+    """``path`` if it neither is, contains nor lies inside any of ``inputs`` (which may not exist)."""
+    path = Path(path)
+    resolved = path.resolve()
+    for item in inputs:
+        source = Path(item).resolve()
+        if _within(source, resolved) or _within(resolved, source):
+            raise MRLError(f"refusing to write {path}: it is, holds or lies inside the input {item}")
+    return path
+
+
+def prepare_output_file(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Check that a single output file (an .npz) may be written at ``path``; nothing changes on disk.
+
+    It may replace a file, never a folder, an input of the command or a file inside an mrl artifact.
+    """
+    path = check_overlap(path, inputs)
+    if path.is_dir():
+        raise MRLError(f"{path} is a folder; give a file name for the output")
+    if kind_of(path.parent) is not None:
+        raise MRLError(f"refusing to write {path}: {path.parent} is an mrl {kind_of(path.parent)}; write elsewhere")
+    return check_writable(path)
+
+
 def prepare_output(
     path: str | os.PathLike, kind: str, overwrite: bool, inputs: Iterable[str | os.PathLike] = ()
 ) -> Path:
@@ -256,11 +280,7 @@ def prepare_output(
     if found != kind:
         what = f"an mrl {found}" if found else "not an mrl artifact"
         raise MRLError(f"refusing to overwrite {path}: it is {what}, and --overwrite only replaces an mrl {kind}")
-    resolved = path.resolve()
-    for item in inputs:
-        source = Path(item).resolve()
-        if _within(source, resolved) or _within(resolved, source):
-            raise MRLError(f"refusing to overwrite {path}: it holds or lies inside the input {item}")
+    check_overlap(path, inputs)
     return check_writable(path)
 
 

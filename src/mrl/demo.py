@@ -34,7 +34,7 @@ def run_demo(
         **{f"FF-{m}": TrainConfig(mode="ff", ff_dim=m, **common) for m in ff_sizes},
     }
     dataset = load_dataset(data, data_dir, max_train)
-    with claim_folder(out, "demo"):
+    with claim_folder(out, "demo", inputs=[data, data_dir]):
         results, seconds = {}, {}
         for name, config in configs.items():
             echo(f"== {name}")

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mrl.artifacts import LOCK_FILE, Manifest, kind_of, read_manifest, write_manifest
+from mrl.artifacts import LOCK_FILE, Manifest, check_overlap, check_writable, kind_of, read_manifest, write_manifest
 from mrl.config import TrainConfig
 from mrl.errors import MRLError
 from mrl.io import load_tensors, read_json, save_npy, save_tensors, sha256_file, write_json
@@ -215,9 +215,11 @@ def check_new_run(config: TrainConfig, out: str | os.PathLike, resume: bool) -> 
             diff = {k: (v, config.to_dict()[k]) for k, v in saved.to_dict().items() if config.to_dict()[k] != v}
             raise MRLError(f"cannot resume {out}: its config differs in {sorted(diff)} (saved vs given: {diff})")
         return out
+    # A data set given as a path (or its IDX folder) is an input the run must not land in.
+    check_overlap(out, [p for p in (config.data, config.data_dir) if p is not None and Path(p).exists()])
     if out.exists() and (not out.is_dir() or any(p.name != LOCK_FILE for p in out.iterdir())):
         raise MRLError(f"{out} already exists; pass --resume to continue that run or choose another --out")
-    return out
+    return check_writable(out)
 
 
 def save_eval(run_dir: str | os.PathLike, result: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None) -> None:

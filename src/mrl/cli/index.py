@@ -76,9 +76,12 @@ def build(embeddings, out, shortlist_dim, shortlist, metric, dtype, hnsw_m, ef_c
 @click.option("--mmap", is_flag=True, help="Memory-map the stored vectors instead of reading them into memory.")
 def search(index_dir, queries, k, funnel, out, mmap) -> None:
     """Search INDEX_DIR with the vectors X of QUERIES (.npz); print cost and, with labels, accuracy."""
+    from mrl.artifacts import prepare_output_file
     from mrl.metrics import retrieval_summary
     from mrl.retrieval import FunnelIndex, format_funnel, parse_funnel
 
+    if out:
+        prepare_output_file(out, inputs=[index_dir, queries])
     index = FunnelIndex.load(index_dir, mmap=mmap)
     x, y = _load_queries(queries)
     scores, ids = index.search(x, k=k, funnel=None if funnel is None else parse_funnel(funnel))

@@ -110,8 +110,10 @@ def eval_command(run_dir: Path, save_logits: bool, quiet: bool) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def embed_command(run_dir: Path, split: str, out: Path, quiet: bool) -> None:
     """Write the representations of one split as an .npz with float32 X [N, d] and int64 y [N]."""
+    from mrl.artifacts import prepare_output_file
     from mrl.evaluation import embed_run
 
+    prepare_output_file(out, inputs=[run_dir])
     x, y = embed_run(run_dir, split, progress=not quiet)
     save_npz(out, X=x, y=y)
     click.echo(f"wrote {out}: X {x.shape} float32, y {y.shape}")
