@@ -13,7 +13,7 @@ from pathlib import Path
 from mrl.config import TrainConfig
 from mrl.data import load_dataset
 from mrl.evaluation import per_size
-from mrl.experiments import claim_folder, run_or_reuse
+from mrl.experiments import check_folder, claim_folder, run_or_reuse
 from mrl.io import atomic_write_text, write_json
 from mrl.nesting import parse_nesting
 from mrl.report import markdown_table, plot_vs_size
@@ -33,6 +33,7 @@ def run_demo(
         "MRL-E": TrainConfig(mode="mrl-e", rep_dim=rep_dim, **common),
         **{f"FF-{m}": TrainConfig(mode="ff", ff_dim=m, **common) for m in ff_sizes},
     }
+    check_folder(out, "demo", inputs=[data, data_dir])  # before the data set loads
     dataset = load_dataset(data, data_dir, max_train)
     with claim_folder(out, "demo", inputs=[data, data_dir]):
         results, seconds = {}, {}

@@ -22,14 +22,8 @@ from mrl.training import train
 KIND = "experiment"
 
 
-@contextlib.contextmanager
-def claim_folder(out: str | Path, command: str, inputs: Sequence[str | Path | None] = ()) -> Iterator[Path]:
-    """Hold ``out`` as the folder of one multi-run command (an ``experiment`` artifact) while the block runs.
-
-    An existing folder that another command (or no command) made is refused, so pointing ``--out``
-    at the wrong place never writes runs into it, nor may it overlap ``inputs`` (data set paths). The folder is locked for the block; when it ends
-    without error, the manifest records the sha256 of every top-level result file.
-    """
+def check_folder(out: str | Path, command: str, inputs: Sequence[str | Path | None] = ()) -> Path:
+    """Check, without writing, that ``out`` may be (or already is) the folder of ``mrl COMMAND``."""
     out = Path(out)
     check_overlap(out, [p for p in inputs if p is not None and Path(p).exists()])
     if kind_of(out) == KIND:
@@ -38,6 +32,18 @@ def claim_folder(out: str | Path, command: str, inputs: Sequence[str | Path | No
             raise MRLError(f"{out} holds the results of `mrl {owner}`, not `mrl {command}`; choose another --out")
     elif out.exists() and (not out.is_dir() or any(p.name != LOCK_FILE for p in out.iterdir())):
         raise MRLError(f"{out} exists and is not an `mrl {command}` folder; choose another --out")
+    return out
+
+
+@contextlib.contextmanager
+def claim_folder(out: str | Path, command: str, inputs: Sequence[str | Path | None] = ()) -> Iterator[Path]:
+    """Hold ``out`` as the folder of one multi-run command (an ``experiment`` artifact) while the block runs.
+
+    An existing folder that another command (or no command) made is refused, so pointing ``--out``
+    at the wrong place never writes runs into it, nor may it overlap ``inputs`` (data set paths). The folder is locked for the block; when it ends
+    without error, the manifest records the sha256 of every top-level result file.
+    """
+    out = check_folder(out, command, inputs)
     with lock(out):
         write_manifest(out, KIND, [], meta={"command": command})
         yield out
