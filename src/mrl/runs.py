@@ -157,7 +157,13 @@ def clean_stale(run_dir: str | os.PathLike) -> None:
     run_dir = Path(run_dir)
     manifest = read_run(run_dir, verify=[])
     state = read_state(run_dir)
-    keep = set(checkpoint_paths(run_dir, state.epochs_done)) if state is not None else set()
+    current = checkpoint_paths(run_dir, state.epochs_done) if state is not None else ()
+    keep = set(current)
+    # Nothing is removed unless the checkpoint the manifest names is really there: a crafted or
+    # damaged state must not make older files look orphaned.
+    for path, digest in zip(current, (state.model_sha256, state.optimizer_sha256) if state else ()):
+        if path.is_symlink() or not path.is_file() or sha256_file(path) != digest:
+            raise MRLError(f"{path} is missing or does not match the checksum in its manifest; the checkpoint is corrupt")
     folder = _checkpoint_dir(run_dir)
     candidates = [p for p in folder.iterdir() if p.name.endswith((".safetensors", ".tmp"))] if folder.is_dir() else []
     candidates += [run_dir / n for n in EVAL_OUTPUTS if n not in manifest.files]
