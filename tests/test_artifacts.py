@@ -115,6 +115,7 @@ def test_lock_excludes_a_second_process_and_names_its_pid(tmp_path):
         proc.wait()
     with lock(folder):
         assert (folder / LOCK_FILE).read_text().strip() == str(os.getpid())
+    assert not (folder / LOCK_FILE).exists()  # the lock file goes with the lock
 
 
 def test_lock_removes_a_folder_it_created_when_the_block_fails_empty(tmp_path):
