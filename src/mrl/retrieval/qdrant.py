@@ -17,6 +17,7 @@ collection metadata, embedded as ``mrl_collection.json`` in the shard folder.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from mrl.errors import MRLError
 from mrl.io import read_json, sha256_file, write_json
 from mrl.retrieval._vectors import check_k, check_vectors, prefix
-from mrl.retrieval.funnel import DEFAULT_SHORTLIST_LENGTH, Funnel, FunnelIndex, format_funnel, validate_funnel
+from mrl.retrieval.funnel import DEFAULT_SHORTLIST_LENGTH, Funnel, FunnelIndex, format_funnel, parse_funnel, validate_funnel
 
 logger = logging.getLogger(__name__)
 
@@ -399,3 +400,50 @@ class QdrantFunnel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def evaluate_on_qdrant(
+    qdrant: QdrantFunnel,
+    index: FunnelIndex,
+    queries: np.ndarray,
+    query_labels: np.ndarray | None = None,
+    configurations: Sequence[str] | None = None,
+    k: int = 10,
+    exact: bool = True,
+) -> list[dict]:
+    """Rows like :func:`~mrl.retrieval.evaluate_configurations`, each configuration searched on Qdrant.
+
+    ``"exact"`` is a one-stage query on the full vector, ``"exact:m"`` one on the m-prefix (both
+    need that named vector), anything else a funnel spec. kNN-recall@k is against exact full-dim
+    search of ``index`` (the exported FunnelIndex, whose labels are the database labels).
+    """
+    from mrl.metrics import Relevance, knn_recall_at_k, retrieval_summary
+    from mrl.retrieval.ground_truth import exact_search
+
+    configurations = list(configurations or ["exact", qdrant.default_funnel(k)])
+    exact_ids = exact_search(index.vectors, queries, k, metric=index.metric)[1]
+    with_labels = query_labels is not None and index.labels is not None
+    rows = []
+    for config in configurations:
+        if not isinstance(config, str):
+            config = format_funnel(config)
+        config = config.strip()
+        if config == "exact" or config.startswith("exact:"):
+            try:
+                funnel = [(index.dim if config == "exact" else int(config.split(":", 1)[1]), k)]
+            except ValueError:
+                raise MRLError(f"exact configurations are 'exact' or 'exact:DIM', got {config!r}") from None
+        else:
+            funnel = parse_funnel(config)
+        qdrant.search(queries[: min(8, len(queries))], k, funnel, exact=exact)  # warm-up
+        start = time.perf_counter()
+        _, ids = qdrant.search(queries, k, funnel, exact=exact)
+        seconds = time.perf_counter() - start
+        row: dict = {"config": config}
+        if with_labels:
+            summary = retrieval_summary(Relevance.from_labels(ids, query_labels, index.labels), k=k)
+            row.update({key: summary[key] for key in (f"map@{k}", f"precision@{k}", f"recall@{k}", f"ndcg@{k}", "top1")})
+        row[f"knn_recall@{k}"] = float(knn_recall_at_k(ids, exact_ids, k).mean())
+        row["ms_per_query"] = 1000.0 * seconds / max(len(queries), 1)
+        rows.append(row)
+    return rows
