@@ -15,8 +15,10 @@ from mrl.errors import MRLError
 @click.option("--max-body-mb", type=click.FloatRange(min=0, min_open=True), default=16, show_default=True, help="Larger request bodies get 413.")
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None,
               help="File holding the bearer token that POST /reload requires (without it /reload answers 403).")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="Search threads (default: the CPU count).")
-def serve_command(index_dir, host, port, funnel, max_body_mb, token_file, workers) -> None:
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads running searches in parallel (default: the CPU count).")
+@click.option("--intra-op-threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="OpenMP threads of FAISS and torch inside one search (more helps only large batches on an idle machine).")
+def serve_command(index_dir, host, port, funnel, max_body_mb, token_file, workers, intra_op_threads) -> None:
     """Serve INDEX_DIR (from `mrl index build`): POST /search, GET /health, /info, /metrics, POST /reload.
 
     SIGTERM stops accepting, finishes requests in flight and exits 0.
@@ -26,7 +28,8 @@ def serve_command(index_dir, host, port, funnel, max_body_mb, token_file, worker
         import fastapi, uvicorn, prometheus_client  # noqa: F401, E401  (fail here, naming the extra)
     except ImportError as exc:
         raise MRLError(f"mrl serve needs {exc.name}: pip install \"mrl[serve]\"") from None
-    serve(index_dir, host=host, port=port, funnel=funnel, max_body_mb=max_body_mb, token_file=token_file, workers=workers)
+    serve(index_dir, host=host, port=port, funnel=funnel, max_body_mb=max_body_mb, token_file=token_file, workers=workers,
+          intra_op_threads=intra_op_threads)
 
 
 COMMANDS = [serve_command]

@@ -7,7 +7,8 @@ nested ``prefetch`` shortlists on the innermost (shortest) vector while each enc
 the survivors with a longer one. With ``metric="cosine"`` each prefix is L2-normalised on its own,
 as :class:`~mrl.retrieval.FunnelIndex` does, so both give the same scores.
 
-Two engines behind one interface: a path (``--path DIR``) opens Qdrant's own engine in this process
+Only the first stage's vector gets an HNSW graph (the rerank stages score just the prefetched
+candidates, so a graph over them would cost build time and memory for nothing). Two engines behind one interface: a path (``--path DIR``) opens Qdrant's own engine in this process
 (``qdrant-edge-py``, no server); a URL or a ``qdrant_client.QdrantClient`` speaks to a Qdrant server or
 cluster (``qdrant-client``), where sharding and replication take data past one machine. Each
 collection carries mrl's layout (metric, dim, stages, source index checksum): on the server as
@@ -79,9 +80,11 @@ class _EdgeBackend:
         quantization = {"none": None, "int8": lambda: qe.ScalarQuantizationConfig(qe.ScalarType.Int8),
                         "binary": lambda: qe.BinaryQuantizationConfig()}[meta["quantization"]]
         distance = getattr(qe.Distance, _DISTANCES[meta["metric"]])
+        no_graph = qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10000)
         return qe.EdgeConfig(vectors={
-            vector_name(d): qe.EdgeVectorParams(size=d, distance=distance, quantization_config=quantization and quantization())
-            for d in meta["stages"]
+            vector_name(d): qe.EdgeVectorParams(size=d, distance=distance, quantization_config=quantization and quantization(),
+                                                hnsw_config=None if i == 0 else no_graph)
+            for i, d in enumerate(meta["stages"])
         })
 
     def open(self, meta: dict, create: bool) -> None:
@@ -157,8 +160,9 @@ class _ClientBackend:
         if not self.client.collection_exists(self.collection):
             if not create:
                 raise MRLError(f"{self.folder} does not exist")
-            self.client.create_collection(self.collection, metadata={"mrl": meta}, quantization_config=quantization,
-                                          vectors_config={n: m.VectorParams(size=d, distance=dist) for n, (d, dist) in expected.items()})
+            self.client.create_collection(self.collection, metadata={"mrl": meta}, quantization_config=quantization, vectors_config={
+                n: m.VectorParams(size=d, distance=dist, hnsw_config=None if i == 0 else m.HnswConfigDiff(m=0))
+                for i, (n, (d, dist)) in enumerate(expected.items())})
             return
         vectors = self.client.get_collection(self.collection).config.params.vectors
         found = {n: (p.size, p.distance) for n, p in (vectors or {}).items()} if isinstance(vectors, dict) else {}
