@@ -62,7 +62,7 @@ class TextPairLoss(nn.Module):
 
     def __init__(self, nesting: Sequence[int], loss: str = "mnrl", scale: float = 20.0, weights: Sequence[float] | None = None) -> None:
         super().__init__()
-        from sentence_transformers import losses as st_losses
+        from sentence_transformers.sentence_transformer import losses as st_losses
 
         if loss not in LOSSES:
             raise MRLError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
