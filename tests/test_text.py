@@ -180,7 +180,7 @@ def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tiny_dropout_
                              epochs=2, max_steps=6, save_every=2, lr=1e-3)
     train_text(config, tmp_path / "straight", progress=False)
     train_text(config, tmp_path / "interrupted", progress=False, stop_after=3)
-    assert json.loads((tmp_path / "interrupted" / "state.json").read_text())["step"] == 3
+    assert json.loads((tmp_path / "interrupted" / "manifest.json").read_text())["meta"]["step"] == 3
     train_text(config, tmp_path / "interrupted", resume=True, progress=False)
 
     straight, resumed = load_run_model(tmp_path / "straight"), load_run_model(tmp_path / "interrupted")
@@ -200,6 +200,18 @@ def test_resume_refuses_a_changed_config(tiny_model_dir, tmp_path):
     config.lr = 1.0
     with pytest.raises(MRLError, match=r"config differs in \['lr'\]"):
         train_text(config, tmp_path / "run", resume=True, progress=False)
+
+
+@pytest.mark.parametrize("victim", ["weights-0000001.safetensors", "model/config.json"])
+def test_a_changed_checkpoint_or_model_file_is_refused(tiny_model_dir, tmp_path, victim):
+    pairs = _write_pairs(tmp_path / "pairs.jsonl")
+    config = TextTrainConfig(model=str(tiny_model_dir), pairs=str(pairs), nesting=[8, 32], batch_size=4, max_steps=1)
+    run = train_text(config, tmp_path / "run", progress=False)
+    load_run_model(run)
+    with open(run / victim, "ab") as f:
+        f.write(b" ")
+    with pytest.raises(MRLError, match="does not match"):
+        load_run_model(run)
 
 
 # -- evaluation -----------------------------------------------------------------------------------
@@ -280,7 +292,10 @@ def test_cli_train_embed_eval_round_trip(tiny_model_dir, tmp_path):
     result = _invoke(["text", "train", "--model", str(tiny_model_dir), "--pairs", str(pairs), "--nesting", "8,16,32",
                       "--batch-size", "8", "--max-steps", "2", "--quiet", "--out", str(run)])
     assert result.exit_code == 0, result.output
-    assert (run / "state.json").is_file() and (run / "model" / "modules.json").is_file()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["kind"] == "text-run" and manifest["meta"]["step"] == 2
+    assert sorted(manifest["files"]) == ["config.json", "optimizer-0000002.safetensors", "weights-0000002.safetensors"]
+    assert "modules.json" in manifest["meta"]["model_files"]
 
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(QUERIES[:5]) + "\n\n")

@@ -4,9 +4,15 @@ One text run is one directory:
 
     RUN/config.json                      TextTrainConfig (written first)
     RUN/model/                           the starting model as a sentence-transformers folder
-    RUN/checkpoints/weights-SSSSSSS.safetensors, optim-SSSSSSS.safetensors
-    RUN/state.json                       the last complete checkpoint (written last, atomically)
+    RUN/weights-SSSSSSS.safetensors      the model's weights after step SSSSSSS
+    RUN/optimizer-SSSSSSS.safetensors    AdamW's state after that step
     RUN/metrics.jsonl                    one line per checkpoint: mean loss per size since the last
+    RUN/manifest.json                    kind "text-run" (:mod:`mrl.artifacts`): sha256 of the
+                                         config and the last checkpoint, the step, and the sha256 of
+                                         every file of model/ (written last, atomically)
+
+Readers verify the manifest before loading anything, so a checkpoint or model file changed after
+the fact is refused; one writer holds the run's lock.
 
 The loop is mrl's own rather than sentence-transformers' trainer, so that a resumed run ends with
 the same weights as an uninterrupted one: batch order comes from a generator seeded by (seed,
@@ -18,6 +24,7 @@ of the global batch, and the gradients are averaged over ranks. Only rank 0 writ
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -29,19 +36,12 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from mrl.artifacts import check_writable, lock, read_manifest, write_manifest
 from mrl.config import config_from_dict
 from mrl.errors import MRLError
-from mrl.io import (
-    append_jsonl,
-    atomic_directory,
-    load_tensors,
-    read_json,
-    read_jsonl,
-    save_tensors,
-    sha256_file,
-    write_json,
-)
+from mrl.io import append_jsonl, atomic_directory, load_tensors, read_json, read_jsonl, save_tensors, sha256_file, write_json
 from mrl.nesting import validate_nesting
+from mrl.validation import check_choice, check_float, check_int, check_seed
 from mrl.text.losses import LOSSES, TextPairLoss
 from mrl.text.model import embed_with_grad, embedding_dim, load_text_model
 from mrl.text.pairs import Pairs, load_pairs
@@ -49,8 +49,8 @@ from mrl.training import device_from_env, init_distributed, load_optimizer_tenso
 
 log = logging.getLogger(__name__)
 FORMAT = "mrl-text-run"
+KIND = "text-run"
 CONFIG_FILE = "config.json"
-STATE_FILE = "state.json"
 METRICS_FILE = "metrics.jsonl"
 MODEL_DIR = "model"
 
@@ -105,24 +105,17 @@ class TextTrainConfig:
         return {"format": FORMAT, **asdict(self)}
 
     def validate(self) -> TextTrainConfig:
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "max_seq_length": self.max_seq_length,
-                    "save_every": self.save_every}
+        for name in ("epochs", "max_seq_length", "save_every"):
+            check_int(name, getattr(self, name), min=1)
+        check_int("batch_size", self.batch_size, min=2)  # in-batch negatives need two pairs
         if self.max_steps is not None:
-            positive["max_steps"] = self.max_steps
-        for name, value in positive.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise MRLError(f"{name} must be a positive integer, got {value!r}")
-        if self.batch_size < 2:
-            raise MRLError(f"batch_size must be at least 2 (in-batch negatives), got {self.batch_size}")
-        if self.loss not in LOSSES:
-            raise MRLError(f"loss must be one of {list(LOSSES)}, got {self.loss!r}")
-        for name in ("lr", "scale"):
-            if not getattr(self, name) > 0:
-                raise MRLError(f"{name} must be positive, got {getattr(self, name)!r}")
-        if not self.weight_decay >= 0:
-            raise MRLError(f"weight_decay must be non-negative, got {self.weight_decay!r}")
-        if not 0 <= self.warmup_fraction < 1:
-            raise MRLError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
+            check_int("max_steps", self.max_steps, min=1)
+        check_choice("loss", self.loss, LOSSES)
+        check_float("lr", self.lr, min=0, min_open=True)
+        check_float("scale", self.scale, min=0, min_open=True)
+        check_float("weight_decay", self.weight_decay, min=0)
+        check_float("warmup_fraction", self.warmup_fraction, min=0, max=1, max_open=True)
+        check_seed("seed", self.seed)
         if self.nesting is not None:
             self.nesting = validate_nesting(self.nesting)
         return self
@@ -148,59 +141,66 @@ def read_run_config(run: str | Path) -> TextTrainConfig:
 
 
 def read_state(run: Path) -> dict | None:
-    path = run / STATE_FILE
-    if not path.exists():
+    """The verified manifest's record of the last checkpoint (step, file names), or None before the first."""
+    if not (run / "manifest.json").is_file():
         return None
-    state = read_json(path)
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 1:
-        raise MRLError(f"{path} is not a text-run state file")
-    return state
+    manifest = read_manifest(run, KIND)
+    step = manifest.meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+        raise MRLError(f"{run}/manifest.json names no checkpoint step")
+    weights, optim = _checkpoint_names(step)
+    if not {CONFIG_FILE, weights, optim} <= set(manifest.files):
+        raise MRLError(f"{run}/manifest.json does not list the checkpoint of step {step}")
+    _verify_model_files(run, manifest.meta.get("model_files"))
+    return {"step": step, "optimizer_groups": manifest.meta.get("optimizer_groups")}
 
 
-def _checkpoint_paths(run: Path, step: int) -> tuple[Path, Path]:
+def _checkpoint_names(step: int) -> tuple[str, str]:
     # Names derive from the step number, never from a path stored in a file.
-    ckpt = run / "checkpoints"
-    return ckpt / f"weights-{step:07d}.safetensors", ckpt / f"optim-{step:07d}.safetensors"
+    return f"weights-{step:07d}.safetensors", f"optimizer-{step:07d}.safetensors"
 
 
-def _verified_tensors(path: Path, digest: str) -> dict[str, torch.Tensor]:
-    tensors = load_tensors(path)
-    if sha256_file(path) != digest:
-        raise MRLError(f"{path} does not match the checksum in {STATE_FILE}; the checkpoint is corrupt")
-    return tensors
+def _model_files(run: Path) -> dict[str, str]:
+    folder = run / MODEL_DIR
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def save_checkpoint(run: Path, model, optimizer: torch.optim.Optimizer, step: int) -> None:
-    """Write weights and optimizer state of ``step``, then state.json naming them; drop the previous ones."""
-    previous = read_state(run)
-    weights_path, optim_path = _checkpoint_paths(run, step)
-    save_tensors(weights_path, model.state_dict())
-    save_tensors(optim_path, optimizer_tensors(optimizer))
-    write_json(run / STATE_FILE, {
-        "step": step,
-        "weights_sha256": sha256_file(weights_path),
-        "optimizer_sha256": sha256_file(optim_path),
-        "optimizer_groups": optimizer.state_dict()["param_groups"],
+def _verify_model_files(run: Path, expected: Any) -> None:
+    if not isinstance(expected, dict) or not expected:
+        raise MRLError(f"{run}/manifest.json lists no files of {MODEL_DIR}/")
+    found = _model_files(run)
+    if found != expected:
+        changed = sorted(set(found) ^ set(expected) | {n for n in found if n in expected and found[n] != expected[n]})
+        raise MRLError(f"{run}/{MODEL_DIR} does not match its manifest ({changed[:3]} added, removed or changed)")
+
+
+def save_checkpoint(run: Path, model, optimizer: torch.optim.Optimizer, step: int, model_files: dict[str, str]) -> None:
+    """Write weights and optimizer state of ``step``, then the manifest naming them; drop the previous ones."""
+    previous = {p.name for p in run.glob("weights-*.safetensors")} | {p.name for p in run.glob("optimizer-*.safetensors")}
+    weights, optim = _checkpoint_names(step)
+    save_tensors(run / weights, model.state_dict())
+    save_tensors(run / optim, optimizer_tensors(optimizer))
+    write_manifest(run, KIND, [CONFIG_FILE, weights, optim], meta={
+        "step": step, "optimizer_groups": optimizer.state_dict()["param_groups"], "model_files": model_files,
     })
-    if previous is not None and previous["step"] != step:
-        for path in _checkpoint_paths(run, previous["step"]):
-            path.unlink(missing_ok=True)
+    for name in previous - {weights, optim}:
+        (run / name).unlink(missing_ok=True)
 
 
 def load_run_model(run: str | Path, device: str | torch.device = "cpu"):
     """The fine-tuned ``SentenceTransformer`` of a text run (its last checkpoint), in eval mode.
 
     Raises:
-        MRLError: not a text run, no checkpoint yet, or a checkpoint that fails its checksum.
+        MRLError: not a text run, no checkpoint yet, or files that fail the manifest's checksums.
     """
     run = Path(run)
     config = read_run_config(run)
     state = read_state(run)
     if state is None:
-        raise MRLError(f"{run} has no checkpoint yet (no {STATE_FILE}); train it first")
+        raise MRLError(f"{run} has no checkpoint yet (no manifest.json); train it first")
     model = load_text_model(run / MODEL_DIR, device=device, max_seq_length=config.max_seq_length)
-    weights_path, _ = _checkpoint_paths(run, state["step"])
-    _load_weights(model, _verified_tensors(weights_path, state["weights_sha256"]), weights_path)
+    weights, _ = _checkpoint_names(state["step"])
+    _load_weights(model, load_tensors(run / weights), run / weights)
     model.eval()
     return model
 
@@ -254,6 +254,8 @@ def _prepare_out(out: Path, config: TextTrainConfig, resume: bool) -> None:
             raise MRLError(f"cannot resume {out}: it has no {MODEL_DIR}/ folder")
     elif out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MRLError(f"{out} already exists; pass --resume to continue that run or choose another --out")
+    else:
+        check_writable(out)
 
 
 def train_text(
@@ -264,7 +266,7 @@ def train_text(
     Args:
         config: the run's settings.
         out: run directory (created; must be new unless ``resume``).
-        resume: continue from RUN/state.json; the config must equal the saved one.
+        resume: continue from the run's last checkpoint; the config must equal the saved one.
         progress: show a progress bar (rank 0).
         stop_after: end after this global step, as an interruption would (a later resume finishes
             the run exactly as if it had not stopped).
@@ -283,29 +285,35 @@ def train_text(
         raise MRLError(f"batch-size {config.batch_size} must be divisible by the number of processes {env.world_size}")
     if env.is_main:
         _prepare_out(out, config, resume)
+    state = read_state(out) if resume else None  # verified before anything of the run is loaded
     pairs = load_pairs(config.pairs)
     model = load_text_model(out / MODEL_DIR if resume else config.model, device=device, max_seq_length=config.max_seq_length)
     sizes = config.sizes(embedding_dim(model))
     steps = total_steps(config, len(pairs))
     loss_fn = TextPairLoss(sizes, loss=config.loss, scale=config.scale).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
-    if env.is_main and not resume:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / CONFIG_FILE, config.to_dict())
-        with atomic_directory(out / MODEL_DIR) as tmp:
-            model.save(str(tmp), safe_serialization=True)
-    if env.world_size > 1:
-        dist.barrier()
     step = 0
-    state = read_state(out) if resume else None
     if state is not None:
         step = state["step"]
-        weights_path, optim_path = _checkpoint_paths(out, step)
-        _load_weights(model, _verified_tensors(weights_path, state["weights_sha256"]), weights_path)
-        load_optimizer_tensors(optimizer, _verified_tensors(optim_path, state["optimizer_sha256"]),
-                               param_groups=state["optimizer_groups"])
+        weights, optim = _checkpoint_names(step)
+        _load_weights(model, load_tensors(out / weights), out / weights)
+        load_optimizer_tensors(optimizer, load_tensors(out / optim), param_groups=state["optimizer_groups"])
 
+    with lock(out) if env.is_main else contextlib.nullcontext():
+        if env.is_main and not resume:
+            write_json(out / CONFIG_FILE, config.to_dict())
+            with atomic_directory(out / MODEL_DIR) as tmp:
+                model.save(str(tmp), safe_serialization=True)
+        if env.world_size > 1:
+            dist.barrier()
+        model_files = _model_files(out) if env.is_main else {}
+        _loop(config, out, model, loss_fn, optimizer, pairs, sizes, env, step, steps, stop_after, progress, model_files)
+    if env.world_size > 1:
+        dist.barrier()
+    return out
+
+
+def _loop(config, out, model, loss_fn, optimizer, pairs, sizes, env, step, steps, stop_after, progress, model_files) -> None:
     per_rank = config.batch_size // env.world_size
     warmup = int(config.warmup_fraction * steps)
     end = steps if stop_after is None else min(steps, stop_after)
@@ -331,12 +339,9 @@ def train_text(
             bar.set_postfix_str(" ".join(f"{m}:{v:.3f}" for m, v in zip(sizes, (sums / count).tolist())))
         if env.is_main and (step % config.save_every == 0 or step == end):
             _log_metrics(out, step, sizes, sums / count, optimizer.param_groups[0]["lr"], time.time() - started)
-            save_checkpoint(out, model, optimizer, step)
+            save_checkpoint(out, model, optimizer, step, model_files)
             sums, count, started = torch.zeros(len(sizes)), 0, time.time()
     bar.close()
-    if env.world_size > 1:
-        dist.barrier()
-    return out
 
 
 def _log_metrics(out: Path, step: int, sizes: list[int], means: torch.Tensor, lr: float, seconds: float) -> None:
