@@ -42,7 +42,8 @@ class AdaptiveClassifier:
             confidence bound at this level (paired with the largest size for ``target_drop``);
             0.5 takes the fit data at face value. The cheapest point that just reaches a target
             on the fit data was picked for its luck there and falls short on new data.
-        grid: greedy thresholds grid (number of points on [0, 1] or an ascending array).
+        grid: greedy thresholds grid (number of points on [0, 1] or an ascending array); +inf,
+            "never answer at this size", is always a candidate.
         n_quantiles: budget policy: candidate thresholds per size. Fewer generalise better from
             a few thousand fit samples (on Fashion-MNIST with 2,500: 25 beat 100 on test).
         n_lambdas: budget policy: Lagrange multipliers in the sweep.
