@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from mrl.adaptive import (
     AdaptiveClassifier,
+    bootstrap_fit,
     as_logits,
     budget_thresholds,
     cascade,
@@ -468,3 +469,37 @@ def test_greedy_reaches_the_largest_size_when_every_smaller_head_is_saturated_an
         clf = AdaptiveClassifier([8 * 2**i for i in range(9)], policy=policy).fit(logits, labels)
         assert clf.fit_accuracy_ == 1.0, policy
         assert np.isinf(clf.thresholds_).all(), policy
+
+
+# --- targets that cannot be certified -------------------------------------------------------------
+
+
+def test_uncertifiable_target_answers_with_the_largest_size():
+    logits, labels = synthetic(3, 400, seed=21)
+    correct = (logits.argmax(-1) == labels).astype(float)
+    conf = max_softmax(logits)
+    sweep = sweep_thresholds(conf, correct, head_costs([8, 16, 32]), n_quantiles=15)
+    assert select_with_confidence(sweep, conf, correct, correct[-1].mean() + 0.05) is None
+    clf = AdaptiveClassifier([8, 16, 32], policy="budget").fit(logits, labels, target=correct[-1].mean() + 0.05)
+    assert clf.certified_ is False
+    assert np.isinf(clf.thresholds_).all()
+    assert (clf.predict(logits)[1] == 32).all()
+    assert clf.fit_accuracy_ == pytest.approx(correct[-1].mean())
+    reachable = AdaptiveClassifier([8, 16, 32], policy="budget").fit(logits, labels)
+    assert reachable.certified_ is True
+    assert AdaptiveClassifier([8, 16, 32]).fit(logits, labels).certified_ is None  # greedy: no target
+
+
+def test_bootstrap_fit_reports_spread_and_certification():
+    logits, labels = synthetic(3, 600, seed=22)
+    conf, correct = max_softmax(logits), (logits.argmax(-1) == labels).astype(float)
+    val, test = (conf[:, :300], correct[:, :300]), (conf[:, 300:], correct[:, 300:])
+    clf = AdaptiveClassifier([8, 16, 32], policy="budget", n_quantiles=10)
+    out = bootstrap_fit(clf, val, test, 10, resamples=4)
+    reference = AdaptiveClassifier([8, 16, 32], policy="budget", n_quantiles=10).fit(logits[:, :300], labels[:300])
+    assert out["test"]["accuracy"] == pytest.approx(reference.evaluate(logits[:, 300:], labels[300:])["accuracy"])
+    assert out["certified"] is True and 0 <= out["bootstrap"]["certified_resamples"] <= 4
+    assert out["bootstrap"]["test"]["accuracy"]["std"] >= 0.0
+    unreachable = bootstrap_fit(clf, val, test, 10, resamples=3, target=1.0)
+    assert unreachable["certified"] is False and unreachable["bootstrap"]["certified_resamples"] == 0
+    assert unreachable["test"]["accuracy"] == pytest.approx(test[1][-1].mean())

@@ -398,7 +398,7 @@ def select_with_confidence(
     min_value: float,
     reference: np.ndarray | None = None,
     z: float = 1.2815515655446004,
-) -> int:
+) -> int | None:
     """Cheapest front point whose mean utility clears ``min_value`` with a safety margin.
 
     The cheapest point that only just reaches a target on the fit data is chosen *because* it got
@@ -414,7 +414,8 @@ def select_with_confidence(
         reference: [N] per-sample reference utility, or None for 0.
 
     Returns:
-        an index into the sweep; the most useful point if none qualifies.
+        an index into the sweep, or None when no point qualifies (the target cannot be certified
+        on this fit data; the front's most useful point there was chosen for its luck too).
 
     Example:
         >>> from mrl.adaptive.cascading import head_costs
@@ -440,5 +441,4 @@ def select_with_confidence(
         spread = diff.std(ddof=1) if n > 1 else 0.0
         if diff.mean() - z * spread / np.sqrt(n) >= min_value - 1e-12:
             return i
-    log.warning("no front point reaches %.6g with the margin z=%.3g; using the most useful one", min_value, z)
-    return len(sweep.cost) - 1
+    return None
