@@ -76,6 +76,13 @@ def test_adaptive_writes_json_png_and_report(tmp_path):
     assert data["goal"]["dims_limit"] == pytest.approx(64 / 14)
     assert len(data["policies"]["greedy"]["thresholds"]) == 3
     assert data["oracle"]["test"] >= max(data["fixed_sizes"]["test"].values())
+    # certification is said in the output, the JSON and the report, with the bootstrap spread
+    budget = data["policies"]["budget-final"]
+    flag = "yes" if budget["all_val_fit"]["certified"] else "no"
+    assert f"target certified: {flag} (halves {budget['certified_seeds']}/3, bootstrap " in result.output
+    assert data["policies"]["greedy"]["certified_seeds"] is None
+    assert budget["all_val_fit"]["bootstrap"]["resamples"] == 3
+    assert f"| budget-final | {flag} (halves" in report
 
 
 def test_adaptive_single_policy_and_overwrite(tmp_path):

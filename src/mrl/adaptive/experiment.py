@@ -18,6 +18,7 @@ from mrl.adaptive.cascading import as_logits, max_softmax
 from mrl.adaptive.classifier import AdaptiveClassifier, _check_labels
 from mrl.adaptive.plot import plot_cost_accuracy
 from mrl.adaptive.protocol import (
+    bootstrap_fit,
     oracle_accuracy,
     pareto_curve,
     repeated_splits,
@@ -119,8 +120,7 @@ def run_adaptive(
     for name, (clf, goal) in templates.items():
         res = repeated_splits(clf, data["val"], data["test"], num_classes, seeds=seeds, fit_fraction=fit_fraction,
                               progress=progress, **goal)
-        clf._fit_arrays(*data["val"], num_classes, **goal)
-        res["all_val_fit"] = {"thresholds": thresholds_to_json(clf.thresholds_), "test": clf._evaluate_arrays(*data["test"])}
+        res["all_val_fit"] = bootstrap_fit(clf, data["val"], data["test"], num_classes, resamples=seeds, **goal)
         res["minimises"] = None if clf.policy == "greedy" else clf.cost
         result["policies"][name] = res
     for cost in costs:
@@ -179,6 +179,15 @@ def _nearest_ff(ff: dict[str, float], dims: float) -> str:
     return f"FF-{size}: {100 * ff[size]:.2f}"
 
 
+def certification_text(res: dict) -> str:
+    """"yes"/"no" for the all-val fit, with how many half-splits and bootstrap refits certified the target."""
+    fit = res["all_val_fit"]
+    if fit["certified"] is None:
+        return "– (no target)"
+    return (f"{'yes' if fit['certified'] else 'no'} (halves {res['certified_seeds']}/{res['seeds']}, "
+            f"bootstrap {fit['bootstrap']['certified_resamples']}/{fit['bootstrap']['resamples']})")
+
+
 def report_markdown(result: dict) -> str:
     """The report.md text: policy table, fixed sizes, oracle, goal."""
     s = result["settings"]
@@ -202,6 +211,20 @@ def report_markdown(result: dict) -> str:
             f"{_pm(t['expected_cumulative_dims'], 1, 1)} | {_pm(h['accuracy'])} | {_pm(t['accuracy'])} | "
             f"{_nearest_ff(result['ff_test_top1'], t['expected_dims']['mean'])} |"
         )
+    lines += ["", f"Fitted on all of val ({result['n_val']} samples); spread from {s['seeds']} bootstrap refits "
+              "(val drawn with replacement), measured on test:", "",
+              "| policy | target certified | expected dims (final) | accuracy, test | bootstrap: dims | "
+              "bootstrap: accuracy, test |", "|---|---|---:|---:|---:|---:|"]
+    for name, res in result["policies"].items():
+        fit, boot = res["all_val_fit"], res["all_val_fit"]["bootstrap"]
+        lines.append(f"| {name} | {certification_text(res)} | {fit['test']['expected_dims']:.1f} | "
+                     f"{100 * fit['test']['accuracy']:.2f} | {_pm(boot['test']['expected_dims'], 1, 1)} | "
+                     f"{_pm(boot['test']['accuracy'])} |")
+    uncertified = [name for name, res in result["policies"].items() if res["all_val_fit"]["certified"] is False]
+    if uncertified:
+        lines += ["", f"**Target not certified** for {', '.join(uncertified)}: no cheaper cascade reaches it with "
+                  f"the {s['confidence']:.0%} margin on this val set, so the largest size answers every sample "
+                  "(safe on new data, no saving)."]
     lines += ["", "Fixed sizes (top-1, %):", "", "| m | MRL val | MRL test | FF test |", "|---:|---:|---:|---:|"]
     sizes = sorted({*map(int, result["fixed_sizes"]["test"]), *map(int, result["ff_test_top1"])})
     for m in sizes:

@@ -54,7 +54,7 @@ def adaptive_command(run_dir: Path, policy: str, costs: tuple[str, ...], target_
     whole accuracy vs expected-dims front, and writes DIR/adaptive.json, DIR/adaptive.png and
     DIR/report.md. Needs `mrl eval RUN_DIR --save-logits` first.
     """
-    from mrl.adaptive.experiment import run_adaptive
+    from mrl.adaptive.experiment import certification_text, run_adaptive
 
     if not 0.0 <= target_drop < 100.0:
         raise MRLError(f"--target-drop is in accuracy points, in [0, 100), got {target_drop}")
@@ -68,7 +68,9 @@ def adaptive_command(run_dir: Path, policy: str, costs: tuple[str, ...], target_
         test = res["test"]
         click.echo(f"{name:>20}: test accuracy {100 * test['accuracy']['mean']:.2f} ± {100 * test['accuracy']['std']:.2f}"
                    f"  expected dims {test['expected_dims']['mean']:.1f} (cumulative "
-                   f"{test['expected_cumulative_dims']['mean']:.1f})")
+                   f"{test['expected_cumulative_dims']['mean']:.1f}); target certified: {certification_text(res)}")
+        if res["all_val_fit"]["certified"] is False:
+            click.echo(f"{'':>20}  target NOT certified on all of val: the largest size answers every sample")
     click.echo(f"wrote {out / 'adaptive.json'}, {out / 'adaptive.png'}, {out / 'report.md'}")
 
 
