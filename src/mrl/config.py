@@ -15,8 +15,9 @@ from typing import Any
 
 from mrl.errors import MRLError
 from mrl.io import read_json, write_json
-from mrl.models import MODELS
+from mrl.models import MODELS, is_model_name
 from mrl.nesting import parse_nesting, validate_nesting
+from mrl.recipe import OPTIMIZERS, PRECISIONS, SCHEDULES
 
 MODES = ("mrl", "mrl-e", "ff")
 
@@ -53,14 +54,27 @@ class TrainConfig:
     augment: bool = True  # images only: random horizontal flip and +-2 pixel shift
     max_train: int | None = None
     seed: int = 0
+    # Paper-scale settings (issue 16); the defaults are the small-data behaviour above, unchanged.
+    image_size: int | None = None  # streamed image folders: crop side S; None = 224, ResNet-50's ImageNet size
+    workers: int = 0  # DataLoader processes decoding a streamed folder; 0 decodes in the training process
+    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (fp16 with a GradScaler)
+    channels_last: bool = False  # NHWC memory layout: faster convolutions on tensor cores
+    compile: bool = False  # torch.compile the model (slow first step, faster after)
+    accumulate: int = 1  # split each batch into K micro-batches (same optimizer steps, less memory)
+    label_smoothing: float = 0.0  # the paper's FFCV ResNet-50 recipe uses 0.1
+    optimizer: str = "adamw"  # adamw | sgd (momentum; the paper's recipe)
+    momentum: float = 0.9  # sgd only
+    schedule: str = "cosine"  # cosine to 0 | step (x lr_gamma every lr_step_epochs)
+    lr_step_epochs: int = 30  # step schedule: torchvision's ResNet recipe
+    lr_gamma: float = 0.1  # step schedule: factor per step
     extra: dict[str, Any] = field(default_factory=dict)  # for derived runs (e.g. baselines)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise MRLError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        if self.arch is not None and self.arch not in MODELS:
-            raise MRLError(f"unknown arch {self.arch!r}; known: {', '.join(sorted(MODELS))}")
-        for name in ("epochs", "batch_size", "rep_dim"):
+        if self.arch is not None and not is_model_name(self.arch):
+            raise MRLError(f"unknown arch {self.arch!r}; known: {', '.join(sorted(MODELS))}, or timm/<name>")
+        for name in ("epochs", "batch_size", "rep_dim", "accumulate", "lr_step_epochs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MRLError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
@@ -68,6 +82,7 @@ class TrainConfig:
             raise MRLError(f"max-train must be a positive integer, got {self.max_train}")
         if not (self.lr > 0):
             raise MRLError(f"lr must be positive, got {self.lr}")
+        self._check_scale_settings()
         if self.mode == "ff":
             if self.ff_dim is None:
                 raise MRLError("mode ff needs --ff-dim M (the representation size of this FF model)")
@@ -85,6 +100,24 @@ class TrainConfig:
             raise MRLError(
                 f"loss weights need one value per nesting size ({len(self.nesting)}), got {len(self.loss_weights)}"
             )
+
+    def _check_scale_settings(self) -> None:
+        if self.image_size is not None and (
+            isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1
+        ):
+            raise MRLError(f"image-size must be a positive integer, got {self.image_size!r}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise MRLError(f"workers must be a non-negative integer, got {self.workers!r}")
+        for name, allowed in (("precision", tuple(PRECISIONS)), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+            if getattr(self, name) not in allowed:
+                raise MRLError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        if self.batch_size % self.accumulate:
+            raise MRLError(f"batch-size {self.batch_size} must be divisible by accumulate {self.accumulate}")
+        for name in ("label_smoothing", "momentum"):
+            if not (0.0 <= getattr(self, name) < 1.0):
+                raise MRLError(f"{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        if not (0.0 < self.lr_gamma <= 1.0):
+            raise MRLError(f"lr-gamma must be in (0, 1], got {self.lr_gamma}")
 
     @property
     def tied(self) -> bool:
