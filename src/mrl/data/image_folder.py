@@ -57,13 +57,14 @@ def _list_split(root: Path, classes: list[str] | None) -> tuple[list[str], np.nd
             raise MRLError(f"{root} has class folders that are not in the training set: {unknown[:5]}")
     paths, labels = [], []
     for name in found:
-        files = sorted(
-            f for f in os.scandir(root / name)
-            if f.is_file() and not f.name.startswith(".") and Path(f.name).suffix.lower() in IMAGE_SUFFIXES
-        )
+        with os.scandir(root / name) as entries:
+            files = sorted(
+                e.path for e in entries
+                if e.is_file() and not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_SUFFIXES
+            )
         if not files:
             raise MRLError(f"class folder {root / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        paths += [os.fsencode(f.path) for f in files]
+        paths += [os.fsencode(f) for f in files]
         labels += [classes.index(name)] * len(files)
     return classes, np.array(paths, dtype=np.bytes_), np.array(labels, dtype=np.int64)
 
