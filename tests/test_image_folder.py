@@ -252,7 +252,7 @@ def test_resume_after_kill_is_exact_with_workers(folder, tmp_path):
          "Error: image size 16x16 is too small for arch resnet50, which needs at least 32x32; raise --image-size"),
         ("empty class", [], "Error: class folder {root}/train/green holds no images"),
         ("unreadable", [], "Error: cannot read image {root}/val/red/000.png"),
-        (None, ["--workers", "-1"], "Error: workers must be a non-negative integer, got -1"),
+        (None, ["--workers", "-1"], "Error: workers must be an integer >= 0, got -1"),
         ("bomb", [], "Error: image {root}/train/blue/000.png has"),
     ],
 )
@@ -282,3 +282,31 @@ def test_image_size_applies_to_streamed_folders_only(tmp_path):
         root = make_folder(tmp_path / "d", n_train=1, n_val=1)
         (root / "val" / "purple").mkdir()
         load_streaming_folder(root)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        (dict(accumulate=5), "batch-size 24 must be divisible by accumulate 5"),
+        (dict(momentum=1.0), "momentum must be a finite number >= 0 and < 1, got 1.0"),
+        (dict(lr_gamma=0.0), "lr-gamma must be a finite number > 0 and <= 1, got 0.0"),
+        (dict(label_smoothing=-0.1), "label-smoothing must be a finite number >= 0 and < 1"),
+        (dict(optimizer="lamb"), "optimizer must be one of adamw, sgd, got 'lamb'"),
+        (dict(arch="timm/"), "unknown arch 'timm/'"),
+    ],
+)
+def test_recipe_config_errors(kw, match, tmp_path):
+    with pytest.raises(MRLError, match=match):
+        config(tmp_path, **kw)
+
+
+def test_an_image_that_breaks_mid_file_stops_training_with_one_line(tmp_path):
+    root = make_folder(tmp_path / "data", n_train=4, n_val=1)
+    good = (root / "train" / "red" / "001.png").read_bytes()
+    (root / "train" / "red" / "001.png").write_bytes(good[: len(good) // 2])  # header intact, pixels cut
+    result = run_cli("train", "--data", root, *SMALL, "--batch-size", 4, "--workers", 2, "--epochs", 1, "--quiet",
+                     "--out", tmp_path / "run")
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: cannot read image {root}/train/red/001.png"), result.output
+    assert (tmp_path / "run" / "config.json").exists()  # the header passed the up-front check; a worker failed

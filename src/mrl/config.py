@@ -18,6 +18,7 @@ from mrl.io import read_json, write_json
 from mrl.models import MODELS, is_model_name
 from mrl.nesting import parse_nesting, validate_nesting
 from mrl.recipe import OPTIMIZERS, PRECISIONS, SCHEDULES
+from mrl.validation import check_choice, check_float, check_int
 
 MODES = ("mrl", "mrl-e", "ff")
 
@@ -102,22 +103,17 @@ class TrainConfig:
             )
 
     def _check_scale_settings(self) -> None:
-        if self.image_size is not None and (
-            isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1
-        ):
-            raise MRLError(f"image-size must be a positive integer, got {self.image_size!r}")
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
-            raise MRLError(f"workers must be a non-negative integer, got {self.workers!r}")
-        for name, allowed in (("precision", tuple(PRECISIONS)), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
-            if getattr(self, name) not in allowed:
-                raise MRLError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        if self.image_size is not None:
+            check_int("image-size", self.image_size, min=1)
+        check_int("workers", self.workers, min=0)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
         if self.batch_size % self.accumulate:
             raise MRLError(f"batch-size {self.batch_size} must be divisible by accumulate {self.accumulate}")
-        for name in ("label_smoothing", "momentum"):
-            if not (0.0 <= getattr(self, name) < 1.0):
-                raise MRLError(f"{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
-        if not (0.0 < self.lr_gamma <= 1.0):
-            raise MRLError(f"lr-gamma must be in (0, 1], got {self.lr_gamma}")
+        check_float("label-smoothing", self.label_smoothing, min=0, max=1, max_open=True)
+        check_float("momentum", self.momentum, min=0, max=1, max_open=True)
+        check_float("lr-gamma", self.lr_gamma, min=0, max=1, min_open=True)
 
     @property
     def tied(self) -> bool:

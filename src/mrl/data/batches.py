@@ -9,7 +9,7 @@ an epoch is a pure function of (seed, epoch), which is what makes resume exact.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -17,6 +17,25 @@ from torch.utils.data import DataLoader
 
 from mrl.data.datasets import Split
 from mrl.data.image_folder import ImageFolderSplit, SeededShardSampler, normalize
+from mrl.errors import MRLError
+
+WORKER_ERROR_PREFIX = "mrl.errors.MRLError: "
+
+
+def _from_workers(loader: Iterable) -> Iterator:
+    """Iterate ``loader``; an MRLError raised in a worker comes back as its own one-line message.
+
+    (The DataLoader re-raises worker errors with the worker's whole traceback as the message; the
+    CLI promises one ``Error:`` line.)
+    """
+    try:
+        yield from loader
+    except MRLError as exc:
+        lines = str(exc).strip().splitlines()
+        last = next((line for line in reversed(lines) if line.startswith(WORKER_ERROR_PREFIX)), None)
+        if last is None:
+            raise
+        raise MRLError(last[len(WORKER_ERROR_PREFIX) :]) from None
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
@@ -88,7 +107,7 @@ class StreamBatches:
     def epoch(self, epoch: int, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches (x [B, 3, S, S] float32 standardised, y [B] int64) on ``device``."""
         self.sampler.set_epoch(epoch)
-        for pixels, y in self.loader:
+        for pixels, y in _from_workers(self.loader):
             yield normalize(pixels.to(device, non_blocking=True)), y.to(device, non_blocking=True)
 
 
@@ -108,7 +127,7 @@ def eval_batches(
     if isinstance(split, ImageFolderSplit):
         loader = DataLoader(split, batch_size=batch_size, shuffle=False, num_workers=workers,
                             pin_memory=torch.cuda.is_available())
-        for pixels, y in loader:
+        for pixels, y in _from_workers(loader):
             yield normalize(pixels.to(device, non_blocking=True)), y
     else:
         for i in range(0, len(split), batch_size):
