@@ -100,14 +100,16 @@ def bench_model(args) -> None:
         for name, parts in methods.items():
             times[name] += train_steps(parts, x, y, precision, args.steps)
     peak = {}
-    if cuda:
-        for name, parts in methods.items():
+    del methods
+    if cuda:  # one method on the GPU at a time: its peak is that method's alone (plus the batch)
+        for name in METHODS:
+            parts = make(name, channels_last, device)
             torch.cuda.reset_peak_memory_stats()
             train_steps(parts, x, y, precision, 2)
             peak[name] = torch.cuda.max_memory_allocated() / 2**20
-        del methods
+            del parts
+            torch.cuda.empty_cache()
     else:
-        del methods
         ctx = mp.get_context("spawn")  # a fresh process per method: its peak is that method's alone
         for name in METHODS:
             queue = ctx.Queue()

@@ -254,6 +254,7 @@ def test_resume_after_kill_is_exact_with_workers(folder, tmp_path):
         ("unreadable", [], "Error: cannot read image {root}/val/red/000.png"),
         (None, ["--workers", "-1"], "Error: workers must be an integer >= 0, got -1"),
         ("bomb", [], "Error: image {root}/train/blue/000.png has"),
+        (None, ["--batch-size", 32], "Error: each of the 1 process(es) gets 6 training images, fewer than its batch of 32"),
     ],
 )
 def test_bad_inputs_give_one_error_line_and_write_nothing(tmp_path, monkeypatch, breakage, extra, message):

@@ -297,6 +297,10 @@ def train(
         raise MRLError(f"the per-process batch {per_rank} must be divisible by accumulate {config.accumulate}")
     torch.manual_seed(config.seed)
     model = build_model(config, data).to(device)  # before anything is written: it checks arch and image size
+    batches = training_batches(
+        data.train, per_rank, env.rank, env.world_size, config.seed, config.augment and data.kind == "image",
+        config.workers,
+    )
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
@@ -321,10 +325,6 @@ def train(
         nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), nesting=config.nesting, weights=config.loss_weights
     ).to(device)
 
-    batches = training_batches(
-        data.train, per_rank, env.rank, env.world_size, config.seed, config.augment and data.kind == "image",
-        config.workers,
-    )
     steps_per_epoch = batches.steps_per_epoch
     total_steps = steps_per_epoch * config.epochs
     warmup = int(config.warmup_epochs * steps_per_epoch)

@@ -94,6 +94,11 @@ class StreamBatches:
 
     def __init__(self, split: ImageFolderSplit, per_rank: int, rank: int, world_size: int, seed: int, workers: int) -> None:
         self.sampler = SeededShardSampler(split, rank, world_size, seed)
+        if len(self.sampler) < per_rank:
+            raise MRLError(
+                f"each of the {world_size} process(es) gets {len(self.sampler)} training images, fewer than its batch "
+                f"of {per_rank}; lower --batch-size"
+            )
         self.per_rank = per_rank
         self.loader = DataLoader(
             split, batch_size=per_rank, sampler=self.sampler, num_workers=workers, drop_last=True,
