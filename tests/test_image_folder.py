@@ -293,7 +293,7 @@ def test_image_size_applies_to_streamed_folders_only(tmp_path):
         (dict(lr_gamma=0.0), "lr-gamma must be a finite number > 0 and <= 1, got 0.0"),
         (dict(label_smoothing=-0.1), "label-smoothing must be a finite number >= 0 and < 1"),
         (dict(optimizer="lamb"), "optimizer must be one of adamw, sgd, got 'lamb'"),
-        (dict(arch="timm/"), "unknown arch 'timm/'"),
+        (dict(arch="timm/"), "arch must be one of .* or timm/<name>, got 'timm/'"),
     ],
 )
 def test_recipe_config_errors(kw, match, tmp_path):

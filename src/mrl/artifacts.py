@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mrl.errors import MRLError
-from mrl.io import read_json, sha256_file, write_json
+from mrl.io import atomic_directory, read_json, sha256_file, write_json
 
 KINDS = ("training-run", "lm-run", "index", "adapter", "experiment", "text-run")
 MANIFEST = "manifest.json"
@@ -187,11 +187,11 @@ def lock(directory: str | os.PathLike) -> Iterator[Path]:
     """Hold an exclusive lock on ``directory`` (created if missing) for one writer.
 
     An fcntl.flock on ``directory/.lock``, released when the block ends or the process dies. A
-    second writer fails at once with an MRLError naming the holder's pid. A folder this call
-    created is removed again if the block fails before writing anything into it.
+    second writer fails at once with an MRLError naming the holder's pid. Folders this call
+    created are removed again if the block fails before writing anything into them.
     """
     directory = Path(directory)
-    created = not directory.exists()
+    created = [p for p in (directory, *directory.parents) if not p.exists()]  # innermost first
     try:
         directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
@@ -210,11 +210,11 @@ def lock(directory: str | os.PathLike) -> Iterator[Path]:
         try:
             yield directory
         except BaseException:
-            if created:
-                with contextlib.suppress(OSError):
-                    if [p.name for p in directory.iterdir()] == [LOCK_FILE]:
-                        os.unlink(directory / LOCK_FILE)
-                        directory.rmdir()
+            with contextlib.suppress(OSError):
+                if created and [p.name for p in directory.iterdir()] == [LOCK_FILE]:
+                    os.unlink(directory / LOCK_FILE)
+                    for folder in created:
+                        folder.rmdir()
             raise
     finally:
         os.close(fd)
@@ -240,7 +240,7 @@ def prepare_output(
 ) -> Path:
     """Check that ``path`` may receive a new ``kind`` artifact; nothing is changed on disk.
 
-    A missing path is fine (its nearest existing folder must be writable). An existing one is
+    A missing path or an empty folder is fine (the nearest existing folder must be writable). Any other is
     refused unless ``overwrite`` is set, it is an artifact of the same kind, and it neither is,
     contains nor lies inside any of the command's ``inputs``.
     """
@@ -248,6 +248,8 @@ def prepare_output(
     _check_kind(kind)
     if not path.exists() and not path.is_symlink():
         return check_writable(path)
+    if path.is_dir() and not path.is_symlink() and all(p.name == LOCK_FILE for p in path.iterdir()):
+        return check_writable(path)  # an empty folder holds nothing to lose
     if not overwrite:
         raise MRLError(f"{path} already exists; choose another --out or pass --overwrite")
     found = kind_of(path) if path.is_dir() and not path.is_symlink() else None
@@ -260,3 +262,30 @@ def prepare_output(
         if _within(source, resolved) or _within(resolved, source):
             raise MRLError(f"refusing to overwrite {path}: it holds or lies inside the input {item}")
     return check_writable(path)
+
+
+@contextlib.contextmanager
+def new_artifact(
+    path: str | os.PathLike, kind: str, overwrite: bool = False, inputs: Iterable[str | os.PathLike] = (),
+    meta: dict[str, Any] | None = None, format_version: int = 1,
+) -> Iterator[Path]:
+    """Build a whole ``kind`` artifact in a temp folder and move it to ``path`` when the block ends.
+
+    ``path`` is checked by :func:`prepare_output` and locked; the manifest lists every top-level
+    file the block wrote (``meta`` may be filled in by the block). On error nothing at ``path``
+    changes.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "exp"
+        >>> with new_artifact(out, "experiment", meta={"command": "doc"}) as tmp:
+        ...     _ = (tmp / "result.json").write_text("{}")
+        >>> read_manifest(out, "experiment").files.keys()
+        dict_keys(['result.json'])
+    """
+    path = prepare_output(path, kind, overwrite, inputs)
+    meta = {} if meta is None else meta
+    with lock(path), atomic_directory(path, overwrite=True) as tmp:
+        yield tmp
+        names = sorted(p.name for p in tmp.iterdir() if p.is_file() and not p.is_symlink() and p.name != MANIFEST)
+        write_manifest(tmp, kind, names, format_version, meta)

@@ -24,12 +24,12 @@ from mrl.config import TrainConfig
 from mrl.data import Dataset, StreamingDataset, load_dataset
 from mrl.data.batches import eval_batches
 from mrl.errors import MRLError
-from mrl.io import save_npy, write_json
+from mrl.artifacts import lock
 from mrl.models import MatryoshkaClassifier
 from mrl.nesting import truncate
-from mrl.training import build_model, device_from_env, load_config, load_weights
+from mrl.runs import load_config, load_weights, read_run, save_eval
+from mrl.training import build_model, device_from_env
 
-EVAL_FILE = "eval.json"
 KNN_BLOCK_ROWS = 65536  # train embeddings searched at a time: 512 MiB at d = 2048
 
 
@@ -158,6 +158,12 @@ def evaluate_run(
     labels_{val,test}.npy (int64 [N]) for adaptive classification.
     """
     run_dir = Path(run_dir)
+    read_run(run_dir, verify=[])  # a missing or foreign folder is refused before the lock creates anything
+    with lock(run_dir):
+        return _evaluate_run(run_dir, save_logits, progress, data)
+
+
+def _evaluate_run(run_dir: Path, save_logits: bool, progress: bool, data: Dataset | None) -> dict:
     config, model, data, device = load_run(run_dir, data)
     nesting = config.nesting
     hits, logits = {}, {}
@@ -187,11 +193,12 @@ def evaluate_run(
         "nesting": nesting,
         "n_test": len(data.test),
     }
+    arrays = {}
     if save_logits:
         for split in ("val", "test"):
-            save_npy(run_dir / f"logits_{split}.npy", logits[split].numpy().astype(np.float32))
-            save_npy(run_dir / f"labels_{split}.npy", data.split(split).y.numpy().astype(np.int64))
-    write_json(run_dir / EVAL_FILE, result)
+            arrays[f"logits_{split}.npy"] = logits[split].numpy().astype(np.float32)
+            arrays[f"labels_{split}.npy"] = data.split(split).y.numpy().astype(np.int64)
+    save_eval(run_dir, result, arrays)
     return result
 
 
