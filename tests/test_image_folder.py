@@ -7,6 +7,7 @@ network learns them in a few epochs (chance is 1/3).
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +37,7 @@ from mrl.errors import MRLError
 from mrl.evaluation import evaluate_run, knn1_accuracy_blocks
 from mrl.io import load_tensors
 from mrl.recipe import Precision
+from mrl.runs import checkpoint_paths, read_classes, read_state
 from mrl.training import train
 
 CLASSES = ("blue", "green", "red")
@@ -177,7 +179,7 @@ def test_two_gloo_ranks_see_disjoint_shards(folder, tmp_path):
 
 def test_streaming_training_and_evaluation_learn(folder, tmp_path):
     run = train(config(folder), tmp_path / "run", progress=False)
-    assert json.loads((run / "classes.json").read_text()) == list(CLASSES)
+    assert read_classes(run) == list(CLASSES)  # verified against the run's manifest
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3]
     result = evaluate_run(run, progress=False)
@@ -218,9 +220,16 @@ def test_sgd_step_recipe_with_label_smoothing_learns(folder, tmp_path):
     assert records[-1]["val_top1"]["32"] > 0.6
 
 
+def epochs_done(run: Path) -> int:
+    try:
+        state = read_state(run)
+    except MRLError:  # no manifest yet
+        return 0
+    return 0 if state is None else state.epochs_done
+
+
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
-    state = json.loads((run / "state.json").read_text())
-    return load_tensors(run / state["model"])
+    return load_tensors(checkpoint_paths(run, epochs_done(run))[0])
 
 
 def test_resume_after_kill_is_exact_with_workers(folder, tmp_path):
@@ -230,13 +239,12 @@ def test_resume_after_kill_is_exact_with_workers(folder, tmp_path):
             "--epochs", "5", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "mrl", *args, "--out", str(tmp_path / "cut")], env=env)
-    state = tmp_path / "cut" / "state.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["epochs_done"] >= 2):
+    deadline = time.time() + 300
+    while time.time() < deadline and epochs_done(tmp_path / "cut") < 2:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = json.loads(state.read_text())["epochs_done"]
+    done = epochs_done(tmp_path / "cut")
     assert 2 <= done < 5, "the run must have been interrupted mid-way"
     train(config(folder, **settings), tmp_path / "cut", resume=True, progress=False)
     full, cut = final_weights(tmp_path / "full"), final_weights(tmp_path / "cut")
@@ -311,3 +319,14 @@ def test_an_image_that_breaks_mid_file_stops_training_with_one_line(tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Error: cannot read image {root}/train/red/001.png"), result.output
     assert (tmp_path / "run" / "config.json").exists()  # the header passed the up-front check; a worker failed
+
+
+def test_resume_refuses_a_folder_with_other_classes(tmp_path):
+    root = make_folder(tmp_path / "data", n_train=2, n_val=1)
+    settings = config(root, epochs=1, batch_size=6)
+    run = train(settings, tmp_path / "run", progress=False)
+    for split in ("train", "val"):
+        (root / split / "yellow").mkdir()
+        shutil.copy(root / split / "red" / "000.png", root / split / "yellow" / "000.png")
+    with pytest.raises(MRLError, match="cannot resume .*: the data's classes differ from the run's classes.json"):
+        train(settings, run, resume=True, progress=False)
