@@ -152,7 +152,7 @@ def test_lr_schedule():
         (dict(nesting=[8, 64]), "64 is larger than the representation size 32"),
         (dict(nesting=[0, 8]), "must be positive"),
         (dict(epochs=0), "epochs must be an integer >= 1 and <= 100000, got 0"),
-        (dict(arch="vit"), "arch must be one of mlp, resnet, got 'vit'"),
+        (dict(arch="vit"), "arch must be one of mlp, resnet, resnet50 or timm/<name>, got 'vit'"),
     ],
 )
 def test_config_errors(kw, match, tmp_path):
