@@ -128,6 +128,8 @@ def test_search_refusals(tmp_path):
         export_to_qdrant(path, tmp_path / "q", "d", stages=[64, 8])
     with pytest.raises(MRLError, match="collection must be"):
         export_to_qdrant(path, tmp_path / "q", "../escape")
+    with pytest.raises(MRLError, match="apply to a Qdrant server"):
+        export_to_qdrant(path, tmp_path / "q", "e", shards=2)
 
 
 def test_quantized_export_still_finds_neighbours(tmp_path):
@@ -145,7 +147,7 @@ def test_qdrant_client_local_mode_gives_the_same_answers(tmp_path):
     qdrant_client = pytest.importorskip("qdrant_client")
     index, path = _index(tmp_path, n=400)  # local mode is pure Python: keep it small
     client = qdrant_client.QdrantClient(":memory:")
-    assert export_to_qdrant(path, client, "c", stages=[8, 16, 64])["points"] == 400
+    assert export_to_qdrant(path, client, "c", stages=[8, 16, 64], shards=2, replicas=1)["points"] == 400
     queries = _queries(n=10)
     funnel = [(8, 100), (16, 40), (64, 10)]
     scores, ids = QdrantFunnel(client, "c").search(queries, k=10, funnel=funnel)

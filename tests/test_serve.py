@@ -224,7 +224,7 @@ def test_reload_refusals_keep_the_old_index_and_a_good_reload_swaps(indexes, tmp
             foreign = tmp_path / "foreign"
             foreign.mkdir()
             (foreign / "manifest.json").write_text(json.dumps({"format": "something-else"}))
-            for path, match in ((corrupt, "corrupt"), (tmp_path / "missing", "not found"), (foreign, "not a mrl-funnel-index")):
+            for path, match in ((corrupt, "corrupt"), (tmp_path / "missing", "not an mrl index"), (foreign, "not an mrl index (no readable mrl manifest)")):
                 response = c.post("/reload", json={"path": str(path)}, headers=auth)
                 assert response.status_code == 400 and match in response.json()["error"], response.text
                 _good(c, indexes["first"])
