@@ -178,6 +178,20 @@ def test_bad_request_gets_its_status_and_server_keeps_serving(client, indexes, c
     _good(client, indexes["first"])
 
 
+def test_a_bug_is_a_json_500_and_the_server_keeps_serving(client, indexes, monkeypatch):
+    original = FunnelIndex.search
+
+    def broken(self, *args, **kwargs):
+        monkeypatch.setattr(FunnelIndex, "search", original)  # fail once
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(FunnelIndex, "search", broken)
+    response = client.post("/search", json={"vectors": [[0.1] * DIM]})
+    assert response.status_code == 500 and response.json() == {"error": "internal error"}
+    _good(client, indexes["first"])
+    assert 'mrl_requests_total{route="/search",status="500"} 1.0' in client.get("/metrics").text
+
+
 def test_unknown_route_and_method_are_json_errors(client, indexes):
     assert client.get("/nowhere").json() == {"error": "GET /nowhere: Not Found"}
     response = client.get("/search")

@@ -139,7 +139,10 @@ def _npy_request(body: bytes, params: dict) -> tuple[np.ndarray, object, object]
 
 
 class _Metrics:
-    """ASGI middleware counting requests by route and status and timing them (lighter than BaseHTTPMiddleware)."""
+    """ASGI middleware counting requests by route and status and timing them (lighter than BaseHTTPMiddleware).
+
+    It also turns an unhandled exception (a bug) into a logged JSON 500 on a connection that stays usable.
+    """
 
     def __init__(self, app, requests_total: Counter, latency: Histogram) -> None:
         self.app, self.requests_total, self.latency = app, requests_total, latency
@@ -149,17 +152,22 @@ class _Metrics:
             await self.app(scope, receive, send)
             return
         route = scope["path"] if scope["path"] in _ROUTES else "other"  # bounded label values
-        status = 500
+        status, started = 500, False
 
         async def send_recording(message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
             await send(message)
 
         start = time.perf_counter()
         try:
             await self.app(scope, receive, send_recording)
+        except Exception:
+            logger.exception("unhandled error on %s", scope["path"])
+            if started:
+                raise  # half a response is out: only closing the connection is left
+            await _error(500, "internal error")(scope, receive, send)
         finally:
             self.latency.labels(route).observe(time.perf_counter() - start)
             self.requests_total.labels(route, str(status)).inc()
@@ -207,11 +215,6 @@ def create_app(
     app = FastAPI(title="mrl funnel search", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
     app.add_middleware(_Metrics, requests_total=requests_total, latency=latency)
-
-    @app.exception_handler(Exception)
-    async def bug(request: Request, exc: Exception) -> JSONResponse:
-        logger.error("unhandled error on %s", request.url.path, exc_info=exc)  # a bug: log it, answer JSON, keep serving
-        return _error(500, "internal error")
 
     @app.exception_handler(_HTTPError)
     async def http_error(request: Request, exc: _HTTPError) -> JSONResponse:
