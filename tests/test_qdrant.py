@@ -14,7 +14,7 @@ pytest.importorskip("qdrant_edge")
 
 from mrl.cli import cli  # noqa: E402
 from mrl.errors import MRLError  # noqa: E402
-from mrl.io import load_npz, save_npz  # noqa: E402
+from mrl.io import load_npz, read_json, save_npz, write_json  # noqa: E402
 from mrl.retrieval import FunnelIndex  # noqa: E402
 from mrl.retrieval.qdrant import QdrantFunnel, _EdgeBackend, evaluate_on_qdrant, export_to_qdrant  # noqa: E402
 
@@ -110,6 +110,10 @@ def test_foreign_collections_are_refused(tmp_path):
         QdrantFunnel(tmp_path / "q", "plain")
     with pytest.raises(MRLError, match="does not exist"):
         QdrantFunnel(tmp_path / "q", "absent")
+    meta = read_json(tmp_path / "q" / "c" / "mrl_collection.json")
+    write_json(tmp_path / "q" / "c" / "mrl_collection.json", {**meta, "metric": "hamming"})
+    with pytest.raises(MRLError, match="does not hold a readable mrl-qdrant-funnel v1 layout"):
+        QdrantFunnel(tmp_path / "q", "c")
 
 
 def test_search_refusals(tmp_path):

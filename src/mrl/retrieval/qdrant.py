@@ -217,6 +217,28 @@ def _backend(location: Any, collection: str, api_key: str | None = None) -> _Edg
     raise MRLError(f"location must be a folder path, an http(s) URL or a QdrantClient, got {type(location).__name__}")
 
 
+def _check_layout(meta: object, where: object) -> dict:
+    """The stored layout, refused unless every field has the type and range this module writes."""
+
+    def positive_int(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    ok = (
+        isinstance(meta, dict) and meta.get("format") == FORMAT and meta.get("format_version") == FORMAT_VERSION
+        and meta.get("metric") in _DISTANCES and meta.get("quantization") in QUANTIZATIONS
+        and positive_int(meta.get("dim")) and positive_int(meta.get("n_vectors"))
+        and isinstance(meta.get("stages"), list) and meta["stages"] and all(positive_int(d) for d in meta["stages"])
+        and all(a < b for a, b in zip(meta["stages"], meta["stages"][1:])) and meta["stages"][-1] <= meta["dim"]
+    )
+    if not ok:
+        raise MRLError(f"{where} does not hold a readable {FORMAT} v{FORMAT_VERSION} layout")
+    funnel = meta.get("default_funnel")
+    if funnel is not None and not (isinstance(funnel, list) and all(
+            isinstance(s, list) and len(s) == 2 and all(positive_int(v) for v in s) for s in funnel)):
+        raise MRLError(f"{where} holds a malformed default funnel {funnel!r}")
+    return meta
+
+
 def _layout(index: FunnelIndex, index_sha256: str, stages: Sequence[int], quantization: str) -> dict:
     return {
         "format": FORMAT,
@@ -346,8 +368,7 @@ class QdrantFunnel:
         meta = self._backend.read_meta()
         if meta is None:
             raise MRLError(f"{self._backend.folder} does not exist; export an index to it first (mrl index export)")
-        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-            raise MRLError(f"{self._backend.folder} is not a {FORMAT} v{FORMAT_VERSION} collection")
+        _check_layout(meta, self._backend.folder)
         self._backend.open(meta, create=False)
         self.metric, self.dim, self.stages = meta["metric"], int(meta["dim"]), [int(d) for d in meta["stages"]]
         self.ntotal = int(meta["n_vectors"])
