@@ -222,8 +222,10 @@ def evaluate(index_dir, queries, funnels, k, out_dir, backend, qdrant_path, qdra
 @click.option("--quantization", type=click.Choice(["none", "int8", "binary"]), default="none", show_default=True,
               help="Qdrant quantization of every named vector.")
 @click.option("--batch", type=click.IntRange(min=1), default=1024, show_default=True, help="Points per upsert.")
+@click.option("--shards", type=click.IntRange(min=1), default=None, help="Shards of a new collection on a Qdrant cluster (with --url).")
+@click.option("--replicas", type=click.IntRange(min=1), default=None, help="Replication factor of a new collection on a Qdrant cluster (with --url).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def export(index_dir, target, qdrant_path, qdrant_url, api_key_file, collection, stages, quantization, batch, quiet) -> None:
+def export(index_dir, target, qdrant_path, qdrant_url, api_key_file, collection, stages, quantization, batch, shards, replicas, quiet) -> None:
     """Export INDEX_DIR to a Qdrant collection: one named vector per stage, ids = row numbers, labels as payload.
 
     Re-running resumes (ids already present are skipped); a collection with another layout is refused.
@@ -236,7 +238,7 @@ def export(index_dir, target, qdrant_path, qdrant_url, api_key_file, collection,
     except ValueError:
         raise MRLError(f"--stages must be comma-separated prefix sizes such as 16,64,2048, got {stages!r}") from None
     result = export_to_qdrant(index_dir, location, collection, stages=sizes, quantization=quantization, batch=batch,
-                              api_key=api_key, progress=not quiet)
+                              api_key=api_key, progress=not quiet, shards=shards, replicas=replicas)
     click.echo(f"exported {result['written']} points to {target} collection {collection} "
                f"({result['skipped']} already present, {result['points']} in all)")
 
