@@ -8,6 +8,7 @@ them (W_m = W[:, :m]), ``ff`` trains the fixed-feature baseline whose representa
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from mrl.errors import MRLError
 from mrl.io import read_json, write_json
 from mrl.models import MODELS
+from mrl.models.mlp import REP_ACTIVATIONS
 from mrl.nesting import parse_nesting, validate_nesting
 
 MODES = ("mrl", "mrl-e", "ff")
@@ -45,6 +47,8 @@ class TrainConfig:
     ff_dim: int | None = None  # representation size of an FF run (mode "ff" only)
     nesting: list[int] | None = None  # None: 8, 16, ..., rep_dim (the paper's M)
     loss_weights: list[float] | None = None  # c_m; None: all 1 as in the paper
+    rep_activation: str = "relu"  # mlp only: "none" drops the ReLU after the representation's BatchNorm
+    head_lr_scale: float = 1.0  # the heads' learning rate relative to lr
     epochs: int = 10
     batch_size: int = 256  # global batch, split across DDP ranks
     lr: float = 2e-3  # AdamW with a cosine schedule to 0: robust on small data without tuning
@@ -68,6 +72,10 @@ class TrainConfig:
             raise MRLError(f"max-train must be a positive integer, got {self.max_train}")
         if not (self.lr > 0):
             raise MRLError(f"lr must be positive, got {self.lr}")
+        if not (self.head_lr_scale > 0) or not math.isfinite(self.head_lr_scale):
+            raise MRLError(f"head-lr-scale must be positive and finite, got {self.head_lr_scale}")
+        if self.rep_activation not in REP_ACTIVATIONS:
+            raise MRLError(f"rep-activation must be one of {', '.join(REP_ACTIVATIONS)}, got {self.rep_activation!r}")
         if self.mode == "ff":
             if self.ff_dim is None:
                 raise MRLError("mode ff needs --ff-dim M (the representation size of this FF model)")

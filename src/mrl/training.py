@@ -82,7 +82,10 @@ def build_model(config: TrainConfig, data: Dataset) -> MatryoshkaClassifier:
             raise MRLError(f"arch resnet needs images [C, H, W], got inputs of shape {data.input_shape}")
         backbone = create_model("resnet", in_channels=data.input_shape[0], num_features=config.rep_dim)
     else:
-        backbone = create_model("mlp", in_features=math.prod(data.input_shape), num_features=config.rep_dim)
+        backbone = create_model(
+            "mlp", in_features=math.prod(data.input_shape), num_features=config.rep_dim,
+            rep_activation=config.rep_activation,
+        )
     return MatryoshkaClassifier(backbone, data.num_classes, config.nesting, tied=config.tied)
 
 
@@ -106,6 +109,14 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> flo
         return base_lr * (step + 1) / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def param_groups(model: MatryoshkaClassifier, config: TrainConfig) -> list[dict]:
+    """Backbone and heads as two AdamW groups; ``lr_scale`` multiplies the scheduled rate per group."""
+    return [
+        {"params": list(model.backbone.parameters()), "lr_scale": 1.0},
+        {"params": list(model.head.parameters()), "lr_scale": config.head_lr_scale},
+    ]
 
 
 def is_run_dir(path: Path) -> bool:
@@ -280,7 +291,7 @@ def train(
 
     torch.manual_seed(config.seed)
     model = build_model(config, data).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.lr, weight_decay=config.weight_decay)
     start_epoch, step = restore_checkpoint(model, optimizer, out) if resume else (0, 0)
     ddp_model: nn.Module = (
         nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -314,7 +325,7 @@ def train(
             if use_augment:
                 x = augment(x, gen)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, warmup, config.lr)
+                group["lr"] = group["lr_scale"] * lr_at(step, total_steps, warmup, config.lr)
             logits = ddp_model(x.to(device))
             per_size = criterion.per_size(logits, y.to(device))
             loss = (criterion.weights * per_size).sum()

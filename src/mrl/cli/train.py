@@ -13,7 +13,8 @@ from mrl.io import save_npz
 _OPTION_FIELDS = {
     "data": "data", "data_dir": "data_dir", "mode": "mode", "arch": "arch", "ff_dim": "ff_dim",
     "rep_dim": "rep_dim", "nesting": "nesting", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
-    "max_train": "max_train", "seed": "seed", "augment": "augment",
+    "max_train": "max_train", "seed": "seed", "augment": "augment", "rep_activation": "rep_activation",
+    "head_lr_scale": "head_lr_scale",
 }
 
 
@@ -60,6 +61,10 @@ def _config_from_options(ctx: click.Context, params: dict, resume: bool, out: Pa
 @click.option("--max-train", type=int, default=None, help="Use at most this many training examples.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (weights, order, augmentation).")
 @click.option("--augment/--no-augment", default=True, show_default=True, help="Flip and shift images while training.")
+@click.option("--rep-activation", type=click.Choice(["relu", "none"]), default="relu", show_default=True,
+              help="mlp: the representation's last activation; none drops the ReLU after its BatchNorm.")
+@click.option("--head-lr-scale", type=float, default=1.0, show_default=True,
+              help="Learning rate of the heads relative to --lr.")
 @click.option("--config", type=click.Path(dir_okay=False, exists=True), default=None,
               help="JSON file of settings; flags given on the command line override it.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory to create.")
@@ -128,10 +133,14 @@ def embed_command(run_dir: Path, split: str, out: Path, quiet: bool) -> None:
 @click.option("--ff-dims", default="8,32,2048", show_default=True, help="Sizes of the FF baselines to train.")
 @click.option("--epochs", type=int, default=10, show_default=True, help="Epochs per run.")
 @click.option("--max-train", type=int, default=None, help="Use at most this many training examples.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (the first one with --seeds).")
+@click.option("--seeds", type=int, default=1, show_default=True,
+              help="Train every run with this many seeds (seed, seed+1, ...); the report shows mean ± std.")
+@click.option("--rep-activation", type=click.Choice(["relu", "none"]), default="relu", show_default=True,
+              help="mlp: the representation's last activation; none drops the ReLU after its BatchNorm.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo_command(out: Path, data: str, data_dir: str | None, arch: str, rep_dim: int, ff_dims: str, epochs: int,
-                 max_train: int | None, seed: int, quiet: bool) -> None:
+                 max_train: int | None, seed: int, seeds: int, rep_activation: str, quiet: bool) -> None:
     """Train MRL, MRL-E and FF baselines, evaluate every size, and write report.md with plots.
 
     Re-running continues: finished runs are reused and an interrupted one resumes.
@@ -139,7 +148,8 @@ def demo_command(out: Path, data: str, data_dir: str | None, arch: str, rep_dim:
     from mrl.demo import run_demo
 
     run_demo(out, data=data, data_dir=data_dir, arch=arch, rep_dim=rep_dim, ff_dims=ff_dims, epochs=epochs,
-             max_train=max_train, seed=seed, progress=not quiet, echo=click.echo)
+             max_train=max_train, seed=seed, seeds=seeds, rep_activation=rep_activation, progress=not quiet,
+             echo=click.echo)
 
 
 COMMANDS = [train_command, eval_command, embed_command, demo_command]
