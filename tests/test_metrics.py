@@ -17,6 +17,7 @@ from mrl.metrics import (
     ndcg_at_k,
     precision_at_k,
     recall_at_k,
+    reciprocal_rank_at_k,
     retrieval_summary,
     top_k_accuracy,
 )
@@ -77,6 +78,12 @@ def test_ndcg_hand_computed():
         0.0,
     ]
     np.testing.assert_allclose(ndcg_at_k(IDS, Q, DB, k=4), expected)
+
+
+def test_reciprocal_rank_hand_computed():
+    # First relevant item at ranks 1, 2 and 1; the class-9 query has none.
+    np.testing.assert_allclose(reciprocal_rank_at_k(IDS, Q, DB, k=4), [1.0, 0.5, 1.0, 0.0])
+    np.testing.assert_allclose(reciprocal_rank_at_k(IDS, Q, DB, k=1), [1.0, 0.0, 1.0, 0.0])
 
 
 def test_top_k_accuracy_hand_computed():

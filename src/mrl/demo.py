@@ -50,68 +50,68 @@ def run_demo(
         }.items()
     }
     dataset = load_dataset(data, data_dir, max_train)
-    claim_folder(out, "demo")
-    results, seconds = {}, {}
-    for (name, s), config in configs.items():
-        folder = run_dir_name(name, s, seed)
-        echo(f"== {name}, seed {s}")
-        started = time.time()
-        results[name, s] = run_or_reuse(config, out / "runs" / folder, data=dataset, progress=progress)
-        seconds[folder] = time.time() - started
+    with claim_folder(out, "demo"):
+        results, seconds = {}, {}
+        for (name, s), config in configs.items():
+            folder = run_dir_name(name, s, seed)
+            echo(f"== {name}, seed {s}")
+            started = time.time()
+            results[name, s] = run_or_reuse(config, out / "runs" / folder, data=dataset, progress=progress)
+            seconds[folder] = time.time() - started
 
-    def series(key: str) -> dict[str, list[dict[int, float]]]:
-        return {
-            "MRL": [per_size(results["MRL", s], key) for s in seed_list],
-            "MRL-E": [per_size(results["MRL-E", s], key) for s in seed_list],
-            "FF": [{m: results[f"FF-{m}", s][key][str(m)] for m in ff_sizes} for s in seed_list],
-        }
+        def series(key: str) -> dict[str, list[dict[int, float]]]:
+            return {
+                "MRL": [per_size(results["MRL", s], key) for s in seed_list],
+                "MRL-E": [per_size(results["MRL-E", s], key) for s in seed_list],
+                "FF": [{m: results[f"FF-{m}", s][key][str(m)] for m in ff_sizes} for s in seed_list],
+            }
 
-    top1, top1_std = aggregate(series("top1"))
-    knn1, knn1_std = aggregate(series("knn1"))
-    stds = (top1_std, knn1_std) if seeds > 1 else (None, None)
-    ff = ["FF"]
-    plot_vs_size(out / "top1.png", top1, "test top-1 accuracy (%)", f"{data}: linear top-1 vs size ({seeds} seed(s))",
-                 stds=stds[0], points=ff)
-    plot_vs_size(out / "knn1.png", knn1, "test 1-NN accuracy (%)", f"{data}: 1-NN vs size ({seeds} seed(s))",
-                 stds=stds[1], points=ff)
-    table1, table2 = markdown_table(top1, stds=stds[0]), markdown_table(knn1, stds=stds[1])
-    seeds_text = (f"seed {seed}: one run per number, so no spread is shown" if seeds == 1 else
-                  f"seeds {seed_list[0]}..{seed_list[-1]}: every number is the mean ± sample std of {seeds} runs")
-    report = "\n".join([
-        f"# mrl demo: {data}",
-        "",
-        f"Backbone `{arch}`, d = {rep_dim}, {epochs} epoch(s) per run, representation activation `{rep_activation}`"
-        + (f", {max_train} training examples" if max_train else "") + f"; {seeds_text}. Test set accuracy in %.",
-        "MRL and MRL-E are one model each, evaluated at every nesting size; each FF column entry is",
-        "a separate model trained with a representation of exactly that size (drawn as points: no FF",
-        "model exists between them).",
-        "",
-        "## Linear classification, top-1 (%)",
-        "",
-        table1,
-        "",
-        "![top-1 vs size](top1.png)",
-        "",
-        "## 1-NN accuracy (%) (database: train embeddings, cosine)",
-        "",
-        table2,
-        "",
-        "![1-NN vs size](knn1.png)",
-        "",
-        "## Runs",
-        "",
-        "| run | directory | wall time this invocation (s) |",
-        "|---|---|---:|",
-        *[f"| {folder} | runs/{folder} | {sec:.0f} |" for folder, sec in seconds.items()],
-        "",
-    ])
-    atomic_write_text(out / "report.md", report)
-    write_json(out / "results.json", {
-        "seeds": seed_list,
-        "top1": {k: {str(m): v for m, v in s.items()} for k, s in top1.items()},
-        "knn1": {k: {str(m): v for m, v in s.items()} for k, s in knn1.items()},
-        "top1_std": {k: {str(m): v for m, v in s.items()} for k, s in top1_std.items()},
-        "knn1_std": {k: {str(m): v for m, v in s.items()} for k, s in knn1_std.items()},
-    })
-    echo(f"\nTop-1 (%), {seeds} seed(s):\n" + table1 + "\n\n1-NN (%):\n" + table2 + f"\n\nReport: {out / 'report.md'}")
-    return {"top1": top1, "knn1": knn1, "top1_std": top1_std, "knn1_std": knn1_std, "seeds": seed_list}
+        top1, top1_std = aggregate(series("top1"))
+        knn1, knn1_std = aggregate(series("knn1"))
+        stds = (top1_std, knn1_std) if seeds > 1 else (None, None)
+        ff = ["FF"]
+        plot_vs_size(out / "top1.png", top1, "test top-1 accuracy (%)", f"{data}: linear top-1 vs size ({seeds} seed(s))",
+                     stds=stds[0], points=ff)
+        plot_vs_size(out / "knn1.png", knn1, "test 1-NN accuracy (%)", f"{data}: 1-NN vs size ({seeds} seed(s))",
+                     stds=stds[1], points=ff)
+        table1, table2 = markdown_table(top1, stds=stds[0]), markdown_table(knn1, stds=stds[1])
+        seeds_text = (f"seed {seed}: one run per number, so no spread is shown" if seeds == 1 else
+                      f"seeds {seed_list[0]}..{seed_list[-1]}: every number is the mean ± sample std of {seeds} runs")
+        report = "\n".join([
+            f"# mrl demo: {data}",
+            "",
+            f"Backbone `{arch}`, d = {rep_dim}, {epochs} epoch(s) per run, representation activation `{rep_activation}`"
+            + (f", {max_train} training examples" if max_train else "") + f"; {seeds_text}. Test set accuracy in %.",
+            "MRL and MRL-E are one model each, evaluated at every nesting size; each FF column entry is",
+            "a separate model trained with a representation of exactly that size (drawn as points: no FF",
+            "model exists between them).",
+            "",
+            "## Linear classification, top-1 (%)",
+            "",
+            table1,
+            "",
+            "![top-1 vs size](top1.png)",
+            "",
+            "## 1-NN accuracy (%) (database: train embeddings, cosine)",
+            "",
+            table2,
+            "",
+            "![1-NN vs size](knn1.png)",
+            "",
+            "## Runs",
+            "",
+            "| run | directory | wall time this invocation (s) |",
+            "|---|---|---:|",
+            *[f"| {folder} | runs/{folder} | {sec:.0f} |" for folder, sec in seconds.items()],
+            "",
+        ])
+        atomic_write_text(out / "report.md", report)
+        write_json(out / "results.json", {
+            "seeds": seed_list,
+            "top1": {k: {str(m): v for m, v in s.items()} for k, s in top1.items()},
+            "knn1": {k: {str(m): v for m, v in s.items()} for k, s in knn1.items()},
+            "top1_std": {k: {str(m): v for m, v in s.items()} for k, s in top1_std.items()},
+            "knn1_std": {k: {str(m): v for m, v in s.items()} for k, s in knn1_std.items()},
+        })
+        echo(f"\nTop-1 (%), {seeds} seed(s):\n" + table1 + "\n\n1-NN (%):\n" + table2 + f"\n\nReport: {out / 'report.md'}")
+        return {"top1": top1, "knn1": knn1, "top1_std": top1_std, "knn1_std": knn1_std, "seeds": seed_list}

@@ -46,6 +46,7 @@ __all__ = [
     "ndcg_at_k",
     "precision_at_k",
     "recall_at_k",
+    "reciprocal_rank_at_k",
     "retrieval_summary",
     "top_k_accuracy",
 ]
@@ -336,6 +337,32 @@ def ndcg_at_k(
     dcg = rel.hits[:, :k] @ discount
     ideal = np.concatenate([[0.0], np.cumsum(discount)])[np.minimum(rel.n_relevant, k)]
     return np.divide(dcg, ideal, out=np.zeros(dcg.shape, np.float64), where=ideal > 0)
+
+
+def reciprocal_rank_at_k(
+    retrieved: np.ndarray | Relevance, query_labels: np.ndarray | None = None, database_labels: np.ndarray | None = None, k: int = 10
+) -> np.ndarray:
+    """RR@k = 1 / (rank of the first relevant item) if it is within the first k, else 0, per query.
+
+    Its mean over queries is MRR@k. A query with R = 0 scores 0.
+
+    Args:
+        retrieved: int [n_queries, k'] ids (label form) or a :class:`Relevance`.
+        query_labels: [n_queries] labels (label form only).
+        database_labels: [n_database] labels (label form only).
+        k: cut-off, 1 <= k <= k'.
+
+    Returns:
+        float64 [n_queries] in [0, 1].
+
+    Example:
+        >>> reciprocal_rank_at_k(np.array([[2, 0, 1], [2, 1, 0]]), np.array([5, 5]), np.array([5, 0, 0]), k=2)
+        array([0.5, 0. ])
+    """
+    rel = _relevance(retrieved, query_labels, database_labels, k)
+    hits = rel.hits[:, :k]
+    first = hits.argmax(axis=1)
+    return np.where(hits.any(axis=1), 1.0 / (first + 1), 0.0)
 
 
 def top_k_accuracy(

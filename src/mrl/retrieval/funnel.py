@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from mrl.errors import MRLError
+from mrl.artifacts import safe_name
 from mrl.io import atomic_directory, atomic_write_bytes, load_npy, read_json, save_npy, sha256_file, write_json
 from mrl.nesting import PREFIX_NORM_FLOOR
 from mrl.retrieval._vectors import check_k, check_metric, check_vectors, faiss_metric, prefix
@@ -466,7 +467,9 @@ class FunnelIndex:
             if name not in files:
                 raise MRLError(f"{path}/manifest.json lists no {name}")
         for name, entry in files.items():
-            file = path / name
+            file = path / safe_name(name)  # never follow a path read from the manifest
+            if file.is_symlink():
+                raise MRLError(f"{file} is a symlink; refusing to read it")
             if not file.is_file():
                 raise MRLError(f"{path} is missing {name}, listed in its manifest")
             if sha256_file(file) != entry.get("sha256"):
