@@ -13,12 +13,12 @@ from pathlib import Path
 from mrl.compare import aggregate
 from mrl.config import TrainConfig
 from mrl.data import load_dataset
-from mrl.errors import MRLError
 from mrl.evaluation import per_size
 from mrl.experiments import claim_folder, run_or_reuse
 from mrl.io import atomic_write_text, write_json
 from mrl.nesting import parse_nesting
 from mrl.report import markdown_table, plot_vs_size
+from mrl.validation import check_int
 
 
 def run_dir_name(name: str, seed: int, first_seed: int) -> str:
@@ -35,8 +35,7 @@ def run_demo(
     and write the report (mean ± sample std over seeds when there are several)."""
     out = Path(out)
     ff_sizes = parse_nesting(ff_dims, rep_dim)
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise MRLError(f"seeds must be a positive integer, got {seeds!r}")
+    seeds = check_int("seeds", seeds, min=1, max=1000)
     seed_list = list(range(seed, seed + seeds))
     common = dict(data=data, data_dir=data_dir, arch=arch, epochs=epochs, max_train=max_train,
                   rep_activation=rep_activation)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mrl.errors import MRLError
+from mrl.validation import check_choice
 
 REP_ACTIVATIONS = ("relu", "none")
 
@@ -24,7 +25,8 @@ class MLP(nn.Module):
         num_features: representation size d.
         hidden: widths of the hidden layers.
         rep_activation: ``"relu"`` ends with Linear -> BatchNorm -> ReLU (z >= 0); ``"none"`` drops
-            that last ReLU, so no prefix is ever all zero (cosine 1-NN on short prefixes needs a direction).
+            that last ReLU, so a short prefix is no longer all zero for many inputs (a zero prefix
+            has no direction for cosine 1-NN, and its head sees no signal).
 
     Shape:
         [B, in_features] or [B, *image] -> [B, d]
@@ -37,8 +39,7 @@ class MLP(nn.Module):
         for name, value in (("in_features", in_features), ("num_features", num_features)):
             if not isinstance(value, int) or value < 1:
                 raise MRLError(f"{name} must be a positive integer, got {value!r}")
-        if rep_activation not in REP_ACTIVATIONS:
-            raise MRLError(f"rep_activation must be one of {', '.join(REP_ACTIVATIONS)}, got {rep_activation!r}")
+        check_choice("rep_activation", rep_activation, REP_ACTIVATIONS)
         self.in_features = in_features
         self.num_features = num_features
         layers: list[nn.Module] = []
