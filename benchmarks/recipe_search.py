@@ -8,6 +8,9 @@ m-dim prefix is all zero (a zero prefix has no direction, so cosine 1-NN cannot 
     .venv/bin/python benchmarks/recipe_search.py --out runs/recipe --variants paper,linear-rep \\
         --seeds 0,1,2 --epochs 10
 
+One search per --out at a time (the folder is locked while it runs); run variants in parallel with
+separate --out folders (FF runs are then trained once per folder).
+
 ``--max-train`` and fewer ``--epochs`` give the cheap proxies used to rank candidates first.
 Runs are reused when present (``mrl.experiments.run_or_reuse``), so an interrupted search resumes.
 """
@@ -24,7 +27,7 @@ from mrl.compare import aggregate
 from mrl.config import TrainConfig
 from mrl.data import load_dataset
 from mrl.evaluation import embed, load_run, per_size
-from mrl.experiments import claim_folder, run_or_reuse
+from mrl.experiments import claim_folder, run_or_reuse, run_status
 from mrl.nesting import parse_nesting
 from mrl.report import markdown_table
 
@@ -91,39 +94,45 @@ def main() -> None:
     methods = args.methods.split(",")
     ff_sizes = parse_nesting(args.ff_dims, args.rep_dim)
     data = load_dataset("fashion-mnist", None, args.max_train)
-    claim_folder(args.out, "recipe-search")
     common = dict(arch="mlp", epochs=args.epochs, max_train=args.max_train)
-    for name in args.variants.split(","):
-        per_seed: dict[str, dict[str, list[dict[int, float]]]] = {"top1": {}, "knn1": {}, "zero": {}}
-        ff_rows: dict[str, dict[int, dict[int, float]]] = {"top1": {}, "knn1": {}}
-        for run, config in variant_runs(name, seeds, methods, ff_sizes, common, args.rep_dim):
-            run_dir = args.out / run
-            if config.mode == "ff" and "ff" not in methods and not (run_dir / "eval.json").is_file():
-                continue
-            result = run_or_reuse(config, run_dir, data=data, progress=False)
-            print(f"{run}: top1 " + " ".join(f"{m}:{v * 100:.2f}" for m, v in per_size(result, "top1").items()), flush=True)
-            if config.mode == "ff":
-                for key in ff_rows:
-                    ff_rows[key].setdefault(config.seed, {}).update(per_size(result, key))
-                continue
-            label = "MRL" if config.mode == "mrl" else "MRL-E"
-            for key in ("top1", "knn1"):
-                per_seed[key].setdefault(label, []).append(per_size(result, key))
-            _, model, _, device = load_run(run_dir, data)
-            per_seed["zero"].setdefault(label, []).append(zero_prefix_share(embed(model, data.test.x, device), config.nesting))
-        for key in ff_rows:
-            if ff_rows[key]:
-                per_seed[key]["FF"] = [ff_rows[key][s] for s in sorted(ff_rows[key])]
-        print(f"\n### {name} {VARIANTS[name]}: seeds {seeds}, {args.epochs} epochs, max_train {args.max_train}\n")
-        for key, title in (("top1", "top-1 (%)"), ("knn1", "1-NN (%)"), ("zero", "test rows with an all-zero prefix (%)")):
-            means, stds = aggregate(per_seed[key])
-            counts = ", ".join(f"{label} {len(v)}" for label, v in per_seed[key].items())
-            print(f"{title}, mean ± std over seeds ({counts}):\n\n{markdown_table(means, stds=stds)}\n")
-        means, _ = aggregate(per_seed["top1"])
-        if "MRL" in means and "FF" in means:
-            print("MRL minus FF (points): " + ", ".join(
-                f"{m}: {(means['MRL'][m] - means['FF'][m]) * 100:+.2f}" for m in means["FF"]), flush=True)
-        print(flush=True)
+    with claim_folder(args.out, "recipe-search"):  # locked: one search per --out at a time
+        for name in args.variants.split(","):
+            report_variant(name, args, seeds, methods, ff_sizes, common, data)
+
+
+def report_variant(name: str, args: argparse.Namespace, seeds: list[int], methods: list[str], ff_sizes: list[int],
+                   common: dict, data) -> None:
+    """Train or reuse one variant's runs, then print its tables (mean ± std over seeds)."""
+    per_seed: dict[str, dict[str, list[dict[int, float]]]] = {"top1": {}, "knn1": {}, "zero": {}}
+    ff_rows: dict[str, dict[int, dict[int, float]]] = {"top1": {}, "knn1": {}}
+    for run, config in variant_runs(name, seeds, methods, ff_sizes, common, args.rep_dim):
+        run_dir = args.out / run
+        if config.mode == "ff" and "ff" not in methods and run_status(run_dir, config) != "done":
+            continue
+        result = run_or_reuse(config, run_dir, data=data, progress=False)
+        print(f"{run}: top1 " + " ".join(f"{m}:{v * 100:.2f}" for m, v in per_size(result, "top1").items()), flush=True)
+        if config.mode == "ff":
+            for key in ff_rows:
+                ff_rows[key].setdefault(config.seed, {}).update(per_size(result, key))
+            continue
+        label = "MRL" if config.mode == "mrl" else "MRL-E"
+        for key in ("top1", "knn1"):
+            per_seed[key].setdefault(label, []).append(per_size(result, key))
+        _, model, _, device = load_run(run_dir, data)
+        per_seed["zero"].setdefault(label, []).append(zero_prefix_share(embed(model, data.test.x, device), config.nesting))
+    for key in ff_rows:
+        if ff_rows[key]:
+            per_seed[key]["FF"] = [ff_rows[key][s] for s in sorted(ff_rows[key])]
+    print(f"\n### {name} {VARIANTS[name]}: seeds {seeds}, {args.epochs} epochs, max_train {args.max_train}\n")
+    for key, title in (("top1", "top-1 (%)"), ("knn1", "1-NN (%)"), ("zero", "test rows with an all-zero prefix (%)")):
+        means, stds = aggregate(per_seed[key])
+        counts = ", ".join(f"{label} {len(v)}" for label, v in per_seed[key].items())
+        print(f"{title}, mean ± std over seeds ({counts}):\n\n{markdown_table(means, stds=stds)}\n")
+    means, _ = aggregate(per_seed["top1"])
+    if "MRL" in means and "FF" in means:
+        print("MRL minus FF (points): " + ", ".join(
+            f"{m}: {(means['MRL'][m] - means['FF'][m]) * 100:+.2f}" for m in means["FF"]), flush=True)
+    print(flush=True)
 
 
 if __name__ == "__main__":
