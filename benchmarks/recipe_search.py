@@ -40,15 +40,16 @@ VARIANTS: dict[str, dict] = {
     "linear-rep-head-lr-x4": {"rep_activation": "none", "head_lr_scale": 4.0},
     "weights-large": {"loss_weights": "large"},
     "linear-rep-weights-large": {"rep_activation": "none", "loss_weights": "large"},
+    "linear-rep-weights-small": {"rep_activation": "none", "loss_weights": "small"},
 }
 
 
 def weights_for(kind: str, nesting: list[int]) -> list[float]:
-    """c_m schemes: ``large`` grows with log2 m so the full-size head weighs most (sum = G)."""
-    if kind == "large":
-        raw = np.log2(np.asarray(nesting, dtype=np.float64)) - np.log2(nesting[0]) + 1.0
-        return (raw / raw.sum() * len(nesting)).tolist()
-    raise ValueError(kind)
+    """c_m schemes (sum = G, as all-ones): ``large`` grows with log2 m so the full-size head weighs
+    most; ``small`` is its mirror image, the smallest head weighing most."""
+    steps = np.log2(np.asarray(nesting, dtype=np.float64)) - np.log2(nesting[0]) + 1.0
+    raw = {"large": steps, "small": steps[::-1]}[kind]
+    return (raw / raw.sum() * len(nesting)).tolist()
 
 
 def zero_prefix_share(z: np.ndarray, nesting: list[int]) -> dict[int, float]:
