@@ -152,7 +152,7 @@ def test_lr_schedule():
         (dict(nesting=[8, 64]), "64 is larger than the representation size 32"),
         (dict(nesting=[0, 8]), "must be positive"),
         (dict(epochs=0), "epochs must be an integer >= 1 and <= 100000, got 0"),
-        (dict(arch="vit"), "arch must be one of mlp, resnet, got 'vit'"),
+        (dict(arch="vit"), "arch must be one of mlp, resnet, resnet50 or timm/<name>, got 'vit'"),
         (dict(rep_activation="gelu"), "rep-activation must be one of relu, none, got 'gelu'"),
         (dict(head_lr_scale=0.0), r"head-lr-scale must be a finite number > 0 and <= 1000.0, got 0.0"),
     ],

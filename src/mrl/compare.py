@@ -38,7 +38,7 @@ from mrl.data import Dataset, load_dataset
 from mrl.errors import MRLError
 from mrl.artifacts import read_manifest, write_manifest
 from mrl.evaluation import embed, knn1_accuracy, load_run, per_size
-from mrl.experiments import claim_folder, run_or_reuse, run_status
+from mrl.experiments import check_folder, claim_folder, run_or_reuse, run_status
 from mrl.io import atomic_directory, atomic_write_text, read_json, read_jsonl, write_json
 from mrl.nesting import parse_nesting
 from mrl.report import markdown_table, plot_vs_size
@@ -195,8 +195,9 @@ def compare(
     common = dict(data=data, data_dir=data_dir, arch=arch, epochs=epochs, max_train=max_train,
                   batch_size=batch_size, lr=lr)
     TrainConfig(rep_dim=rep_dim, nesting=sizes, **common)  # validate every setting before any work
+    check_folder(out, "compare", inputs=[data, data_dir])  # before the data set loads
     dataset = dataset if dataset is not None else load_dataset(data, data_dir, max_train)
-    with claim_folder(out, "compare"):
+    with claim_folder(out, "compare", inputs=[data, data_dir]):
         y_train, y_test = dataset.train.y.numpy(), dataset.test.y.numpy()
         needs_ffd = any(m in methods for m in ("svd", "rand", "retrofit"))
         ff_sizes = sorted(set(sizes if "ff" in methods else []) | ({rep_dim} if needs_ffd else set()))

@@ -14,7 +14,7 @@ from mrl.compare import aggregate
 from mrl.config import TrainConfig
 from mrl.data import load_dataset
 from mrl.evaluation import per_size
-from mrl.experiments import claim_folder, run_or_reuse
+from mrl.experiments import check_folder, claim_folder, run_or_reuse
 from mrl.io import atomic_write_text, write_json
 from mrl.nesting import parse_nesting
 from mrl.report import markdown_table, plot_vs_size
@@ -48,8 +48,9 @@ def run_demo(
             **{f"FF-{m}": TrainConfig(mode="ff", ff_dim=m, seed=s, **common) for m in ff_sizes},
         }.items()
     }
+    check_folder(out, "demo", inputs=[data, data_dir])  # before the data set loads
     dataset = load_dataset(data, data_dir, max_train)
-    with claim_folder(out, "demo"):
+    with claim_folder(out, "demo", inputs=[data, data_dir]):
         results, seconds = {}, {}
         for (name, s), config in configs.items():
             folder = run_dir_name(name, s, seed)

@@ -8,12 +8,9 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
-
-from mrl.io import atomic_write_bytes  # noqa: E402
+from mrl.io import atomic_write_bytes
 
 Series = Mapping[int, float]
 
@@ -49,13 +46,17 @@ def markdown_table(
     return "\n".join(lines)
 
 
-def save_figure(fig, path: str | Path, **savefig_kwargs) -> Path:
-    """Render ``fig`` as PNG, close it, and write it atomically to ``path``."""
+def new_figure(**kwargs) -> Figure:
+    """A figure outside pyplot's global state, so drawing never touches the user's backend or figures."""
+    return Figure(**kwargs)
+
+
+def save_figure(fig: Figure, path: str | Path, **savefig_kwargs) -> Path:
+    """Render ``fig`` as PNG and write it atomically to ``path``."""
     import io
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", **savefig_kwargs)
-    plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
 
@@ -69,7 +70,8 @@ def plot_vs_size(
     separate model at each size it was trained at, and a line through it would suggest values at
     sizes no model was trained for.
     """
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    fig = new_figure(figsize=(6.4, 4.2), dpi=120)
+    ax = fig.subplots()
     scale = 100.0 if percent else 1.0
     for name, col in columns.items():
         sizes = sorted(col)
