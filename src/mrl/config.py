@@ -16,6 +16,7 @@ from typing import Any
 from mrl.errors import MRLError
 from mrl.io import read_json, write_json
 from mrl.models import MODELS, is_model_name
+from mrl.models.mlp import REP_ACTIVATIONS
 from mrl.nesting import parse_nesting, validate_nesting
 from mrl.recipe import OPTIMIZERS, PRECISIONS, SCHEDULES
 from mrl.validation import check_choice, check_float, check_int, check_seed
@@ -52,6 +53,8 @@ class TrainConfig:
     ff_dim: int | None = None  # representation size of an FF run (mode "ff" only)
     nesting: list[int] | None = None  # None: 8, 16, ..., rep_dim (the paper's M)
     loss_weights: list[float] | None = None  # c_m; None: all 1 as in the paper
+    rep_activation: str = "relu"  # mlp only: "none" drops the ReLU after the representation's BatchNorm
+    head_lr_scale: float = 1.0  # the heads' learning rate relative to lr
     epochs: int = 10
     batch_size: int = 256  # global batch, split across DDP ranks
     lr: float = 2e-3  # AdamW with a cosine schedule to 0: robust on small data without tuning
@@ -92,6 +95,8 @@ class TrainConfig:
         self.lr = check_float("lr", self.lr, min=0, max=MAX_LR, min_open=True)
         self.weight_decay = check_float("weight-decay", self.weight_decay, min=0, max=1e3)
         self.warmup_epochs = check_float("warmup-epochs", self.warmup_epochs, min=0, max=MAX_EPOCHS)
+        self.head_lr_scale = check_float("head-lr-scale", self.head_lr_scale, min=0, max=1e3, min_open=True)
+        check_choice("rep-activation", self.rep_activation, REP_ACTIVATIONS)
         if not isinstance(self.augment, bool):
             raise MRLError(f"augment must be true or false, got {self.augment!r}")
         if not isinstance(self.extra, dict):

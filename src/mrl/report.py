@@ -5,7 +5,7 @@ Plots put the nesting size on a log2 axis, as the paper's Figures 2-4 do, with o
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -62,9 +62,14 @@ def save_figure(fig: Figure, path: str | Path, **savefig_kwargs) -> Path:
 
 def plot_vs_size(
     path: str | Path, columns: Mapping[str, Series], ylabel: str, title: str = "",
-    stds: Mapping[str, Series] | None = None, percent: bool = True,
+    stds: Mapping[str, Series] | None = None, percent: bool = True, points: Collection[str] = (),
 ) -> Path:
-    """One line per method (a single point shows as a marker), log2 x-axis; written atomically as PNG."""
+    """One line per method, log2 x-axis; written atomically as PNG.
+
+    Methods named in ``points`` (and any with a single size) are drawn as markers only: FF is a
+    separate model at each size it was trained at, and a line through it would suggest values at
+    sizes no model was trained for.
+    """
     fig = new_figure(figsize=(6.4, 4.2), dpi=120)
     ax = fig.subplots()
     scale = 100.0 if percent else 1.0
@@ -72,8 +77,9 @@ def plot_vs_size(
         sizes = sorted(col)
         values = [col[m] * scale for m in sizes]
         err = [stds[name].get(m, 0.0) * scale for m in sizes] if stds and name in stds else None
-        ax.errorbar(sizes, values, yerr=err, marker="o", markersize=4, capsize=3, label=name,
-                    linestyle="-" if len(sizes) > 1 else "none")
+        ax.errorbar(sizes, values, yerr=err, marker="D" if name in points else "o", capsize=3, label=name,
+                    linestyle="-" if len(sizes) > 1 and name not in points else "none",
+                    markersize=7 if name in points else 4)
     ax.set_xscale("log", base=2)
     all_sizes = sorted({m for col in columns.values() for m in col})
     ax.set_xticks(all_sizes)

@@ -90,7 +90,10 @@ def build_model(config: TrainConfig, data: Dataset | StreamingDataset) -> Matryo
     """
     arch = config.arch or ("resnet" if data.kind == "image" else "mlp")
     if arch == "mlp":
-        backbone = create_model("mlp", in_features=math.prod(data.input_shape), num_features=config.rep_dim)
+        backbone = create_model(
+            "mlp", in_features=math.prod(data.input_shape), num_features=config.rep_dim,
+            rep_activation=config.rep_activation,
+        )
     else:
         if len(data.input_shape) != 3:
             raise MRLError(f"arch {arch} needs images [C, H, W], got inputs of shape {data.input_shape}")
@@ -121,6 +124,14 @@ def val_top1(model: MatryoshkaClassifier, data: Dataset | StreamingDataset, devi
             logits = model(x)
         correct += (logits.float().argmax(-1).cpu() == y).sum(dim=1)
     return correct.float() / len(data.val)
+
+
+def param_groups(model: MatryoshkaClassifier, config: TrainConfig) -> list[dict]:
+    """Backbone and heads as two optimizer groups; ``lr_scale`` multiplies the scheduled rate per group."""
+    return [
+        {"params": list(model.backbone.parameters()), "lr_scale": 1.0},
+        {"params": list(model.head.parameters()), "lr_scale": config.head_lr_scale},
+    ]
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -222,7 +233,7 @@ def _train(
 
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(config.optimizer, model.parameters(), config.lr, config.weight_decay, config.momentum)
+    optimizer = make_optimizer(config.optimizer, param_groups(model, config), config.lr, config.weight_decay, config.momentum)
     start_epoch, step = restore_checkpoint(model, optimizer, out) if resume else (0, 0)
     ddp_model: nn.Module = (
         nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -253,7 +264,7 @@ def _train(
             else:
                 lr = step_lr_at(step, steps_per_epoch, warmup, config.lr, config.lr_step_epochs, config.lr_gamma)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = group["lr_scale"] * lr
             if config.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)

@@ -18,7 +18,8 @@ _OPTION_FIELDS = {
     "image_size": "image_size", "workers": "workers", "precision": "precision", "channels_last": "channels_last",
     "compile": "compile", "accumulate": "accumulate", "label_smoothing": "label_smoothing", "optimizer": "optimizer",
     "momentum": "momentum", "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "schedule": "schedule",
-    "lr_step_epochs": "lr_step_epochs", "lr_gamma": "lr_gamma",
+    "lr_step_epochs": "lr_step_epochs", "lr_gamma": "lr_gamma", "rep_activation": "rep_activation",
+    "head_lr_scale": "head_lr_scale",
 }
 
 
@@ -86,6 +87,10 @@ def _config_from_options(ctx: click.Context, params: dict, resume: bool, out: Pa
               help="cosine to 0, or step (x --lr-gamma every --lr-step-epochs).")
 @click.option("--lr-step-epochs", type=int, default=30, show_default=True, help="Step schedule: epochs per step.")
 @click.option("--lr-gamma", type=float, default=0.1, show_default=True, help="Step schedule: factor per step.")
+@click.option("--rep-activation", type=click.Choice(["relu", "none"]), default="relu", show_default=True,
+              help="mlp: the representation's last activation; none drops the ReLU after its BatchNorm.")
+@click.option("--head-lr-scale", type=float, default=1.0, show_default=True,
+              help="Learning rate of the heads relative to --lr.")
 @click.option("--config", type=click.Path(dir_okay=False, exists=True), default=None,
               help="JSON file of settings; flags given on the command line override it.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory to create.")
@@ -156,10 +161,14 @@ def embed_command(run_dir: Path, split: str, out: Path, quiet: bool) -> None:
 @click.option("--ff-dims", default="8,32,2048", show_default=True, help="Sizes of the FF baselines to train.")
 @click.option("--epochs", type=int, default=10, show_default=True, help="Epochs per run.")
 @click.option("--max-train", type=int, default=None, help="Use at most this many training examples.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (the first one with --seeds).")
+@click.option("--seeds", type=int, default=1, show_default=True,
+              help="Train every run with this many seeds (seed, seed+1, ...); the report shows mean ± std.")
+@click.option("--rep-activation", type=click.Choice(["relu", "none"]), default="relu", show_default=True,
+              help="mlp: the representation's last activation; none drops the ReLU after its BatchNorm.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo_command(out: Path, data: str, data_dir: str | None, arch: str, rep_dim: int, ff_dims: str, epochs: int,
-                 max_train: int | None, seed: int, quiet: bool) -> None:
+                 max_train: int | None, seed: int, seeds: int, rep_activation: str, quiet: bool) -> None:
     """Train MRL, MRL-E and FF baselines, evaluate every size, and write report.md with plots.
 
     Re-running continues: finished runs are reused and an interrupted one resumes.
@@ -167,7 +176,8 @@ def demo_command(out: Path, data: str, data_dir: str | None, arch: str, rep_dim:
     from mrl.demo import run_demo
 
     run_demo(out, data=data, data_dir=data_dir, arch=arch, rep_dim=rep_dim, ff_dims=ff_dims, epochs=epochs,
-             max_train=max_train, seed=seed, progress=not quiet, echo=click.echo)
+             max_train=max_train, seed=seed, seeds=seeds, rep_activation=rep_activation, progress=not quiet,
+             echo=click.echo)
 
 
 COMMANDS = [train_command, eval_command, embed_command, demo_command]
