@@ -16,6 +16,7 @@ from typing import Any
 from mrl.errors import MRLError
 from mrl.io import read_json, write_json
 from mrl.models import MODELS
+from mrl.models.widths import parse_widths
 from mrl.nesting import parse_nesting, validate_nesting
 
 MODES = ("mrl", "mrl-e", "ff")
@@ -45,6 +46,8 @@ class TrainConfig:
     ff_dim: int | None = None  # representation size of an FF run (mode "ff" only)
     nesting: list[int] | None = None  # None: 8, 16, ..., rep_dim (the paper's M)
     loss_weights: list[float] | None = None  # c_m; None: all 1 as in the paper
+    widths: list[float] | None = None  # MatFormer widths of the MLP's hidden layers; None: the plain MLP
+    hidden: list[int] | None = None  # MLP hidden layer sizes; None: the backbone's default (512, 512)
     epochs: int = 10
     batch_size: int = 256  # global batch, split across DDP ranks
     lr: float = 2e-3  # AdamW with a cosine schedule to 0: robust on small data without tuning
@@ -81,6 +84,14 @@ class TrainConfig:
             self.nesting = parse_nesting(self.nesting, self.rep_dim)
         else:
             self.nesting = validate_nesting(self.nesting, self.rep_dim)
+        if isinstance(self.widths, str) or self.widths is not None:
+            self.widths = parse_widths(self.widths)
+        if self.hidden is not None:
+            hidden = self.hidden if isinstance(self.hidden, list) else None
+            if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
+                raise MRLError(f"hidden must be a non-empty list of positive integers, got {self.hidden!r}")
+        if self.arch == "resnet" and (self.widths is not None or self.hidden is not None):
+            raise MRLError("widths and hidden apply to the mlp backbone; pass --arch mlp")
         if self.loss_weights is not None and len(self.loss_weights) != len(self.nesting):
             raise MRLError(
                 f"loss weights need one value per nesting size ({len(self.nesting)}), got {len(self.loss_weights)}"

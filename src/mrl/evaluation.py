@@ -86,6 +86,9 @@ def evaluate_run(
 ) -> dict:
     """Compute and write RUN_DIR/eval.json: top-1, top-5 and 1-NN accuracy per nesting size.
 
+    A nested-width run also gets ``grid``, the (width x size) table of
+    :func:`mrl.width_grid.evaluate_grid` (with ``save_logits``: its per-width logits too).
+
     With ``save_logits``, also writes logits_{val,test}.npy (float32 [G, N, C]) and
     labels_{val,test}.npy (int64 [N]) for adaptive classification.
     """
@@ -109,6 +112,10 @@ def evaluate_run(
         "nesting": nesting,
         "n_test": len(data.test),
     }
+    if config.widths is not None:
+        from mrl.width_grid import evaluate_grid  # imports this module
+
+        result["grid"] = evaluate_grid(model, data, config.widths, device, run_dir if save_logits else None, progress)
     if save_logits:
         for split in ("val", "test"):
             save_npy(run_dir / f"logits_{split}.npy", logits[split].numpy().astype(np.float32))

@@ -4,6 +4,7 @@ One run is one directory:
 
     RUN_DIR/config.json                  TrainConfig (written first)
     RUN_DIR/metrics.jsonl                one line per epoch: loss and val top-1 per size
+                                         (with nested widths: loss summed over widths, top-1 at full width)
     RUN_DIR/checkpoints/model-NNNN.safetensors, optim-NNNN.safetensors
     RUN_DIR/state.json                   the last complete checkpoint (written last, atomically)
 
@@ -37,7 +38,7 @@ from mrl.data import Dataset, load_dataset
 from mrl.errors import MRLError
 from mrl.io import append_jsonl, load_tensors, read_json, read_jsonl, save_tensors, sha256_file, write_json
 from mrl.losses import MatryoshkaLoss
-from mrl.models import MatryoshkaClassifier, create_model
+from mrl.models import MatryoshkaClassifier, NestedWidthMLP, create_model
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
@@ -77,12 +78,17 @@ def init_distributed(device: torch.device) -> DistEnv:
 def build_model(config: TrainConfig, data: Dataset) -> MatryoshkaClassifier:
     """The backbone named by the config (resnet for images, mlp for vectors) with its heads."""
     arch = config.arch or ("resnet" if data.kind == "image" else "mlp")
+    hidden = {} if config.hidden is None else {"hidden": config.hidden}
+    if arch == "resnet" and (config.widths is not None or config.hidden is not None):
+        raise MRLError("widths and hidden apply to the mlp backbone; pass --arch mlp")
     if arch == "resnet":
         if len(data.input_shape) != 3:
             raise MRLError(f"arch resnet needs images [C, H, W], got inputs of shape {data.input_shape}")
         backbone = create_model("resnet", in_channels=data.input_shape[0], num_features=config.rep_dim)
+    elif config.widths is not None:
+        backbone = NestedWidthMLP(math.prod(data.input_shape), config.rep_dim, **hidden)
     else:
-        backbone = create_model("mlp", in_features=math.prod(data.input_shape), num_features=config.rep_dim)
+        backbone = create_model("mlp", in_features=math.prod(data.input_shape), num_features=config.rep_dim, **hidden)
     return MatryoshkaClassifier(backbone, data.num_classes, config.nesting, tied=config.tied)
 
 
@@ -315,8 +321,11 @@ def train(
                 x = augment(x, gen)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, warmup, config.lr)
-            logits = ddp_model(x.to(device))
-            per_size = criterion.per_size(logits, y.to(device))
+            x, y = x.to(device), y.to(device)
+            if config.widths is None:
+                per_size = criterion.per_size(ddp_model(x), y)
+            else:  # MatFormer: every width's Matryoshka loss in one step
+                per_size = sum(criterion.per_size(ddp_model(x, width=w), y) for w in config.widths)
             loss = (criterion.weights * per_size).sum()
             if not torch.isfinite(loss):
                 raise MRLError(f"training diverged at epoch {epoch + 1}, step {i}: loss is {loss.item()}; lower --lr")

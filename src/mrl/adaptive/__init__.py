@@ -34,6 +34,7 @@ from mrl.adaptive.search import (
     select_with_confidence,
     sweep_thresholds,
 )
+from mrl.adaptive.widths import WidthDimCascade, pairs_by_flops
 
 __all__ = [
     "COSTS",
@@ -42,6 +43,7 @@ __all__ = [
     "CascadeOutcome",
     "HeadCosts",
     "ThresholdSweep",
+    "WidthDimCascade",
     "as_logits",
     "budget_thresholds",
     "cascade",
@@ -52,6 +54,7 @@ __all__ = [
     "head_costs",
     "max_softmax",
     "oracle_accuracy",
+    "pairs_by_flops",
     "pareto_curve",
     "pareto_front",
     "quantile_candidates",

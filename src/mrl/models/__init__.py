@@ -14,6 +14,7 @@ from mrl.errors import MRLError
 from mrl.models.classifier import MatryoshkaClassifier
 from mrl.models.mlp import MLP
 from mrl.models.resnet import ResNetSmall
+from mrl.models.widths import NestedFFN, NestedWidthMLP
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
@@ -33,4 +34,4 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return MODELS[name](**kwargs)
 
 
-__all__ = ["MODELS", "MLP", "MatryoshkaClassifier", "ResNetSmall", "create_model"]
+__all__ = ["MODELS", "MLP", "MatryoshkaClassifier", "NestedFFN", "NestedWidthMLP", "ResNetSmall", "create_model"]
