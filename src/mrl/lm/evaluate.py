@@ -36,6 +36,7 @@ from mrl.errors import MRLError
 from mrl.io import load_npy, load_npz, save_npz, write_json
 from mrl.lm.model import MatryoshkaLM
 from mrl.lm.train import load_model, read_run_config
+from mrl.models.widths import WidthSpec
 
 
 def windows_of(ids: torch.Tensor, context: int, max_tokens: int | None = None) -> torch.Tensor:
@@ -55,13 +56,16 @@ def windows_of(ids: torch.Tensor, context: int, max_tokens: int | None = None) -
 
 
 @torch.no_grad()
-def token_stats(model: MatryoshkaLM, windows: torch.Tensor, batch_size: int = 32, progress: bool = False) -> dict[str, np.ndarray]:
+def token_stats(
+    model: MatryoshkaLM, windows: torch.Tensor, batch_size: int = 32, progress: bool = False, width: WidthSpec = None
+) -> dict[str, np.ndarray]:
     """Max probability, target NLL and top-1 hit per size and predicted token.
 
     Args:
         model: the LM.
         windows: [W, T + 1] id windows (inputs are [:, :-1], targets [:, 1:]).
         batch_size: windows per forward pass.
+        width: the FFN width to run (see :class:`~mrl.lm.model.MatryoshkaLM`); None is the full model.
 
     Returns:
         ``maxprob`` float32 [G, N], ``nll`` float32 [G, N] (nats), ``correct`` bool [G, N], with
@@ -79,7 +83,7 @@ def token_stats(model: MatryoshkaLM, windows: torch.Tensor, batch_size: int = 32
     for start in tqdm(range(0, len(windows), batch_size), desc="eval", disable=not progress):
         chunk = windows[start : start + batch_size]
         targets = chunk[:, 1:].reshape(-1)
-        logp = torch.log_softmax(model(chunk[:, :-1]).flatten(1, 2).float(), dim=-1)  # [G, B*T, V]
+        logp = torch.log_softmax(model(chunk[:, :-1], width).flatten(1, 2).float(), dim=-1)  # [G, B*T, V]
         top, arg = logp.max(dim=-1)
         out["maxprob"].append(top.exp().numpy())
         out["nll"].append((-logp.gather(-1, targets.expand(logp.shape[0], -1).unsqueeze(-1)).squeeze(-1)).numpy())
@@ -103,7 +107,9 @@ def evaluate_run(run_dir: str | os.PathLike, batch_size: int = 32, max_tokens: i
     """Evaluate a trained run on its validation stream; writes eval.json and token_stats.npz.
 
     Returns:
-        The summary of :func:`summarize` plus ``head`` and ``vocab_size``.
+        The summary of :func:`summarize` plus ``head`` and ``vocab_size``; for a model with
+        ``widths``, ``widths`` maps each width to its own :func:`summarize` (token_stats.npz and
+        the top-level numbers stay those of the full model).
     """
     run_dir = Path(run_dir)
     model = load_model(run_dir)
@@ -112,6 +118,11 @@ def evaluate_run(run_dir: str | os.PathLike, batch_size: int = 32, max_tokens: i
     save_npz(run_dir / "token_stats.npz", **stats)
     summary = {"head": model.config.head, "vocab_size": model.config.vocab_size, "d_model": model.config.d_model}
     summary.update(summarize(stats, model.nesting))
+    if model.config.widths is not None:
+        summary["widths"] = {
+            str(w): summarize(stats if w == 1.0 else token_stats(model, windows, batch_size, progress, w), model.nesting)
+            for w in model.config.widths
+        }
     write_json(run_dir / "eval.json", summary)
     return summary
 
