@@ -48,10 +48,13 @@ class LMConfig:
     head: str = "mrl"  # one of HEAD_KINDS
     nesting: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # for "ff": [m]
     widths: list[float] | None = None  # MatFormer widths of every FFN's hidden layer; None: trained at full width only
+    ffn_hidden: int | None = None  # FFN hidden units; None: 4 * d_model as in GPT-2 (smaller: a width baseline)
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "context", "d_model", "n_layers", "n_heads"):
+        for name in ("vocab_size", "context", "d_model", "n_layers", "n_heads", "ffn_hidden"):
             value = getattr(self, name)
+            if name == "ffn_hidden" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MRLError(f"{name} must be a positive integer, got {value!r}")
         if self.d_model % self.n_heads:
@@ -93,7 +96,7 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(cfg.d_model)
         self.attn = CausalSelfAttention(cfg)
         self.ln_2 = nn.LayerNorm(cfg.d_model)
-        self.mlp = NestedFFN(cfg.d_model, 4 * cfg.d_model)
+        self.mlp = NestedFFN(cfg.d_model, cfg.ffn_hidden or 4 * cfg.d_model)
 
     def forward(self, x: torch.Tensor, width: float | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
