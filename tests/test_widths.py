@@ -308,3 +308,24 @@ def test_cli_eval_prints_the_width_by_dim_grid(tmp_path, fashion_subset_dir):
     for title in ("top-1 per (width, dim)", "1-NN per (width, dim)", "FLOPs per example per (width, dim)"):
         assert title in result.output
     assert "| m | w=0.5 | w=1.0 |" in result.output
+
+
+@pytest.mark.parametrize("width", [0.125, 0.5, 1.0])
+def test_a_sliced_lm_equals_a_separately_built_lm_with_smaller_ffns(width):
+    torch.manual_seed(0)
+    nested = MatryoshkaLM(LMConfig(widths=[0.125, 0.5, 1.0], **SMALL_LM)).eval()
+    randomize(nested)
+    k = units_at(4 * SMALL_LM["d_model"], width)
+    small = MatryoshkaLM(LMConfig(ffn_hidden=k, **SMALL_LM)).eval()
+    state = dict(nested.state_dict())
+    for name, value in state.items():
+        if name.endswith(("mlp.0.weight", "mlp.0.bias")):
+            state[name] = value[:k]
+        elif name.endswith("mlp.2.weight"):
+            state[name] = value[:, :k]
+    small.load_state_dict(state)
+    ids = torch.randint(0, 40, (3, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(nested(ids, width), small(ids), rtol=1e-5, atol=1e-5)
+        # per-block widths act per block
+        assert not torch.allclose(nested(ids, [0.125, 1.0]), nested(ids, [1.0, 0.125]))
