@@ -13,7 +13,7 @@ from mrl.cli import cli
 from mrl.config import TrainConfig
 from mrl.data import load_dataset
 from mrl.errors import MRLError, NotFittedError
-from mrl.evaluation import evaluate_run
+from mrl.evaluation import evaluate_run, load_run
 from mrl.io import load_npy, read_json
 from mrl.lm.evaluate import windows_of
 from mrl.lm.train import load_model
@@ -22,7 +22,7 @@ from mrl.losses import MatryoshkaLoss
 from mrl.models import MLP, MatryoshkaClassifier, NestedFFN, NestedWidthMLP
 from mrl.models.widths import units_at, validate_widths
 from mrl.training import build_model, train
-from mrl.width_grid import grid_flops
+from mrl.width_grid import evaluate_grid, grid_flops
 
 SMALL_LM = dict(vocab_size=40, context=8, d_model=16, n_layers=2, n_heads=2, nesting=[4, 16])
 
@@ -253,15 +253,16 @@ def test_grid_eval_of_a_trained_nested_run(tmp_path, fashion_subset_dir):
     for key in ("top1", "knn1", "val_top1", "flops"):
         assert list(grid[key]) == ["0.25", "0.5", "1.0"]
         assert all(list(row) == ["8", "16", "32"] for row in grid[key].values())
-    # the full width of the grid is the run's own per-size evaluation
-    assert grid["top1"]["1.0"] == result["top1"] and grid["knn1"]["1.0"] == result["knn1"]
+    # the full width of the grid is the run's own per-size evaluation (1-NN searched again here)
+    assert grid["top1"]["1.0"] == result["top1"]
+    _, model, data, device = load_run(run)
+    assert evaluate_grid(model, data, [1.0], device)["knn1"]["1.0"] == result["knn1"] == grid["knn1"]["1.0"]
     assert all(0 <= v <= 1 for row in grid["top1"].values() for v in row.values())
     # FLOPs by hand: 784 -> k -> k -> 32, then a head m x 10
     for w in widths:
         k = units_at(32, w)
         for m in nesting:
             assert grid["flops"][str(w)][str(m)] == 784 * k + k * k + k * 32 + m * 10
-    data = load_dataset("fashion-mnist", str(fashion_subset_dir), 600)
     for split in ("val", "test"):
         logits = load_npy(run / f"logits_widths_{split}.npy")
         assert logits.shape == (3, 3, len(data.split(split)), 10) and logits.dtype == np.float32

@@ -115,7 +115,8 @@ def evaluate_run(
     if config.widths is not None:
         from mrl.width_grid import evaluate_grid  # imports this module
 
-        result["grid"] = evaluate_grid(model, data, config.widths, device, run_dir if save_logits else None, progress)
+        logits_dir = run_dir if save_logits else None
+        result["grid"] = evaluate_grid(model, data, config.widths, device, logits_dir, progress, full_knn1=knn)
     if save_logits:
         for split in ("val", "test"):
             save_npy(run_dir / f"logits_{split}.npy", logits[split].numpy().astype(np.float32))

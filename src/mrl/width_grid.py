@@ -57,7 +57,7 @@ def width_outputs(
 
 def evaluate_grid(
     model: MatryoshkaClassifier, data: Dataset, widths: Sequence[float], device: torch.device,
-    logits_dir: Path | None = None, progress: bool = False,
+    logits_dir: Path | None = None, progress: bool = False, full_knn1: dict[int, float] | None = None,
 ) -> dict:
     """Test top-1, 1-NN and FLOPs per example at every (width, size); val top-1 too.
 
@@ -67,6 +67,8 @@ def evaluate_grid(
         widths: the widths to evaluate (usually the trained ones).
         logits_dir: when given, writes ``logits_widths_{val,test}.npy`` there, float32
             [W, G, N, C], for :class:`~mrl.adaptive.widths.WidthDimCascade`.
+        full_knn1: 1-NN per size of the full model when already known (the search is the
+            costly part; width 1 is the full model).
 
     Returns:
         {"widths", "nesting", "top1", "knn1", "val_top1", "flops"}: the last four keyed by width,
@@ -80,8 +82,11 @@ def evaluate_grid(
         key = str(w)
         val_logits, _ = width_outputs(model, data.val.x, w, device)
         test_logits, z_test = width_outputs(model, data.test.x, w, device)
-        _, z_train = width_outputs(model, data.train.x, w, device)
-        knn = knn1_accuracy(z_train, data.train.y.numpy(), z_test, data.test.y.numpy(), nesting)
+        if w == 1.0 and full_knn1 is not None:
+            knn = full_knn1
+        else:
+            _, z_train = width_outputs(model, data.train.x, w, device)
+            knn = knn1_accuracy(z_train, data.train.y.numpy(), z_test, data.test.y.numpy(), nesting)
         grid["top1"][key] = {str(m): float(v) for m, v in zip(nesting, topk_accuracy(test_logits, data.test.y, 1))}
         grid["val_top1"][key] = {str(m): float(v) for m, v in zip(nesting, topk_accuracy(val_logits, data.val.y, 1))}
         grid["knn1"][key] = {str(m): knn[m] for m in nesting}
