@@ -6,7 +6,8 @@ epochs, hidden layers of round(w * 512) units), compared at every (width, dim) o
 1-NN; then the (width, dim) cascade of :class:`mrl.adaptive.WidthDimCascade`, fitted on val,
 measured on test: its cost-accuracy curve and the budget policy's point (full-model accuracy -
 0.2 points). WordNet LM: one LM trained with FFN widths against one LM per width trained alone
-(FFN of round(w * 4d) units), validation perplexity per (width, head size).
+(FFN of round(w * 4d) units), validation perplexity per (width, head size). The plain MLP
+(BatchNorm, no widths) is trained too, as the reference the nested recipe (LayerNorm) departs from.
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/widths.py --out runs/widths
 
@@ -42,6 +43,7 @@ def classify_runs(args) -> dict[str, TrainConfig]:
     runs = {"nested": TrainConfig(widths=args.widths, **common)}
     for w in args.widths:
         runs[f"alone-{w}"] = TrainConfig(widths=[1.0], hidden=[units_at(MLP_HIDDEN, w)] * 2, **common)
+    runs["plain"] = TrainConfig(**common)  # today's MLP (BatchNorm), the recipe the nested one departs from
     return runs
 
 
@@ -64,7 +66,7 @@ def run_classification(args) -> dict:
         comparison[str(w)] = {
             key: {str(m): grid[key][str(w)][str(m)] - alone[key][str(m)] for m in nesting} for key in ("top1", "knn1")
         }
-    return {"grid": grid, "alone": {str(w): results[f"alone-{w}"] for w in args.widths},
+    return {"grid": grid, "alone": {str(w): results[f"alone-{w}"] for w in args.widths}, "plain": results["plain"],
             "nested_minus_alone": comparison, "cascade": cascade_curve(root / "nested", grid)}
 
 
@@ -149,6 +151,9 @@ def table(results: dict) -> str:
                   "|---:|" + "---:|" * len(grid["widths"])]
         for m in grid["nesting"]:
             lines.append(f"| {m} | " + " | ".join(f"{100 * grid['top1'][str(w)][str(m)]:.2f}" for w in grid["widths"]) + " |")
+        plain = c["plain"]
+        lines += ["", f"Reference, the plain MLP (BatchNorm, no widths): top-1 {100 * plain['top1'][d]:.2f}, "
+                  f"1-NN {100 * plain['knn1'][d]:.2f} at d={d}"]
         casc = c["cascade"]
         b = casc["budget_policy"]
         lines += ["", f"Full model test top-1 {100 * casc['full_top1']:.2f} at {casc['full_flops']:,.0f} FLOPs/example; "
