@@ -330,3 +330,10 @@ def test_a_sliced_lm_equals_a_separately_built_lm_with_smaller_ffns(width):
         torch.testing.assert_close(nested(ids, width), small(ids), rtol=1e-5, atol=1e-5)
         # per-block widths act per block
         assert not torch.allclose(nested(ids, [0.125, 1.0]), nested(ids, [1.0, 0.125]))
+
+
+def test_hidden_sizes_are_checked():
+    with pytest.raises(MRLError, match=r"hidden must be a non-empty list of positive integers, got \[64, 0\]"):
+        TrainConfig(arch="mlp", hidden=[64, 0])
+    with pytest.raises(MRLError, match="ffn_hidden must be a positive integer, got 0"):
+        LMConfig(ffn_hidden=0, **SMALL_LM)

@@ -84,12 +84,12 @@ class TrainConfig:
             self.nesting = parse_nesting(self.nesting, self.rep_dim)
         else:
             self.nesting = validate_nesting(self.nesting, self.rep_dim)
-        if isinstance(self.widths, str) or self.widths is not None:
-            self.widths = parse_widths(self.widths)
-        if self.hidden is not None:
-            hidden = self.hidden if isinstance(self.hidden, list) else None
-            if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
-                raise MRLError(f"hidden must be a non-empty list of positive integers, got {self.hidden!r}")
+        self.widths = parse_widths(self.widths)
+        if self.hidden is not None and (
+            not isinstance(self.hidden, list) or not self.hidden
+            or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in self.hidden)
+        ):
+            raise MRLError(f"hidden must be a non-empty list of positive integers, got {self.hidden!r}")
         if self.arch == "resnet" and (self.widths is not None or self.hidden is not None):
             raise MRLError("widths and hidden apply to the mlp backbone; pass --arch mlp")
         if self.loss_weights is not None and len(self.loss_weights) != len(self.nesting):

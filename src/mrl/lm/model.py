@@ -110,8 +110,8 @@ class MatryoshkaLM(nn.Module):
         config: an :class:`LMConfig`.
 
     ``width`` (forward, hidden) runs the nested-width submodel (MatFormer, :mod:`mrl.models.widths`):
-    every FFN keeps its first round(w * 4d) hidden units; one fraction for all blocks or one per
-    block; None is the full model.
+    every FFN keeps the first round(w * h) of its h hidden units (h = 4d unless ``ffn_hidden``);
+    one fraction for all blocks or one per block; None is the full model.
 
     Shape:
         forward: ids [B, T] (T <= context) -> logits [G, B, T, V], G = len(nesting).
