@@ -137,8 +137,9 @@ def test_no_widths_keeps_todays_models_and_parameter_names(fashion_subset_dir):
 @pytest.mark.parametrize(
     ("widths", "message"),
     [
-        ([0, 1], r"widths must be fractions in \(0, 1\], got 0"),
-        ([0.5, 1.5], r"widths must be fractions in \(0, 1\], got 1.5"),
+        ([0, 1], r"every width must be a finite number > 0 and <= 1, got 0"),
+        ([0.5, 1.5], r"every width must be a finite number > 0 and <= 1, got 1.5"),
+        ([0.5, float("nan"), 1], r"every width must be a finite number > 0 and <= 1, got nan"),
         ([0.5, 0.25, 1], r"widths must be strictly ascending, got \[0.5, 0.25, 1.0\]"),
         ([0.25, 0.5], r"the last width must be 1 \(the full model\), got \[0.25, 0.5\]"),
         ([], "widths must not be empty"),
@@ -158,7 +159,7 @@ def test_widths_apply_to_the_mlp_only_and_per_layer_specs_are_checked():
     net = NestedWidthMLP(4, num_features=4, hidden=(8, 8))
     with pytest.raises(MRLError, match=r"one fraction per hidden layer \(2\), got \[0.5\]"):
         net(torch.randn(1, 4), width=[0.5])
-    with pytest.raises(MRLError, match=r"a width must be a fraction in \(0, 1\], got 0"):
+    with pytest.raises(MRLError, match=r"every width must be a finite number > 0 and <= 1, got 0"):
         net(torch.randn(1, 4), width=0)
     with pytest.raises(MRLError, match="width applies to a nested-width backbone, not MLP"):
         MatryoshkaClassifier(MLP(4, 8, hidden=(8,)), 2, [8])(torch.randn(2, 4), width=0.5)
@@ -167,11 +168,11 @@ def test_widths_apply_to_the_mlp_only_and_per_layer_specs_are_checked():
 @pytest.mark.parametrize(
     ("command", "message"),
     [
-        (["train", "--arch", "mlp", "--widths", "0,0.5,1"], "Error: widths must be fractions in (0, 1], got 0.0"),
-        (["train", "--arch", "mlp", "--widths", "0.5,2"], "Error: widths must be fractions in (0, 1], got 2.0"),
+        (["train", "--arch", "mlp", "--widths", "0,0.5,1"], "Error: every width must be a finite number > 0 and <= 1, got 0.0"),
+        (["train", "--arch", "mlp", "--widths", "0.5,2"], "Error: every width must be a finite number > 0 and <= 1, got 2.0"),
         (["train", "--arch", "mlp", "--widths", "1,0.5"], "Error: widths must be strictly ascending, got [1.0, 0.5]"),
         (["lm", "train", "--widths", "0.5,0.25,1"], "Error: widths must be strictly ascending, got [0.5, 0.25, 1.0]"),
-        (["lm", "train", "--widths", "1.5"], "Error: widths must be fractions in (0, 1], got 1.5"),
+        (["lm", "train", "--widths", "1.5"], "Error: every width must be a finite number > 0 and <= 1, got 1.5"),
     ],
 )
 def test_cli_bad_widths_give_one_error_line_and_write_nothing(tmp_path, command, message):
@@ -256,7 +257,7 @@ def test_grid_eval_of_a_trained_nested_run(tmp_path, fashion_subset_dir):
     # the full width of the grid is the run's own per-size evaluation (1-NN searched again here)
     assert grid["top1"]["1.0"] == result["top1"]
     _, model, data, device = load_run(run)
-    assert evaluate_grid(model, data, [1.0], device)["knn1"]["1.0"] == result["knn1"] == grid["knn1"]["1.0"]
+    assert evaluate_grid(model, data, [1.0], device)[0]["knn1"]["1.0"] == result["knn1"] == grid["knn1"]["1.0"]
     assert all(0 <= v <= 1 for row in grid["top1"].values() for v in row.values())
     # FLOPs by hand: 784 -> k -> k -> 32, then a head m x 10
     for w in widths:
@@ -333,7 +334,9 @@ def test_a_sliced_lm_equals_a_separately_built_lm_with_smaller_ffns(width):
 
 
 def test_hidden_sizes_are_checked():
-    with pytest.raises(MRLError, match=r"hidden must be a non-empty list of positive integers, got \[64, 0\]"):
+    with pytest.raises(MRLError, match=r"every hidden size must be an integer >= 1 and <= 65536, got 0"):
         TrainConfig(arch="mlp", hidden=[64, 0])
-    with pytest.raises(MRLError, match="ffn_hidden must be a positive integer, got 0"):
+    with pytest.raises(MRLError, match=r"hidden must be a non-empty list of layer sizes, got \[\]"):
+        TrainConfig(arch="mlp", hidden=[])
+    with pytest.raises(MRLError, match="ffn_hidden must be an integer >= 1 and <= 1048576, got 0"):
         LMConfig(ffn_hidden=0, **SMALL_LM)

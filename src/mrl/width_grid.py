@@ -14,7 +14,6 @@ e.g. ``"0.25"``) then by size (``"8"``), like eval.json's per-size series.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,10 +21,7 @@ from tqdm.auto import tqdm
 
 from mrl.data import Dataset
 from mrl.evaluation import knn1_accuracy, topk_accuracy
-from mrl.io import save_npy
 from mrl.models import MatryoshkaClassifier
-
-WIDTH_LOGITS_FILE = "logits_widths_{split}.npy"
 
 
 def grid_flops(model: MatryoshkaClassifier, widths: Sequence[float]) -> np.ndarray:
@@ -57,22 +53,21 @@ def width_outputs(
 
 def evaluate_grid(
     model: MatryoshkaClassifier, data: Dataset, widths: Sequence[float], device: torch.device,
-    logits_dir: Path | None = None, progress: bool = False, full_knn1: dict[int, float] | None = None,
-) -> dict:
+    progress: bool = False, full_knn1: dict[int, float] | None = None,
+) -> tuple[dict, dict[str, np.ndarray]]:
     """Test top-1, 1-NN and FLOPs per example at every (width, size); val top-1 too.
 
     Args:
         model: a trained classifier with a nested-width backbone.
         data: its data set.
         widths: the widths to evaluate (usually the trained ones).
-        logits_dir: when given, writes ``logits_widths_{val,test}.npy`` there, float32
-            [W, G, N, C], for :class:`~mrl.adaptive.widths.WidthDimCascade`.
         full_knn1: 1-NN per size of the full model when already known (the search is the
             costly part; width 1 is the full model).
 
     Returns:
-        {"widths", "nesting", "top1", "knn1", "val_top1", "flops"}: the last four keyed by width,
-        then by size.
+        The grid {"widths", "nesting", "top1", "knn1", "val_top1", "flops"}, the last four keyed
+        by width, then by size; and the logits {"val", "test"} float32 [W, G, N, C] (for
+        :class:`~mrl.adaptive.widths.WidthDimCascade`).
     """
     nesting = model.nesting
     flops = grid_flops(model, widths)
@@ -93,7 +88,4 @@ def evaluate_grid(
         grid["flops"][key] = {str(m): int(f) for m, f in zip(nesting, row)}
         saved["val"].append(val_logits.numpy())
         saved["test"].append(test_logits.numpy())
-    if logits_dir is not None:
-        for split, parts in saved.items():
-            save_npy(Path(logits_dir) / WIDTH_LOGITS_FILE.format(split=split), np.stack(parts).astype(np.float32))
-    return grid
+    return grid, {split: np.stack(parts).astype(np.float32) for split, parts in saved.items()}

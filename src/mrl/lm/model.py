@@ -32,6 +32,7 @@ from mrl.errors import MRLError
 from mrl.heads import MatryoshkaLinear, nested_logits
 from mrl.models.widths import NestedFFN, WidthSpec, parse_widths, per_layer
 from mrl.nesting import validate_nesting
+from mrl.validation import check_int
 
 HEAD_KINDS = ("mrl", "mrl-e", "ff")
 
@@ -51,10 +52,8 @@ class LMConfig:
     ffn_hidden: int | None = None  # FFN hidden units; None: 4 * d_model as in GPT-2 (smaller: a width baseline)
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "context", "d_model", "n_layers", "n_heads", "ffn_hidden"):
+        for name in ("vocab_size", "context", "d_model", "n_layers", "n_heads"):
             value = getattr(self, name)
-            if name == "ffn_hidden" and value is None:
-                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MRLError(f"{name} must be a positive integer, got {value!r}")
         if self.d_model % self.n_heads:
@@ -65,6 +64,8 @@ class LMConfig:
         if self.head == "ff" and len(self.nesting) != 1:
             raise MRLError(f"an ff model has one final size, nesting=[m]; got {self.nesting}")
         self.widths = parse_widths(self.widths)
+        if self.ffn_hidden is not None:
+            self.ffn_hidden = check_int("ffn_hidden", self.ffn_hidden, min=1, max=1 << 20)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -19,7 +19,6 @@ running state and the width-w slice is exactly a smaller LayerNorm model, at any
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mrl.errors import MRLError
+from mrl.validation import check_float
 
 WidthSpec = float | Sequence[float] | None
 """A width to run: None (full), one fraction for every layer, or one fraction per hidden layer."""
@@ -48,13 +48,7 @@ def validate_widths(widths: Iterable[float]) -> list[float]:
         raise MRLError(f"widths must be a list of fractions in (0, 1], got {widths!r}") from None
     if not values:
         raise MRLError("widths must not be empty")
-    out = []
-    for w in values:
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
-            raise MRLError(f"widths must be numbers in (0, 1], got {w!r} in {values}")
-        if not 0 < w <= 1:
-            raise MRLError(f"widths must be fractions in (0, 1], got {w} in {values}")
-        out.append(float(w))
+    out = [check_float("every width", w, min=0, max=1, min_open=True) for w in values]
     for a, b in zip(out, out[1:]):
         if b <= a:
             raise MRLError(f"widths must be strictly ascending, got {out}")
@@ -103,10 +97,7 @@ def per_layer(width: WidthSpec, n_layers: int) -> list[float]:
     values = [width] * n_layers if isinstance(width, (int, float)) else list(width)
     if len(values) != n_layers:
         raise MRLError(f"per-layer widths need one fraction per hidden layer ({n_layers}), got {values}")
-    for w in values:
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= 1:
-            raise MRLError(f"a width must be a fraction in (0, 1], got {w!r}")
-    return [float(w) for w in values]
+    return [check_float("every width", w, min=0, max=1, min_open=True) for w in values]
 
 
 def sliced_linear(layer: nn.Linear, x: torch.Tensor, out_units: int | None = None) -> torch.Tensor:
