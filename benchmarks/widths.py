@@ -29,10 +29,11 @@ import torch
 
 from mrl.adaptive import WidthDimCascade, max_softmax, pareto_curve
 from mrl.config import TrainConfig
-from mrl.evaluation import EVAL_FILE, evaluate_run
+from mrl.data import load_dataset
+from mrl.experiments import run_or_reuse
 from mrl.io import atomic_write_text, load_npy, read_json, write_json
 from mrl.models.widths import parse_widths, units_at
-from mrl.training import read_state, train
+from mrl.runs import read_run
 
 MLP_HIDDEN = 512
 
@@ -49,15 +50,11 @@ def classify_runs(args) -> dict[str, TrainConfig]:
 
 def run_classification(args) -> dict:
     root = args.out / "classify"
-    results = {}
-    for name, config in classify_runs(args).items():
-        run_dir = root / name
-        state = read_state(run_dir) if run_dir.exists() else None
-        if state is None or state["epochs_done"] < config.epochs:
-            train(config, run_dir, resume=state is not None, progress=False)
-        if not (run_dir / EVAL_FILE).exists():
-            evaluate_run(run_dir, save_logits=name == "nested", progress=False)
-        results[name] = read_json(run_dir / EVAL_FILE)
+    data = load_dataset(args.data, args.data_dir, args.max_train)
+    results = {
+        name: run_or_reuse(config, root / name, data=data, progress=False, save_logits=name == "nested")
+        for name, config in classify_runs(args).items()
+    }
     grid = results["nested"]["grid"]
     nesting = grid["nesting"]
     comparison = {}
@@ -73,6 +70,8 @@ def run_classification(args) -> dict:
 def cascade_curve(run_dir: Path, grid: dict) -> dict:
     widths, nesting = grid["widths"], grid["nesting"]
     flops = np.array([[grid["flops"][str(w)][str(m)] for m in nesting] for w in widths])
+    names = [f"{kind}_{s}.npy" for kind in ("logits_widths", "labels") for s in ("val", "test")]
+    read_run(run_dir, verify=names)
     logits = {s: load_npy(run_dir / f"logits_widths_{s}.npy") for s in ("val", "test")}
     labels = {s: load_npy(run_dir / f"labels_{s}.npy") for s in ("val", "test")}
     casc = WidthDimCascade(widths, nesting, flops, policy="budget", target_drop=0.002).fit(logits["val"], labels["val"])
