@@ -340,3 +340,12 @@ def test_hidden_sizes_are_checked():
         TrainConfig(arch="mlp", hidden=[])
     with pytest.raises(MRLError, match="ffn_hidden must be an integer >= 1 and <= 1048576, got 0"):
         LMConfig(ffn_hidden=0, **SMALL_LM)
+
+
+def test_rep_activation_none_drops_the_final_relu_of_the_nested_mlp():
+    torch.manual_seed(0)
+    net = NestedWidthMLP(6, num_features=8, hidden=(8,), rep_activation="none")
+    z = net(torch.randn(16, 6), width=0.5)
+    assert (z < 0).any() and len(net.proj) == 2
+    with pytest.raises(MRLError, match="rep_activation must be one of relu, none, got 'gelu'"):
+        NestedWidthMLP(6, rep_activation="gelu")

@@ -3,7 +3,8 @@
 A run trained with ``widths`` (:mod:`mrl.models.widths`, MatFormer) holds one model per width w,
 and each has the Matryoshka sizes m of the MRL paper (Kusupati et al., NeurIPS 2022, Tables 1-2):
 linear top-1 uses the head of size m on z_w[:m], 1-NN searches the train embeddings z_w[:m] with
-the test ones (cosine, as :func:`mrl.evaluation.knn1_accuracy`).
+the test ones (cosine, as :func:`mrl.evaluation.knn1_accuracy_blocks`), both computed as
+:func:`mrl.evaluation.evaluate_run` does for the full model.
 
 FLOPs per example count the multiply-adds of the linear layers that answer at (w, m): the trunk at
 width w (:meth:`~mrl.models.widths.NestedWidthMLP.flops`) plus the head m x C (norms, activations,
@@ -17,10 +18,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mrl.data import Dataset
-from mrl.evaluation import knn1_accuracy, topk_accuracy
+from mrl.data.batches import eval_batches
+from mrl.evaluation import KNN_BLOCK_ROWS, _blocks, embed_batches, knn1_accuracy_blocks, topk_hits
 from mrl.models import MatryoshkaClassifier
 
 
@@ -38,22 +39,23 @@ def grid_flops(model: MatryoshkaClassifier, widths: Sequence[float]) -> np.ndarr
 
 
 @torch.no_grad()
-def width_outputs(
-    model: MatryoshkaClassifier, x: torch.Tensor, width: float, device: torch.device, batch_size: int = 1024
-) -> tuple[torch.Tensor, np.ndarray]:
-    """Logits [G, N, C] and representations z [N, d] (float32 numpy) of the width-``width`` submodel."""
+def width_logits(
+    model: MatryoshkaClassifier, data: Dataset, split: str, width: float, device: torch.device, workers: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [G, N, C] (float32, CPU) of the width-``width`` submodel on one split, and top-1 [G]."""
     model.eval()
-    logits, reps = [], []
-    for i in range(0, len(x), batch_size):
-        z = model.embed(x[i : i + batch_size].to(device), width)
-        logits.append(model.head(z).float().cpu())
-        reps.append(z.float().cpu())
-    return torch.cat(logits, dim=1), torch.cat(reps).numpy()
+    part = data.split(split)
+    hits, kept = torch.zeros(len(model.nesting), dtype=torch.long), []
+    for x, y in eval_batches(part, device, workers=workers):
+        batch = model(x, width=width).float().cpu()
+        hits += topk_hits(batch, y, 1).sum(-1)
+        kept.append(batch)
+    return torch.cat(kept, dim=1), hits.double() / len(part)
 
 
 def evaluate_grid(
-    model: MatryoshkaClassifier, data: Dataset, widths: Sequence[float], device: torch.device,
-    progress: bool = False, full_knn1: dict[int, float] | None = None,
+    model: MatryoshkaClassifier, data: Dataset, widths: Sequence[float], device: torch.device, workers: int = 0,
+    full_knn1: dict[int, float] | None = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Test top-1, 1-NN and FLOPs per example at every (width, size); val top-1 too.
 
@@ -61,6 +63,7 @@ def evaluate_grid(
         model: a trained classifier with a nested-width backbone.
         data: its data set.
         widths: the widths to evaluate (usually the trained ones).
+        workers: data loader workers (image folders).
         full_knn1: 1-NN per size of the full model when already known (the search is the
             costly part; width 1 is the full model).
 
@@ -73,19 +76,18 @@ def evaluate_grid(
     flops = grid_flops(model, widths)
     grid: dict = {"widths": list(widths), "nesting": list(nesting), "top1": {}, "knn1": {}, "val_top1": {}, "flops": {}}
     saved: dict[str, list[np.ndarray]] = {"val": [], "test": []}
-    for w, row in zip(tqdm(widths, desc="widths", disable=not progress, leave=False), flops):
+    for w, row in zip(widths, flops):
         key = str(w)
-        val_logits, _ = width_outputs(model, data.val.x, w, device)
-        test_logits, z_test = width_outputs(model, data.test.x, w, device)
+        for split, name in (("val", "val_top1"), ("test", "top1")):
+            logits, top1 = width_logits(model, data, split, w, device, workers)
+            grid[name][key] = {str(m): float(v) for m, v in zip(nesting, top1)}
+            saved[split].append(logits.numpy())
         if w == 1.0 and full_knn1 is not None:
             knn = full_knn1
         else:
-            _, z_train = width_outputs(model, data.train.x, w, device)
-            knn = knn1_accuracy(z_train, data.train.y.numpy(), z_test, data.test.y.numpy(), nesting)
-        grid["top1"][key] = {str(m): float(v) for m, v in zip(nesting, topk_accuracy(test_logits, data.test.y, 1))}
-        grid["val_top1"][key] = {str(m): float(v) for m, v in zip(nesting, topk_accuracy(val_logits, data.val.y, 1))}
+            z_test, y_test = (np.concatenate(p) for p in zip(*embed_batches(model, data, "test", device, workers, width=w)))
+            train = _blocks(embed_batches(model, data, "train", device, workers, width=w), KNN_BLOCK_ROWS)
+            knn = knn1_accuracy_blocks(train, z_test, y_test, nesting)
         grid["knn1"][key] = {str(m): knn[m] for m in nesting}
         grid["flops"][key] = {str(m): int(f) for m, f in zip(nesting, row)}
-        saved["val"].append(val_logits.numpy())
-        saved["test"].append(test_logits.numpy())
     return grid, {split: np.stack(parts).astype(np.float32) for split, parts in saved.items()}

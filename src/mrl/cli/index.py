@@ -115,9 +115,12 @@ def build(embeddings, out, shortlist_dim, shortlist, metric, dtype, hnsw_m, ef_c
 @_backend_options
 def search(index_dir, queries, k, funnel, out, mmap, backend, qdrant_path, qdrant_url, api_key_file, collection, hnsw) -> None:
     """Search INDEX_DIR with the vectors X of QUERIES (.npz); print cost and, with labels, accuracy."""
+    from mrl.artifacts import prepare_output_file
     from mrl.metrics import retrieval_summary
     from mrl.retrieval import FunnelIndex, format_funnel, parse_funnel
 
+    if out:
+        prepare_output_file(out, inputs=[index_dir, queries])
     index = FunnelIndex.load(index_dir, mmap=mmap)
     x, y = _load_queries(queries)
     if backend == "qdrant":
@@ -133,13 +136,14 @@ def search(index_dir, queries, k, funnel, out, mmap, backend, qdrant_path, qdran
         return
     scores, ids = index.search(x, k=k, funnel=None if funnel is None else parse_funnel(funnel))
     stats = index.last_search
+    if out:  # written before anything is printed, so a failed write is the only output
+        save_npz(out, scores=scores, ids=ids)
     click.echo(f"funnel {format_funnel(stats['funnel'])}: {stats['ms_per_query']:.3f} ms/query, "
                f"{stats['flops_per_query'] / 1e6:.3f} MFLOPs/query over {stats['n_queries']} queries")
     if y is not None and index.labels is not None:
         summary = retrieval_summary(ids, y, index.labels, k=k)
         click.echo(", ".join(f"{key} {value:.4f}" for key, value in summary.items()))
     if out:
-        save_npz(out, scores=scores, ids=ids)
         click.echo(f"wrote {out}")
 
 
@@ -158,10 +162,10 @@ def tune(index_dir, queries, k, target_recall, max_queries) -> None:
         index = FunnelIndex.load(index_dir)
         x, _ = _load_queries(queries)
         tuner = index.tune(x[:max_queries], k=k, target_recall=target_recall)
-        click.echo(tuner.summary())
-        if not tuner.target_met_:
-            click.echo(f"no funnel reached knn_recall@{k} >= {target_recall}; kept the most accurate", err=True)
         index.save(index_dir, overwrite=True)
+    click.echo(tuner.summary())
+    if not tuner.target_met_:
+        click.echo(f"no funnel reached knn_recall@{k} >= {target_recall}; kept the most accurate", err=True)
     click.echo(f"chose {tuner.best_['spec']} (knn_recall@{k} {tuner.best_['knn_recall']:.4f}, "
                f"{tuner.best_['mflops']:.3f} MFLOPs/query); saved as the default of {index_dir}")
 
@@ -218,8 +222,10 @@ def evaluate(index_dir, queries, funnels, k, out_dir, backend, qdrant_path, qdra
 @click.option("--quantization", type=click.Choice(["none", "int8", "binary"]), default="none", show_default=True,
               help="Qdrant quantization of every named vector.")
 @click.option("--batch", type=click.IntRange(min=1), default=1024, show_default=True, help="Points per upsert.")
+@click.option("--shards", type=click.IntRange(min=1), default=None, help="Shards of a new collection on a Qdrant cluster (with --url).")
+@click.option("--replicas", type=click.IntRange(min=1), default=None, help="Replication factor of a new collection on a Qdrant cluster (with --url).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def export(index_dir, target, qdrant_path, qdrant_url, api_key_file, collection, stages, quantization, batch, quiet) -> None:
+def export(index_dir, target, qdrant_path, qdrant_url, api_key_file, collection, stages, quantization, batch, shards, replicas, quiet) -> None:
     """Export INDEX_DIR to a Qdrant collection: one named vector per stage, ids = row numbers, labels as payload.
 
     Re-running resumes (ids already present are skipped); a collection with another layout is refused.
@@ -232,7 +238,7 @@ def export(index_dir, target, qdrant_path, qdrant_url, api_key_file, collection,
     except ValueError:
         raise MRLError(f"--stages must be comma-separated prefix sizes such as 16,64,2048, got {stages!r}") from None
     result = export_to_qdrant(index_dir, location, collection, stages=sizes, quantization=quantization, batch=batch,
-                              api_key=api_key, progress=not quiet)
+                              api_key=api_key, progress=not quiet, shards=shards, replicas=replicas)
     click.echo(f"exported {result['written']} points to {target} collection {collection} "
                f"({result['skipped']} already present, {result['points']} in all)")
 

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mrl.errors import MRLError
-from mrl.validation import check_float
+from mrl.models.mlp import REP_ACTIVATIONS
+from mrl.validation import check_choice, check_float
 
 WidthSpec = float | Sequence[float] | None
 """A width to run: None (full), one fraction for every layer, or one fraction per hidden layer."""
@@ -124,6 +125,8 @@ class NestedWidthMLP(nn.Module):
         in_features: input size (images are flattened).
         num_features: representation size d.
         hidden: full sizes of the hidden layers.
+        rep_activation: ``"relu"`` or ``"none"`` after the representation's norm, as for
+            :class:`~mrl.models.mlp.MLP`.
 
     Shape:
         forward_features(x, width): [B, in_features] or [B, *image] -> [B, d]
@@ -135,8 +138,11 @@ class NestedWidthMLP(nn.Module):
         (torch.Size([3, 8]), [4, 4], [8, 16])
     """
 
-    def __init__(self, in_features: int, num_features: int = 2048, hidden: Sequence[int] = (512, 512)) -> None:
+    def __init__(
+        self, in_features: int, num_features: int = 2048, hidden: Sequence[int] = (512, 512), rep_activation: str = "relu"
+    ) -> None:
         super().__init__()
+        check_choice("rep_activation", rep_activation, REP_ACTIVATIONS)
         for name, value in (("in_features", in_features), ("num_features", num_features)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MRLError(f"{name} must be a positive integer, got {value!r}")
@@ -152,7 +158,8 @@ class NestedWidthMLP(nn.Module):
             layers += [nn.Linear(width, h), nn.LayerNorm(h), nn.ReLU()]
             width = h
         self.body = nn.Sequential(*layers)
-        self.proj = nn.Sequential(nn.Linear(width, num_features), nn.LayerNorm(num_features), nn.ReLU())
+        last = [nn.ReLU()] if rep_activation == "relu" else []
+        self.proj = nn.Sequential(nn.Linear(width, num_features), nn.LayerNorm(num_features), *last)
 
     def units(self, width: WidthSpec = None) -> list[int]:
         """Active units of each hidden layer at ``width``."""
@@ -176,7 +183,7 @@ class NestedWidthMLP(nn.Module):
             linear, norm = self.body[3 * i], self.body[3 * i + 1]
             x = sliced_linear(linear, x, k)
             x = F.relu(F.layer_norm(x, (k,), norm.weight[:k], norm.bias[:k], norm.eps))
-        return self.proj[2](self.proj[1](sliced_linear(self.proj[0], x)))
+        return self.proj[1:](sliced_linear(self.proj[0], x))
 
     forward = forward_features
 
