@@ -1,6 +1,7 @@
 """Benchmark: cost of one training step with the Matryoshka loss vs the plain loss, on all-MiniLM-L6-v2.
 
-Both steps run the same model on the same batches of WordNet pairs (forward of queries and
+Both steps run the same model on the same batches of WordNet pairs (each batch is timed once per
+variant) (forward of queries and
 positives, loss, backward, AdamW update); only the loss differs: MRL's nested in-batch ranking loss
 over --nesting vs the same loss at the full size alone. The two are interleaved (A B B A ...) after
 --warmup steps each, so drifts of a shared machine hit both alike; the ratio of the means is the
@@ -48,21 +49,25 @@ def main(argv=None) -> None:
     times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in losses}
     generator = torch.Generator().manual_seed(0)
 
-    def step(name: str) -> tuple[float, float]:
-        rows = torch.randint(len(pairs), (args.batch_size,), generator=generator).tolist()
+    def step(name: str, rows: list[int]) -> tuple[float, float]:
         wall, cpu = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
         train_step(model, losses[name], pairs, rows)
         optimizer.step()
         return time.perf_counter() - wall, time.process_time() - cpu
 
+    def batch() -> list[int]:
+        return torch.randint(len(pairs), (args.batch_size,), generator=generator).tolist()
+
     for _ in range(args.warmup):
+        rows = batch()
         for name in losses:
-            step(name)
+            step(name, rows)
     order = list(losses)
     for i in range(args.repeats):
+        rows = batch()  # both variants take the same texts, so text lengths do not favour either
         for name in order if i % 2 == 0 else order[::-1]:
-            wall, cpu = step(name)
+            wall, cpu = step(name, rows)
             times[name]["wall"].append(wall)
             times[name]["cpu"].append(cpu)
 
