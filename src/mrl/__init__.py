@@ -3,18 +3,21 @@
 The public API, re-exported from the modules that define it: nesting lists and truncation, the
 Matryoshka heads and loss, backbones, training and evaluation of runs, baselines, adaptive
 classification, retrieval metrics and the funnel index, the post-hoc adapter and the Matryoshka LM.
+
+The adapter and the LM load on first use (module ``__getattr__``), so ``import mrl`` needs only the
+core dependencies; using them without their extra raises an error naming it (``mrl[lm]``).
 """
 
-from mrl.adapter import FitConfig, MatryoshkaAdapter, fit_adapter
+import importlib
+
 from mrl.adaptive import AdaptiveClassifier, budget_thresholds, cascade, greedy_thresholds, head_costs, max_softmax
 from mrl.baselines import LinearProbe, RandomFeatures, SlimmableClassifier, SVDProjection, retrofit
 from mrl.compare import compare
 from mrl.config import TrainConfig
 from mrl.data import load_dataset
-from mrl.errors import MRLError, NotFittedError
+from mrl.errors import MissingExtraError, MRLError, NotFittedError
 from mrl.evaluation import evaluate_run
 from mrl.heads import MatryoshkaLinear, nested_logits
-from mrl.lm import LMConfig, LMTokenizer, MatryoshkaLM, load_corpus
 from mrl.losses import MatryoshkaLoss
 from mrl.metrics import (
     Relevance,
@@ -32,6 +35,30 @@ from mrl.training import train
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "FitConfig": "adapter", "MatryoshkaAdapter": "adapter", "fit_adapter": "adapter",
+    "LMConfig": "lm", "LMTokenizer": "lm", "MatryoshkaLM": "lm", "load_corpus": "lm",
+}
+
+
+def __getattr__(name: str):
+    extra = _LAZY.get(name)
+    if extra is None:
+        raise AttributeError(f"module 'mrl' has no attribute {name!r}")
+    try:
+        module = importlib.import_module(f"mrl.{extra}")
+    except ImportError as exc:
+        if isinstance(exc, MRLError):
+            raise
+        raise MissingExtraError(f"mrl.{name} needs {exc.name!r}: pip install 'mrl[{extra}]'") from exc
+    value = getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 __all__ = [
     "AdaptiveClassifier",
     "FitConfig",
@@ -41,6 +68,7 @@ __all__ = [
     "LMTokenizer",
     "LinearProbe",
     "MRLError",
+    "MissingExtraError",
     "MatryoshkaAdapter",
     "MatryoshkaClassifier",
     "MatryoshkaLM",

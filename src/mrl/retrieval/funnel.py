@@ -27,7 +27,9 @@ import torch
 from tqdm import tqdm
 
 from mrl.errors import MRLError
+from mrl.artifacts import safe_name
 from mrl.io import atomic_directory, atomic_write_bytes, load_npy, read_json, save_npy, sha256_file, write_json
+from mrl.nesting import PREFIX_NORM_FLOOR
 from mrl.retrieval._vectors import check_k, check_metric, check_vectors, faiss_metric, prefix
 from mrl.retrieval.costs import funnel_flops
 
@@ -331,7 +333,7 @@ class FunnelIndex:
         if self.metric == "cosine":
             sq = self._prefix_sq_norms(dim)[np.where(valid, ids, 0)]
             q_norms = np.linalg.norm(q, axis=1, keepdims=True)
-            scores = dots / (np.sqrt(sq).clip(min=1e-12) * q_norms.clip(min=1e-12))
+            scores = dots / (np.sqrt(sq).clip(min=PREFIX_NORM_FLOOR) * q_norms.clip(min=PREFIX_NORM_FLOOR))
         elif self.metric == "l2":
             sq = self._prefix_sq_norms(dim)[np.where(valid, ids, 0)]
             scores = 2 * dots - sq - np.einsum("qd,qd->q", q, q)[:, None]  # minus the squared distance
@@ -465,7 +467,9 @@ class FunnelIndex:
             if name not in files:
                 raise MRLError(f"{path}/manifest.json lists no {name}")
         for name, entry in files.items():
-            file = path / name
+            file = path / safe_name(name)  # never follow a path read from the manifest
+            if file.is_symlink():
+                raise MRLError(f"{file} is a symlink; refusing to read it")
             if not file.is_file():
                 raise MRLError(f"{path} is missing {name}, listed in its manifest")
             if sha256_file(file) != entry.get("sha256"):
