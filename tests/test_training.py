@@ -88,7 +88,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, fashion_subset_dir):
 
 def test_torchrun_two_processes(tmp_path, fashion_subset_dir):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            "-m", "mrl", "train", "--data", "mnist", "--data-dir", str(fashion_subset_dir), *SMALL,
            "--epochs", "2", "--quiet", "--out", str(out)]
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
