@@ -29,8 +29,10 @@ def index_group() -> None:
 @click.argument("embeddings", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", required=True, type=click.Path(), help="Index directory to create.")
 @click.option("--shortlist-dim", type=int, default=16, show_default=True, help="Prefix size indexed by FAISS for the shortlist.")
-@click.option("--shortlist", type=click.Choice(["flat", "hnsw"]), default="flat", show_default=True,
-              help="flat: exact search over the prefix; hnsw: approximate graph search.")
+@click.option("--shortlist", type=click.Choice(["flat", "hnsw", "ivf"]), default="flat", show_default=True,
+              help="flat: scan every prefix; hnsw: graph search; ivf: inverted lists (AdANNS-IVF with --coarse-dim).")
+@click.option("--encoding", type=click.Choice(["float32", "float16", "int8", "binary", "pq"]), default="float32", show_default=True,
+              help="Codes of the shortlist prefix: float, scalar-quantised (float16, int8), sign bits (binary, Hamming) or product-quantised.")
 @click.option("--metric", type=click.Choice(["cosine", "ip", "l2"]), default="cosine", show_default=True,
               help="cosine normalises every prefix; ip is the raw inner product; l2 the squared distance.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
@@ -38,9 +40,16 @@ def index_group() -> None:
 @click.option("--hnsw-m", type=int, default=32, show_default=True, help="HNSW graph degree M.")
 @click.option("--ef-construction", type=int, default=80, show_default=True, help="HNSW build beam width.")
 @click.option("--ef-search", type=int, default=128, show_default=True, help="HNSW search beam width.")
+@click.option("--coarse-dim", type=int, default=None, help="ivf: prefix the lists are clustered and probed on [default: --shortlist-dim].")
+@click.option("--nlist", type=int, default=None, help="ivf: number of lists [default: about 4 sqrt(N)].")
+@click.option("--nprobe", type=int, default=16, show_default=True, help="ivf: lists probed per query.")
+@click.option("--pq-m", type=int, default=None, help="pq: sub-quantisers, dividing --shortlist-dim [default: half of it].")
+@click.option("--pq-nbits", type=int, default=8, show_default=True, help="pq: bits per sub-quantiser code.")
+@click.option("--opq", is_flag=True, help="pq: learn an OPQ rotation first (flat and hnsw shortlists).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing index directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def build(embeddings, out, shortlist_dim, shortlist, metric, dtype, hnsw_m, ef_construction, ef_search, overwrite, quiet) -> None:
+def build(embeddings, out, shortlist_dim, shortlist, encoding, metric, dtype, hnsw_m, ef_construction, ef_search, coarse_dim, nlist,
+          nprobe, pq_m, pq_nbits, opq, overwrite, quiet) -> None:
     """Build a funnel index from EMBEDDINGS (.npz with X and optional labels y) and save it to --out."""
     from mrl.retrieval import FunnelIndex
 
@@ -48,11 +57,13 @@ def build(embeddings, out, shortlist_dim, shortlist, metric, dtype, hnsw_m, ef_c
         raise MRLError(f"{out} already exists; pass --overwrite to replace it")
     vectors, labels = _load_queries(embeddings)
     index = FunnelIndex(vectors, metric=metric, shortlist_dim=shortlist_dim, shortlist=shortlist, hnsw_m=hnsw_m,
-                        ef_construction=ef_construction, ef_search=ef_search, dtype=dtype, labels=labels, progress=not quiet)
+                        ef_construction=ef_construction, ef_search=ef_search, dtype=dtype, labels=labels, progress=not quiet,
+                        encoding=encoding, coarse_dim=coarse_dim, nlist=nlist, nprobe=nprobe, pq_m=pq_m, pq_nbits=pq_nbits, opq=opq)
     index.save(out, overwrite=overwrite)
     memory = index.memory_bytes()
-    click.echo(f"wrote {out}: {index.ntotal} x {index.dim} {dtype}, {shortlist} shortlist on {shortlist_dim} dims, "
-               f"{memory['total'] / 2**20:.1f} MiB")
+    click.echo(f"wrote {out}: {index.ntotal} x {index.dim} {dtype}, {shortlist} {encoding} shortlist on {shortlist_dim} dims, "
+               f"{memory['total'] / 2**20:.1f} MiB ({memory['shortlist'] / index.ntotal:.1f} shortlist bytes per vector), "
+               f"built in {index.build_seconds:.1f} s")
 
 
 @index_group.command("search")
@@ -61,18 +72,24 @@ def build(embeddings, out, shortlist_dim, shortlist, metric, dtype, hnsw_m, ef_c
 @click.option("--k", type=int, default=10, show_default=True, help="Results per query.")
 @click.option("--funnel", default=None, help="Stages as dim:shortlist_length pairs, e.g. 16:200,2048:10 (default: tuned or d1:200,D:k).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write scores [Q, k] and ids [Q, k] to this .npz.")
-@click.option("--mmap", is_flag=True, help="Memory-map the stored vectors instead of reading them into memory.")
-def search(index_dir, queries, k, funnel, out, mmap) -> None:
+@click.option("--store", type=click.Choice(["memory", "mmap"]), default="memory", show_default=True,
+              help="memory: read the full vectors; mmap: map them from disk, reading only the rows reranked.")
+@click.option("--nprobe", type=int, default=None, help="ivf: lists probed per query [default: the index's].")
+@click.option("--ef-search", type=int, default=None, help="hnsw: search beam width [default: the index's].")
+@click.option("--shortlist-margin", type=float, default=None,
+              help="Adaptive depth: rerank only stage-1 candidates scoring within this margin of the k-th best.")
+def search(index_dir, queries, k, funnel, out, store, nprobe, ef_search, shortlist_margin) -> None:
     """Search INDEX_DIR with the vectors X of QUERIES (.npz); print cost and, with labels, accuracy."""
     from mrl.metrics import retrieval_summary
     from mrl.retrieval import FunnelIndex, format_funnel, parse_funnel
 
-    index = FunnelIndex.load(index_dir, mmap=mmap)
+    index = FunnelIndex.load(index_dir, store=store)
     x, y = _load_queries(queries)
-    scores, ids = index.search(x, k=k, funnel=None if funnel is None else parse_funnel(funnel))
-    stats = index.last_search
-    click.echo(f"funnel {format_funnel(stats['funnel'])}: {stats['ms_per_query']:.3f} ms/query, "
-               f"{stats['flops_per_query'] / 1e6:.3f} MFLOPs/query over {stats['n_queries']} queries")
+    scores, ids, stats = index.search(x, k=k, funnel=None if funnel is None else parse_funnel(funnel), return_stats=True,
+                                      nprobe=nprobe, ef_search=ef_search, shortlist_margin=shortlist_margin)
+    click.echo(f"funnel {format_funnel(stats.funnel)}: {stats.ms_per_query:.3f} ms/query, "
+               f"{stats.flops_per_query / 1e6:.3f} MFLOPs/query, {stats.mean_shortlist_length:.1f} candidates "
+               f"reranked per query over {stats.n_queries} queries")
     if y is not None and index.labels is not None:
         summary = retrieval_summary(ids, y, index.labels, k=k)
         click.echo(", ".join(f"{key} {value:.4f}" for key, value in summary.items()))
@@ -127,6 +144,29 @@ def evaluate(index_dir, queries, funnels, k, out_dir) -> None:
     if f"map@{k}" in rows[0]:
         plot_accuracy_vs_flops(out / f"map{k}_vs_mflops.png", rows, metric=f"map@{k}", title=f"mAP@{k} vs cost ({Path(index_dir).name})")
     click.echo(f"wrote {out}")
+
+
+@index_group.command("info")
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
+def info(index_dir, as_json) -> None:
+    """Describe INDEX_DIR: size, shortlist settings, RAM and disk bytes per vector, build time, default funnel."""
+    import json
+
+    from mrl.retrieval import FunnelIndex
+
+    index = FunnelIndex.load(index_dir, store="mmap")
+    facts = index.describe()
+    facts.pop("store")
+    facts["ram_bytes_per_vector_memory_store"] = facts.pop("ram_bytes_per_vector")
+    facts["ram_bytes_per_vector_mmap_store"] = facts["shortlist_bytes_per_vector"]
+    disk = sum(p.stat().st_size for p in Path(index_dir).iterdir() if p.is_file())
+    facts["disk_bytes_per_vector"] = disk / max(index.ntotal, 1)
+    if as_json:
+        click.echo(json.dumps(facts))
+        return
+    for key, value in facts.items():
+        click.echo(f"{key}: {value:.1f}" if isinstance(value, float) else f"{key}: {value}")
 
 
 COMMANDS = [index_group]

@@ -119,7 +119,8 @@ class FunnelTuner:
         if self.candidates is None:
             candidates = candidate_funnels(index.dim, index.shortlist_dim, index.ntotal, self.k)
         else:
-            candidates = [validate_funnel(f, index.dim, index.shortlist_dim, index.ntotal, self.k) for f in self.candidates]
+            candidates = [validate_funnel(f, index.dim, index.shortlist_dim, index.ntotal, self.k, rescore_first=index.encoding != "float32")
+                          for f in self.candidates]
             if not candidates:
                 raise MRLError("candidates must hold at least one funnel")
         if exact_ids is None:
@@ -131,17 +132,16 @@ class FunnelTuner:
         for funnel in candidates:
             if any(_dominates(r["funnel"], funnel) for r in results if r["meets_target"]):
                 continue
-            _, ids = index.search(sample_queries, self.k, funnel)
-            stats = index.last_search
+            _, ids, stats = index.search(sample_queries, self.k, funnel, return_stats=True)
             recall = float(knn_recall_at_k(ids, exact_ids, self.k).mean())
             results.append(
                 {
                     "funnel": funnel,
                     "spec": format_funnel(funnel),
                     "knn_recall": recall,
-                    "flops_per_query": stats["flops_per_query"],
-                    "mflops": stats["flops_per_query"] / 1e6,
-                    "ms_per_query": stats["ms_per_query"],
+                    "flops_per_query": stats.flops_per_query,
+                    "mflops": stats.flops_per_query / 1e6,
+                    "ms_per_query": stats.ms_per_query,
                     "meets_target": recall >= self.target_recall,
                 }
             )
