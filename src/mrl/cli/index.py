@@ -158,7 +158,8 @@ def info(index_dir, as_json) -> None:
     index = FunnelIndex.load(index_dir, store="mmap")
     facts = index.describe()
     facts.pop("store")
-    facts["ram_bytes_per_vector_memory_store"] = facts.pop("ram_bytes_per_vector")
+    facts.pop("ram_bytes_per_vector")  # of the mmap store opened here; both stores are listed below
+    facts["ram_bytes_per_vector_memory_store"] = facts["shortlist_bytes_per_vector"] + facts["vector_bytes_per_vector"]
     facts["ram_bytes_per_vector_mmap_store"] = facts["shortlist_bytes_per_vector"]
     disk = sum(p.stat().st_size for p in Path(index_dir).iterdir() if p.is_file())
     facts["disk_bytes_per_vector"] = disk / max(index.ntotal, 1)

@@ -315,9 +315,9 @@ class FunnelIndex:
         """The stored labels [N], or None."""
         return self._labels
 
-    def shortlist_codes(self) -> np.ndarray:
-        """The sign-bit codes uint8 [N, d_1/8] of a binary shortlist, in id order."""
-        return self._shortlist.codes()
+    def shortlist_vectors(self) -> np.ndarray:
+        """What the shortlist stores per id (:meth:`~mrl.retrieval.shortlist.Shortlist.stored`): sign bits or decoded prefixes."""
+        return self._shortlist.stored()
 
     def memory_bytes(self) -> dict[str, int]:
         """Bytes held in RAM: full vectors (0 when memory-mapped), shortlist structure, total."""
