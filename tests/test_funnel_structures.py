@@ -357,3 +357,65 @@ def test_mmap_store_keeps_anonymous_memory_near_the_shortlist(tmp_path):
     bound = facts["shortlist"] + 100 * 200 * 12 + 3 * facts["block"] + (16 << 20)
     assert facts["grown"] <= bound, facts
     assert bound < facts["vectors"] / 5
+
+
+# -- tuning -------------------------------------------------------------------------------------
+
+
+def test_index_tuner_pareto_set_budgets_and_saved_choice(tmp_path):
+    from mrl.retrieval import IndexTuner, ShortlistSpec, exact_search
+
+    db, queries = _data(8, n=1000, nq=30)
+    index = FunnelIndex(db, shortlist_dim=DS)
+    specs = [ShortlistSpec("flat", "float32", DS), ShortlistSpec("flat", "binary", 16), ShortlistSpec("ivf", "int8", DS, nlist=16)]
+    _, exact = exact_search(db, queries, 5)
+    tuner = IndexTuner(k=5, target_recall=0.9, shortlists=specs, nprobes=(2, 16), max_ram_bytes_per_vector=4 * D + 12,
+                       repeats=1).fit(index, queries, exact)
+    rows = tuner.results_
+    assert {r["shortlist"] for r in rows} == {"flat:float32:8", "flat:binary:16", "ivf:int8:8:8"}
+    assert {r["nprobe"] for r in rows if r["shortlist"].startswith("ivf")} == {2, 16}
+    # Recall is recomputed here from the ids of the chosen point; RAM = float32 vectors + structure.
+    ram = {r["shortlist"]: r["ram_bytes_per_vector"] for r in rows}
+    assert ram["flat:float32:8"] == pytest.approx(4 * D + 4 * DS, abs=1)
+    assert 4 * D + 2 <= ram["flat:binary:16"] < ram["flat:float32:8"]
+    keys = ("knn_recall", "ms_per_query", "ram_bytes_per_vector", "build_seconds")
+    better = lambda a, b: all(a[x] >= b[x] if x == "knn_recall" else a[x] <= b[x] for x in keys) and any(a[x] != b[x] for x in keys)  # noqa: E731
+    for r in rows:
+        assert (r in tuner.pareto_) == (not any(better(o, r) for o in rows if o is not r))
+    best = tuner.best_
+    assert best["meets_target"] and best["ram_bytes_per_vector"] <= 4 * D + 12
+    assert best["shortlist"] != "flat:float32:8"  # 4 * DS bytes of float prefix break the budget
+    assert best["ms_per_query"] == min(r["ms_per_query"] for r in rows if r["meets_target"] and r["within_budget"])
+    chosen = index.tune(queries, k=5, target_recall=0.9, shortlists=specs, max_ram_bytes_per_vector=4 * D + 12, exact_ids=exact)
+    assert f"{index.shortlist}:{index.encoding}:{index.shortlist_dim}" in chosen.best_["shortlist"]
+    _, ids = index.search(queries, k=5)
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ids.tolist(), exact.tolist())]) == pytest.approx(chosen.best_["knn_recall"])
+    index.save(tmp_path / "idx")
+    loaded = FunnelIndex.load(tmp_path / "idx")
+    assert loaded.spec == index.spec and loaded.funnel == index.funnel
+    np.testing.assert_array_equal(loaded.search(queries, k=5)[1], ids)
+    with pytest.raises(MRLError, match="budgets choose between structures"):
+        index.tune(queries, max_ms_per_query=1.0)
+
+
+def test_cli_tune_with_shortlists(tmp_path):
+    db, queries = _data(9, n=600, nq=30)
+    save_npz(tmp_path / "db.npz", X=db)
+    save_npz(tmp_path / "q.npz", X=queries)
+    run = lambda *a: CliRunner().invoke(cli, [str(x) for x in a], catch_exceptions=False)  # noqa: E731
+    assert run("index", "build", tmp_path / "db.npz", "--out", tmp_path / "idx", "--shortlist-dim", 8, "--quiet").exit_code == 0
+    result = run("index", "tune", tmp_path / "idx", tmp_path / "q.npz", "--k", 5, "--target-recall", 0.9, "--repeats", 1,
+                 "--shortlists", "flat:int8:8;hnsw:float32:8", "--store", "mmap")
+    assert result.exit_code == 0, result.output
+    assert "| shortlist | nprobe/ef |" in result.output and "chose " in result.output
+    fields = json.loads((tmp_path / "idx" / "manifest.json").read_text())["fields"]
+    assert f"{fields['shortlist']}:{fields['encoding']}:8" in result.output.split("chose ")[1]
+    result = run("index", "tune", tmp_path / "idx", tmp_path / "q.npz", "--shortlists", "flat:int8")
+    assert result.exit_code == 1 and "Error: shortlists must be ';'-separated kind:encoding:dim" in result.output
+
+
+def test_float16_nan_is_refused():
+    vectors = np.zeros((4, 8), dtype=np.float16)
+    vectors[2, 5] = np.nan
+    with pytest.raises(MRLError, match="vectors row 2 holds NaN or infinite values"):
+        FunnelIndex(vectors, shortlist_dim=8)

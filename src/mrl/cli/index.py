@@ -104,19 +104,32 @@ def search(index_dir, queries, k, funnel, out, store, nprobe, ef_search, shortli
 @click.option("--k", type=int, default=10, show_default=True, help="Results per query compared with exact search.")
 @click.option("--target-recall", type=float, default=0.99, show_default=True, help="Required kNN-recall@k against exact full-dim search.")
 @click.option("--max-queries", type=int, default=1000, show_default=True, help="Tune on at most this many queries (the first ones).")
-def tune(index_dir, queries, k, target_recall, max_queries) -> None:
-    """Pick the cheapest funnel meeting --target-recall on QUERIES and store it as the index's default."""
-    from mrl.retrieval import FunnelIndex
+@click.option("--shortlists", default=None,
+              help="Also choose the stage-1 structure among these ';'-separated kind:encoding:dim[:coarse_dim] entries "
+                   "(e.g. 'flat:binary:64;hnsw:float32:16;ivf:int8:32:16'), or 'auto' for a default grid.")
+@click.option("--max-ram-bytes-per-vector", type=float, default=None, help="RAM budget per vector (with --shortlists).")
+@click.option("--max-ms-per-query", type=float, default=None, help="Latency budget (with --shortlists).")
+@click.option("--repeats", type=int, default=3, show_default=True, help="Timed runs per point after a warm-up (median).")
+@click.option("--store", type=click.Choice(["memory", "mmap"]), default="memory", show_default=True,
+              help="Where the full vectors live while tuning; RAM per vector counts them only with memory.")
+def tune(index_dir, queries, k, target_recall, max_queries, shortlists, max_ram_bytes_per_vector, max_ms_per_query, repeats, store) -> None:
+    """Pick the cheapest funnel meeting --target-recall on QUERIES (and with --shortlists the structure); save it as the default."""
+    from mrl.retrieval import FunnelIndex, default_shortlists, parse_shortlists
 
-    index = FunnelIndex.load(index_dir)
+    index = FunnelIndex.load(index_dir, store=store)
     x, _ = _load_queries(queries)
-    tuner = index.tune(x[:max_queries], k=k, target_recall=target_recall)
+    specs = None
+    if shortlists is not None:
+        specs = default_shortlists(index.dim, index.shortlist_dim) if shortlists.strip() == "auto" else parse_shortlists(shortlists)
+    tuner = index.tune(x[:max_queries], k=k, target_recall=target_recall, shortlists=specs, repeats=repeats,
+                       max_ram_bytes_per_vector=max_ram_bytes_per_vector, max_ms_per_query=max_ms_per_query)
     click.echo(tuner.summary())
     if not tuner.target_met_:
         click.echo(f"no funnel reached knn_recall@{k} >= {target_recall}; kept the most accurate", err=True)
     index.save(index_dir, overwrite=True)
-    click.echo(f"chose {tuner.best_['spec']} (knn_recall@{k} {tuner.best_['knn_recall']:.4f}, "
-               f"{tuner.best_['mflops']:.3f} MFLOPs/query); saved as the default of {index_dir}")
+    chosen = f"{tuner.best_['shortlist']} shortlist, " if specs is not None else ""
+    click.echo(f"chose {chosen}{tuner.best_['spec']} (knn_recall@{k} {tuner.best_['knn_recall']:.4f}, "
+               f"{tuner.best_['mflops']:.3f} MFLOPs/query, {tuner.best_['ms_per_query']:.3f} ms/query); saved as the default of {index_dir}")
 
 
 @index_group.command("evaluate")

@@ -36,7 +36,7 @@ from mrl.retrieval.shortlist import Shortlist, ShortlistSpec
 from mrl.retrieval.store import DTYPES, STORES, VectorStore
 
 if TYPE_CHECKING:
-    from mrl.retrieval.tuning import FunnelTuner
+    from mrl.retrieval.tuning import FunnelTuner, IndexTuner
 
 logger = logging.getLogger(__name__)
 
@@ -450,18 +450,40 @@ class FunnelIndex:
         target_recall: float = 0.99,
         candidates: Sequence[Sequence[tuple[int, int]]] | None = None,
         exact_ids: np.ndarray | None = None,
-    ) -> FunnelTuner:
-        """Pick the cheapest funnel whose kNN-recall@k against exact search meets ``target_recall``.
+        *,
+        shortlists: Sequence[ShortlistSpec] | None = None,
+        max_ram_bytes_per_vector: float | None = None,
+        max_ms_per_query: float | None = None,
+        repeats: int = 1,
+    ) -> FunnelTuner | IndexTuner:
+        """Pick a funnel (and, given ``shortlists``, the stage-1 structure) meeting ``target_recall``.
 
-        Sets :attr:`funnel` to the choice (used by :meth:`search` when no funnel is given, and
-        saved by :meth:`save`) and returns the fitted :class:`~mrl.retrieval.tuning.FunnelTuner`,
-        whose ``results_`` give every candidate's measured recall, FLOPs and wall-clock.
-        ``exact_ids`` [Q, >= k] may pass precomputed exact full-dim results for the sample.
-        To also choose the shortlist structure, see :func:`mrl.retrieval.tuning.tune_structures`.
+        Without ``shortlists``: the cheapest funnel (FLOPs) whose kNN-recall@k against exact
+        search meets the target, on this index's structure; returns the fitted
+        :class:`~mrl.retrieval.tuning.FunnelTuner`. With ``shortlists`` (a list of
+        :class:`~mrl.retrieval.shortlist.ShortlistSpec`): every structure is built over the
+        stored vectors and searched with several nprobe / ef and funnels; the fastest point
+        meeting the target within ``max_ram_bytes_per_vector`` and ``max_ms_per_query`` replaces
+        this index's shortlist, and the fitted :class:`~mrl.retrieval.tuning.IndexTuner` (with its
+        Pareto set) is returned. Either way :attr:`funnel` becomes the choice (used by
+        :meth:`search` when no funnel is given, and saved by :meth:`save`). ``exact_ids`` [Q, >= k]
+        may pass precomputed exact full-dim results for the sample; ``repeats`` timed runs per point.
         """
-        from mrl.retrieval.tuning import FunnelTuner
+        from mrl.retrieval.tuning import FunnelTuner, IndexTuner
 
-        tuner = FunnelTuner(k=k, target_recall=target_recall, candidates=candidates).fit(self, sample_queries, exact_ids)
+        if shortlists is None:
+            if max_ram_bytes_per_vector is not None or max_ms_per_query is not None:
+                raise MRLError("budgets choose between structures: pass shortlists to tune with max_ram_bytes_per_vector or max_ms_per_query")
+            tuner = FunnelTuner(k=k, target_recall=target_recall, candidates=candidates, repeats=repeats).fit(self, sample_queries, exact_ids)
+            self.funnel = list(tuner.best_funnel_)
+            return tuner
+        tuner = IndexTuner(k=k, target_recall=target_recall, shortlists=shortlists, max_ram_bytes_per_vector=max_ram_bytes_per_vector,
+                           max_ms_per_query=max_ms_per_query, repeats=repeats, candidates=candidates).fit(self, sample_queries, exact_ids)
+        best, shortlist = tuner.best_, tuner.best_shortlist_
+        breadth = {key: best[key] for key in ("nprobe", "ef_search") if best[key] is not None}
+        shortlist.spec = dataclasses.replace(shortlist.spec, **breadth)
+        self._shortlist, self._shortlist_bytes = shortlist, None
+        self.build_seconds = best["build_seconds"]
         self.funnel = list(tuner.best_funnel_)
         return tuner
 
