@@ -22,7 +22,7 @@ from mrl.compare import aggregate
 from mrl.data import load_dataset
 from mrl.evaluation import embed, load_run
 from mrl.report import markdown_table
-from mrl.training import load_config
+from mrl.runs import load_config
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from mrl.adapter import (
     read_fit_info,
     supervised_adapter_loss,
 )
+from mrl.artifacts import write_manifest
 from mrl.errors import MRLError
 from mrl.io import load_tensors, save_tensors, write_json
 
@@ -271,7 +272,7 @@ def test_fit_refuses_bad_inputs():
         fit_adapter(adapter, queries=torch.randn(10, 16), documents=torch.randn(9, 16))
     with pytest.raises(MRLError, match="embeddings contain NaN"):
         fit_adapter(adapter, torch.full((10, 16), float("nan")))
-    with pytest.raises(MRLError, match="epochs must be a positive integer, got 0"):
+    with pytest.raises(MRLError, match="epochs must be an integer >= 1 and <= 100000, got 0"):
         fit_adapter(adapter, torch.randn(10, 16), config=FitConfig(epochs=0))
     with pytest.raises(MRLError, match=r"unknown fit config key\(s\) \['epoch'\]"):
         FitConfig.from_dict({"epoch": 3})
@@ -286,7 +287,7 @@ def test_save_load_round_trip(tmp_path):
     config = FitConfig(epochs=2, batch_size=32, neighbours=3)
     history = fit_adapter(adapter, e, config=config)
     adapter.save(tmp_path / "ad", fit_info=fit_info(config, history, source="unit test"))
-    assert sorted(p.name for p in (tmp_path / "ad").iterdir()) == ["adapter.safetensors", "config.json"]
+    assert sorted(p.name for p in (tmp_path / "ad").iterdir()) == ["adapter.safetensors", "config.json", "manifest.json"]
     loaded = MatryoshkaAdapter.load(tmp_path / "ad")
     assert loaded.config == adapter.config
     assert torch.equal(loaded.transform(e), adapter.transform(e))
@@ -297,21 +298,31 @@ def test_save_load_round_trip(tmp_path):
     adapter.save(tmp_path / "ad", overwrite=True)
 
 
+def _resign(folder):
+    """Re-checksum a hand-edited adapter, as a crafted (not merely corrupted) directory would be."""
+    write_manifest(folder, "adapter", ["adapter.safetensors", "config.json"])
+
+
 def test_load_refuses_bad_directories(tmp_path):
-    with pytest.raises(MRLError, match="adapter directory not found"):
+    with pytest.raises(MRLError, match="missing does not exist"):
         MatryoshkaAdapter.load(tmp_path / "missing")
     MatryoshkaAdapter(16, NESTING).save(tmp_path / "ad")
     meta = json.loads((tmp_path / "ad" / "config.json").read_text())
     meta["adapter"]["width"] = 3
     write_json(tmp_path / "ad" / "config.json", meta)
+    with pytest.raises(MRLError, match="config.json does not match the sha256 in its manifest.json"):
+        MatryoshkaAdapter.load(tmp_path / "ad")
+    _resign(tmp_path / "ad")
     with pytest.raises(MRLError, match=r"unknown adapter config key\(s\) \['width'\]"):
         MatryoshkaAdapter.load(tmp_path / "ad")
     del meta["adapter"]["width"]
     meta["adapter"]["hidden_dim"] = 8
     write_json(tmp_path / "ad" / "config.json", meta)
+    _resign(tmp_path / "ad")
     with pytest.raises(MRLError, match="does not match its config.json"):
         MatryoshkaAdapter.load(tmp_path / "ad")
     write_json(tmp_path / "ad" / "config.json", {"format": "something else"})
+    _resign(tmp_path / "ad")
     with pytest.raises(MRLError, match="is not an mrl adapter config"):
         MatryoshkaAdapter.load(tmp_path / "ad")
 
@@ -322,6 +333,9 @@ def test_saved_weights_are_safetensors(tmp_path):
     state = load_tensors(tmp_path / "ad" / "adapter.safetensors")
     assert torch.equal(state["out.weight"], adapter.out.weight.detach())
     save_tensors(tmp_path / "ad" / "adapter.safetensors", {"out.weight": torch.zeros(2)})
+    with pytest.raises(MRLError, match="adapter.safetensors does not match the sha256"):
+        MatryoshkaAdapter.load(tmp_path / "ad")
+    _resign(tmp_path / "ad")
     with pytest.raises(MRLError, match="does not match its config.json"):
         MatryoshkaAdapter.load(tmp_path / "ad")
 

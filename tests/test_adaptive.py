@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from mrl.adaptive import (
     AdaptiveClassifier,
+    bootstrap_fit,
     as_logits,
     budget_thresholds,
     cascade,
@@ -414,3 +415,91 @@ def test_select_with_confidence_errors_and_no_margin_equals_plain_select():
         select_with_confidence(sweep, conf, correct, 0.8, reference=np.zeros(5))
     with pytest.raises(MRLError, match="z must be >= 0"):
         select_with_confidence(sweep, conf, correct, 0.8, z=-1.0)
+
+
+# --- saturated confidences (max-softmax exactly 1.0) ---------------------------------------------
+
+
+def paper_step_scores(conf: np.ndarray, correct: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """Best two-size score per step under the paper's rule: stop at s when conf[s] > t, t in grid."""
+    return np.array([
+        max(np.where(conf[s] > t, correct[s], correct[s + 1]).mean() for t in grid) for s in range(len(conf) - 1)
+    ])
+
+
+@pytest.mark.parametrize("policy", ["greedy", "budget"])
+def test_saturated_confidence_can_be_passed_on(policy):
+    # The smaller head is confidently wrong on sample 0 with a float32 softmax of exactly 1.0; only
+    # "never answer at size 8" gets both samples right.
+    logits = np.array([[[50, 0], [0, 50]], [[0, 50], [0, 50]]], dtype=np.float32)
+    assert max_softmax(logits)[0].tolist() == [1.0, 1.0]
+    clf = AdaptiveClassifier([8, 16], policy=policy).fit(logits, np.array([1, 1]))
+    assert clf.fit_accuracy_ == 1.0
+    assert clf.predict(logits)[1].tolist() == [16, 16]
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0, 100.0])
+def test_greedy_step_scores_match_the_papers_strict_rule_at_any_logit_scale(scale):
+    logits, labels = synthetic(9, 400, seed=int(scale))
+    logits = (logits * scale).astype(np.float32)
+    conf, correct = max_softmax(logits), (logits.argmax(-1) == labels).astype(float)
+    if scale == 100.0:
+        assert (conf == 1.0).mean() > 0.5  # the case that matters: most confidences saturate
+    grid = np.linspace(0.0, 1.0, 101)
+    thresholds = greedy_thresholds(conf, correct, grid)
+    ours = np.array([np.where(conf[s] >= thresholds[s], correct[s], correct[s + 1]).mean() for s in range(8)])
+    brute = np.array([
+        max(np.where(conf[s] >= t, correct[s], correct[s + 1]).mean() for t in [*grid, np.inf]) for s in range(8)
+    ])
+    np.testing.assert_allclose(ours, brute, atol=1e-12)
+    # every stop set of the paper's rule is one of ours ({conf > 1.0} is the +inf one)
+    assert (ours >= paper_step_scores(conf, correct, grid) - 1e-12).all()
+
+
+def test_greedy_reaches_the_largest_size_when_every_smaller_head_is_saturated_and_worse():
+    # 9 sizes at logit scale 60: sizes 0-7 answer with confidence 1.0 and are right on a growing
+    # share; the largest is always right. Passing every sample on is the only way to 100%.
+    rng = np.random.default_rng(3)
+    n, num_classes = 500, 10
+    labels = rng.integers(0, num_classes, n)
+    guesses = np.where(rng.random((9, n)) < np.linspace(0.5, 0.9, 9)[:, None], labels, (labels + 1) % num_classes)
+    guesses[-1] = labels
+    logits = 60.0 * np.eye(num_classes, dtype=np.float32)[guesses]
+    for policy in ("greedy", "budget"):
+        clf = AdaptiveClassifier([8 * 2**i for i in range(9)], policy=policy).fit(logits, labels)
+        assert clf.fit_accuracy_ == 1.0, policy
+        assert np.isinf(clf.thresholds_).all(), policy
+
+
+# --- targets that cannot be certified -------------------------------------------------------------
+
+
+def test_uncertifiable_target_answers_with_the_largest_size():
+    logits, labels = synthetic(3, 400, seed=21)
+    correct = (logits.argmax(-1) == labels).astype(float)
+    conf = max_softmax(logits)
+    sweep = sweep_thresholds(conf, correct, head_costs([8, 16, 32]), n_quantiles=15)
+    assert select_with_confidence(sweep, conf, correct, correct[-1].mean() + 0.05) is None
+    clf = AdaptiveClassifier([8, 16, 32], policy="budget").fit(logits, labels, target=correct[-1].mean() + 0.05)
+    assert clf.certified_ is False
+    assert np.isinf(clf.thresholds_).all()
+    assert (clf.predict(logits)[1] == 32).all()
+    assert clf.fit_accuracy_ == pytest.approx(correct[-1].mean())
+    reachable = AdaptiveClassifier([8, 16, 32], policy="budget").fit(logits, labels)
+    assert reachable.certified_ is True
+    assert AdaptiveClassifier([8, 16, 32]).fit(logits, labels).certified_ is None  # greedy: no target
+
+
+def test_bootstrap_fit_reports_spread_and_certification():
+    logits, labels = synthetic(3, 600, seed=22)
+    conf, correct = max_softmax(logits), (logits.argmax(-1) == labels).astype(float)
+    val, test = (conf[:, :300], correct[:, :300]), (conf[:, 300:], correct[:, 300:])
+    clf = AdaptiveClassifier([8, 16, 32], policy="budget", n_quantiles=10)
+    out = bootstrap_fit(clf, val, test, 10, resamples=4)
+    reference = AdaptiveClassifier([8, 16, 32], policy="budget", n_quantiles=10).fit(logits[:, :300], labels[:300])
+    assert out["test"]["accuracy"] == pytest.approx(reference.evaluate(logits[:, 300:], labels[300:])["accuracy"])
+    assert out["certified"] is True and 0 <= out["bootstrap"]["certified_resamples"] <= 4
+    assert out["bootstrap"]["test"]["accuracy"]["std"] >= 0.0
+    unreachable = bootstrap_fit(clf, val, test, 10, resamples=3, target=1.0)
+    assert unreachable["certified"] is False and unreachable["bootstrap"]["certified_resamples"] == 0
+    assert unreachable["test"]["accuracy"] == pytest.approx(test[1][-1].mean())

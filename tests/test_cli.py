@@ -90,7 +90,7 @@ def test_not_a_run_dir(tmp_path):
     (tmp_path / "stuff").mkdir()
     result = run("eval", tmp_path / "stuff")
     assert result.exit_code == 1
-    assert result.output.strip() == f"Error: {tmp_path / 'stuff'} is not a run directory (no config.json); create one with `mrl train`"
+    assert result.output.strip() == f"Error: {tmp_path / 'stuff'} is not a run directory of `mrl train` (no valid manifest.json); create one with `mrl train`"
     result = run("embed", tmp_path / "missing", "--out", tmp_path / "x.npz")
     assert result.exit_code == 1 and "does not exist" in result.output
     assert not (tmp_path / "x.npz").exists()
@@ -128,4 +128,4 @@ def test_eval_refuses_a_foreign_config(tmp_path):
     (tmp_path / "lm" / "config.json").write_text('{"corpus": "wordnet", "model": {}, "train": {}}')
     result = run("eval", tmp_path / "lm")
     assert result.exit_code == 1
-    assert "is not a run directory of `mrl train` (its config.json is not a training config)" in result.output
+    assert "is not a run directory of `mrl train` (no valid manifest.json)" in result.output

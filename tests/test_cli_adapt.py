@@ -38,7 +38,7 @@ def test_fit_then_apply_matches_the_library(data):
                  "--epochs", "3", "--batch-size", "64", "--neighbours", "3", "--quiet")
     assert result.exit_code == 0, result.output
     assert "nesting [4, 8, 16]" in result.output
-    assert sorted(p.name for p in (data / "ad").iterdir()) == ["adapter.safetensors", "config.json"]
+    assert sorted(p.name for p in (data / "ad").iterdir()) == ["adapter.safetensors", "config.json", "manifest.json"]
     info = read_fit_info(data / "ad")
     assert info["config"]["epochs"] == 3 and len(info["history"]) == 3 and info["n_pairs"] == 0
 
@@ -89,7 +89,7 @@ def test_apply_refuses_another_dimension(data):
     [
         (("--key", "Z"), r"has no array 'Z'; it has \['X', 'y'\]"),
         (("--nesting", "8,4"), r"nesting must be strictly ascending, got \[8, 4\]"),
-        (("--epochs", "0"), "epochs must be a positive integer, got 0"),
+        (("--epochs", "0"), "epochs must be an integer >= 1 and <= 100000, got 0"),
         (("--key", "y"), r"emb.npz:y must be a float matrix \[N, d\], got shape \(200,\)"),
     ],
 )
@@ -104,8 +104,12 @@ def test_fit_errors_are_one_line(data, extra, message):
 
 def test_fit_refuses_existing_output_and_bad_config(data):
     (data / "ad").mkdir()
+    (data / "ad" / "notes.txt").write_text("keep me")
     result = CliRunner().invoke(cli, ["adapt", "fit", str(data / "emb.npz"), "--out", str(data / "ad")])
     assert result.exit_code == 1 and "already exists; choose another --out or pass --overwrite" in result.output
+    result = CliRunner().invoke(cli, ["adapt", "fit", str(data / "emb.npz"), "--out", str(data / "ad"), "--overwrite"])
+    assert result.exit_code == 1 and "it is not an mrl artifact" in result.output
+    assert [p.name for p in (data / "ad").iterdir()] == ["notes.txt"]
     (data / "bad.json").write_text(json.dumps({"epochz": 2}))
     result = CliRunner().invoke(cli, ["adapt", "fit", str(data / "emb.npz"), "--out", str(data / "new"), "--config", str(data / "bad.json")])
     assert result.exit_code == 1 and "unknown fit config key(s) ['epochz']" in result.output

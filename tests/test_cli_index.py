@@ -104,7 +104,7 @@ def test_evaluate_default_configurations_and_out_dir(embeddings):
         (["search", "{idx}", "{q}", "--k", "601"], "Error: k=601 is larger than the database (600 vectors)"),
         (["search", "{idx}", "{db_dir}/q.npz", "--funnel", "16:100,64:10"], "Error: funnel must start at the shortlist dim 8"),
         (["evaluate", "{idx}", "{q}", "--funnels", "exact:999"], "Error: exact prefix dim must be in [1, 64], got 999"),
-        (["build", "{db_dir}/db.npz", "--out", "{idx}"], "already exists; pass --overwrite"),
+        (["build", "{db_dir}/db.npz", "--out", "{idx}"], "already exists; choose another --out or pass --overwrite"),
         (["build", "{db_dir}/db.npz", "--out", "{db_dir}/other", "--shortlist-dim", "128"], "Error: shortlist_dim must be an integer in [1, 64], got 128"),
         (["search", "{db_dir}", "{q}"], "is not a funnel index (no manifest.json)"),
     ],

@@ -80,8 +80,7 @@ def test_interrupted_compare_resumes_and_matches(tmp_path, full, fashion_subset_
     def stop_after_first(epoch):
         raise Interrupt
 
-    claim_folder(out, "compare")  # as the compare does before its first run
-    with pytest.raises(Interrupt):
+    with claim_folder(out, "compare"), pytest.raises(Interrupt):  # as the compare does before its first run
         train(config, out / "runs" / "seed-0" / "mrl", progress=False, data=dataset, on_epoch_end=stop_after_first)
     # ... then the compare itself interrupted after six finished pieces.
     finished = []

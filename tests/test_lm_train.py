@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
+from mrl.artifacts import write_manifest
 from mrl.cli import cli
 from mrl.errors import MRLError
 from mrl.io import load_tensors, read_json, read_jsonl
@@ -43,7 +44,7 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, corpu
     parts = make_run(tmp_path / "parts", corpus_file, head="mrl", tokens_from=whole)
     train(parts, stop_after=3, progress=False)
     assert not (parts / "model.safetensors").exists()
-    assert read_json(parts / "state.json")["step"] == 3
+    assert read_json(parts / "manifest.json")["meta"]["step"] == 3
     train(parts, resume=True, progress=False)
     a, b = load_tensors(whole / "model.safetensors"), load_tensors(parts / "model.safetensors")
     assert a.keys() == b.keys()
@@ -72,7 +73,7 @@ def test_learning_rate_schedule():
     assert all(a >= b for a, b in zip(values[2:], values[3:])) and values[-1] == pytest.approx(0.1)
     with pytest.raises(MRLError, match=r"unknown training config key\(s\) \['epochs'\]"):
         TrainConfig.from_dict({"epochs": 3})
-    with pytest.raises(MRLError, match="steps must be an integer >= 1, got 0"):
+    with pytest.raises(MRLError, match="steps must be an integer >= 1 and <= 1000000000, got 0"):
         TrainConfig(steps=0)
 
 
@@ -170,7 +171,8 @@ def test_cli_train_eval_generate(tmp_path, corpus_file):
             "--steps", "4", "--batch-size", "4", "--quiet"]
     result = runner.invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert {"config.json", "tokenizer.json", "model.safetensors", "checkpoint.safetensors", "metrics.jsonl"} <= {p.name for p in out.iterdir()}
+    assert {"config.json", "tokenizer.json", "model.safetensors", "checkpoint-0000004.safetensors", "metrics.jsonl",
+            "manifest.json"} <= {p.name for p in out.iterdir()}
     assert read_json(out / "config.json")["model"]["nesting"] == [4, 8, 16]
     again = runner.invoke(cli, args)
     assert again.exit_code == 1 and "already holds a run; pass --resume" in again.output
@@ -197,7 +199,7 @@ def test_cli_train_eval_generate(tmp_path, corpus_file):
         (["lm", "train", "--head", "ff", "--out", "X"], "Error: an ff model needs --ff-size M"),
         (["lm", "train", "--ff-size", "8", "--out", "X"], "Error: --ff-size applies to --head ff only"),
         (["lm", "train", "--nesting", "8,4", "--out", "X"], r"Error: nesting must be strictly ascending, got [8, 4]"),
-        (["lm", "train", "--threads", "0", "--out", "X"], "Error: --threads must be at least 1, got 0"),
+        (["lm", "train", "--threads", "0", "--out", "X"], "Error: --threads must be an integer >= 1 and <= 4096, got 0"),
     ],
 )
 def test_cli_train_errors(tmp_path, args, message):
@@ -212,8 +214,11 @@ def test_cli_empty_corpus_and_missing_adaptive(tmp_path, trained):
     assert result.exit_code == 1 and "has no text" in result.output
     bare = tmp_path / "bare"
     bare.mkdir()
-    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+    for name in ("config.json", "tokenizer.json", "model.safetensors", "tokens_train.npy", "tokens_val.npy"):
         (bare / name).write_bytes((trained / name).read_bytes())
+    result = CliRunner().invoke(cli, ["lm", "generate", str(bare), "--adaptive"])
+    assert result.exit_code == 1 and "is not an LM run directory (no valid manifest.json)" in result.output
+    write_manifest(bare, "lm-run", ["config.json", "tokenizer.json", "model.safetensors", "tokens_train.npy", "tokens_val.npy"])
     result = CliRunner().invoke(cli, ["lm", "generate", str(bare), "--adaptive"])
     assert result.exit_code == 1 and "has no adaptive.json; run `mrl lm eval" in result.output
 
@@ -240,8 +245,8 @@ def test_foreign_or_missing_run_dir_is_refused(tmp_path):
     (tmp_path / "cls").mkdir()
     (tmp_path / "cls" / "config.json").write_text('{"mode": "mrl", "nesting": [8, 16]}')  # a classification run
     for args, message in (
-        (["eval", str(tmp_path / "cls")], "is not an LM run directory (its config.json has no corpus/model/train sections)"),
-        (["generate", str(tmp_path), "--prompt", "a"], "is not an LM run directory (no config.json)"),
+        (["eval", str(tmp_path / "cls")], "is not an LM run directory (no valid manifest.json)"),
+        (["generate", str(tmp_path), "--prompt", "a"], "is not an LM run directory (no valid manifest.json)"),
         (["eval", str(tmp_path / "missing")], "does not exist"),
     ):
         result = CliRunner().invoke(cli, ["lm", *args], catch_exceptions=False)

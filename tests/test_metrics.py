@@ -17,6 +17,7 @@ from mrl.metrics import (
     ndcg_at_k,
     precision_at_k,
     recall_at_k,
+    reciprocal_rank_at_k,
     retrieval_summary,
     top_k_accuracy,
 )
@@ -44,12 +45,14 @@ def test_recall_uses_database_counts():
     np.testing.assert_allclose(recall_at_k(IDS, Q, DB, k=2), [1 / 3, 1 / 2, 1, 0])
 
 
-def test_average_precision_both_normalisations():
+def test_average_precision_three_normalisations():
     # query 0: P@1 = 1, P@3 = 2/3 -> sum 5/3; query 1: P@2 = 1/2, P@4 = 2/4 -> sum 1; query 2: P@1 = 1
     ap = average_precision_at_k(IDS, Q, DB, k=4)
     np.testing.assert_allclose(ap, [(5 / 3) / 3, 1 / 2, 1 / 1, 0])
     ap_k = average_precision_at_k(IDS, Q, DB, k=4, normalize="k")
     np.testing.assert_allclose(ap_k, [(5 / 3) / 4, 1 / 4, 1 / 4, 0])
+    ap_r = average_precision_at_k(IDS, Q, DB, k=2, normalize="relevant")  # R = 3, 2, 1, 0
+    np.testing.assert_allclose(ap_r, [1 / 3, (1 / 2) / 2, 1 / 1, 0])
 
 
 def test_ap_matches_mrl_repository_formula():
@@ -75,6 +78,12 @@ def test_ndcg_hand_computed():
         0.0,
     ]
     np.testing.assert_allclose(ndcg_at_k(IDS, Q, DB, k=4), expected)
+
+
+def test_reciprocal_rank_hand_computed():
+    # First relevant item at ranks 1, 2 and 1; the class-9 query has none.
+    np.testing.assert_allclose(reciprocal_rank_at_k(IDS, Q, DB, k=4), [1.0, 0.5, 1.0, 0.0])
+    np.testing.assert_allclose(reciprocal_rank_at_k(IDS, Q, DB, k=1), [1.0, 0.0, 1.0, 0.0])
 
 
 def test_top_k_accuracy_hand_computed():
@@ -150,7 +159,8 @@ def test_metrics_in_unit_interval_and_ordered(n_db, n_classes, k, seed):
         assert np.all((v >= 0) & (v <= 1 + 1e-12))
     ap_std = average_precision_at_k(ids, q, db, k=k)
     ap_k = average_precision_at_k(ids, q, db, k=k, normalize="k")
-    assert np.all(ap_k <= ap_std + 1e-12)
+    ap_r = average_precision_at_k(ids, q, db, k=k, normalize="relevant")
+    assert np.all(ap_k <= ap_std + 1e-12) and np.all(ap_r <= ap_std + 1e-12)
     # precision@k <= top-k accuracy (any hit) and recall grows with k
     assert np.all(values[0] <= values[4])
     if k > 1:

@@ -57,3 +57,14 @@ def test_truncate_is_idempotent(m1, m2, normalize):
     np.testing.assert_allclose(once, twice)
     if normalize:
         np.testing.assert_allclose(np.linalg.norm(once, axis=1), 1.0, rtol=1e-6)
+
+
+def test_one_norm_floor_for_training_and_search():
+    from mrl.retrieval._vectors import prefix
+
+    # rows with prefix norms 0, below the floor, just above it, and ordinary
+    z = np.array([[0.0, 0.0, 1.0], [3e-8, 4e-8, 1.0], [3e-6, 4e-6, 1.0], [3.0, 4.0, 1.0]], dtype=np.float32)
+    searched = prefix(z, 2, "cosine")
+    np.testing.assert_allclose(searched, truncate(z, 2, normalize=True), rtol=1e-6)
+    np.testing.assert_allclose(searched, truncate(torch.from_numpy(z), 2, normalize=True).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(searched, axis=1), [0.0, 0.05, 1.0, 1.0], rtol=1e-5)

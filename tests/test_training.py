@@ -1,5 +1,6 @@
 """Training runs on real Fashion-MNIST subsets: resume after a kill, DDP, checkpoints, refusals."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,9 +32,16 @@ def small_config(data_dir, **kw) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def run_state(run: Path) -> dict | None:
+    return json.loads((run / "manifest.json").read_text())["meta"]["state"]
+
+
+def model_path(run: Path) -> Path:
+    return run / "checkpoints" / f"model-{run_state(run)['epochs_done']:04d}.safetensors"
+
+
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
-    state = json.loads((run / "state.json").read_text())
-    return load_tensors(run / state["model"])
+    return load_tensors(model_path(run))
 
 
 def test_training_learns_and_writes_a_run(tmp_path, fashion_subset_dir):
@@ -54,13 +62,19 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, fashion_subset_dir):
     subprocess.run([*MRL, *args, "--out", str(tmp_path / "full")], check=True, env=env)
 
     proc = subprocess.Popen([*MRL, *args, "--out", str(tmp_path / "cut")], env=env)
-    state = tmp_path / "cut" / "state.json"
+    manifest = tmp_path / "cut" / "manifest.json"
+
+    def epochs_done() -> int:
+        with contextlib.suppress(FileNotFoundError, json.JSONDecodeError, TypeError):
+            return run_state(tmp_path / "cut")["epochs_done"]
+        return 0
+
     deadline = time.time() + 120
-    while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["epochs_done"] >= 2):
+    while time.time() < deadline and not (manifest.exists() and epochs_done() >= 2):
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = json.loads(state.read_text())["epochs_done"]
+    done = epochs_done()
     assert 2 <= done < 6, "the run must have been interrupted mid-way"
 
     subprocess.run([*MRL, *args, "--out", str(tmp_path / "cut"), "--resume"], check=True, env=env)
@@ -82,18 +96,18 @@ def test_torchrun_two_processes(tmp_path, fashion_subset_dir):
     assert [r["epoch"] for r in records] == [1, 2]
     assert records[-1]["val_top1"]["32"] > 0.5
     # each rank took half of every global batch of 64: 1500 // 64 steps per epoch, as in one process
-    assert json.loads((out / "state.json").read_text())["step"] == 2 * (750 // 32)
+    assert run_state(out)["step"] == 2 * (750 // 32)
 
 
 def test_planted_pickle_checkpoint_is_refused(tmp_path, fashion_subset_dir):
     run = train(small_config(fashion_subset_dir, epochs=1), tmp_path / "run", progress=False)
-    state = json.loads((run / "state.json").read_text())
-    path = run / state["model"]
+    record = json.loads((run / "manifest.json").read_text())
+    path = model_path(run)
 
-    def plant(raw: bytes) -> None:  # a foreign run dir whose state.json vouches for the pickle
+    def plant(raw: bytes) -> None:  # a foreign run dir whose manifest vouches for the pickle
         path.write_bytes(raw)
-        state["model_sha256"] = hashlib.sha256(raw).hexdigest()
-        (run / "state.json").write_text(json.dumps(state))
+        record["meta"]["state"]["model_sha256"] = hashlib.sha256(raw).hexdigest()
+        (run / "manifest.json").write_text(json.dumps(record))
 
     plant(pickle.dumps({"weights": [1, 2, 3]}))
     with pytest.raises(MRLError, match="pickle or torch.save file"):
@@ -106,7 +120,7 @@ def test_planted_pickle_checkpoint_is_refused(tmp_path, fashion_subset_dir):
 
 def test_corrupt_checkpoint_is_detected(tmp_path, fashion_subset_dir):
     run = train(small_config(fashion_subset_dir, epochs=1), tmp_path / "run", progress=False)
-    path = run / json.loads((run / "state.json").read_text())["model"]
+    path = model_path(run)
     raw = bytearray(path.read_bytes())
     raw[-1] ^= 0xFF
     path.write_bytes(bytes(raw))
@@ -132,13 +146,13 @@ def test_lr_schedule():
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        (dict(mode="big"), "unknown mode 'big'; choose one of mrl, mrl-e, ff"),
+        (dict(mode="big"), "mode must be one of mrl, mrl-e, ff, got 'big'"),
         (dict(mode="ff"), "mode ff needs --ff-dim"),
         (dict(nesting=[16, 8]), "strictly ascending"),
         (dict(nesting=[8, 64]), "64 is larger than the representation size 32"),
         (dict(nesting=[0, 8]), "must be positive"),
-        (dict(epochs=0), "epochs must be a positive integer"),
-        (dict(arch="vit"), "unknown arch 'vit'"),
+        (dict(epochs=0), "epochs must be an integer >= 1 and <= 100000, got 0"),
+        (dict(arch="vit"), "arch must be one of mlp, resnet, got 'vit'"),
     ],
 )
 def test_config_errors(kw, match, tmp_path):

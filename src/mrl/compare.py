@@ -36,19 +36,19 @@ from mrl.baselines.slimmable import evaluate_slimmable, slimmable_config, train_
 from mrl.config import TrainConfig
 from mrl.data import Dataset, load_dataset
 from mrl.errors import MRLError
-from mrl.evaluation import EVAL_FILE, embed, knn1_accuracy, load_run, per_size
+from mrl.artifacts import read_manifest, write_manifest
+from mrl.evaluation import embed, knn1_accuracy, load_run, per_size
 from mrl.experiments import claim_folder, run_or_reuse, run_status
 from mrl.io import atomic_directory, atomic_write_text, read_json, read_jsonl, write_json
 from mrl.nesting import parse_nesting
 from mrl.report import markdown_table, plot_vs_size
-from mrl.training import METRICS_FILE, read_state
+from mrl.runs import EVAL_FILE, METRICS_FILE, check_eval, read_eval, read_state
 
 METHODS = ("mrl", "mrl-e", "ff", "svd", "rand", "slim", "retrofit")
 LABELS = {
     "mrl": "MRL", "mrl-e": "MRL-E", "ff": "FF", "svd": "SVD", "rand": "Rand. FS", "slim": "Slimmable",
     "retrofit": "MRL retro-fit",
 }
-KEY_FILE = "derived.json"
 
 
 def parse_methods(text: str | Sequence[str] | None) -> list[str]:
@@ -69,18 +69,16 @@ def parse_methods(text: str | Sequence[str] | None) -> list[str]:
 
 def _derived(path: Path, key: dict, build: Callable[[], dict]) -> dict:
     """Reuse path/eval.json if it was made with the same ``key``; else build it atomically."""
-    if (path / EVAL_FILE).is_file():
-        saved = read_json(path / KEY_FILE)
+    if path.exists():
+        saved = read_manifest(path, "experiment").meta.get("key")
         if saved != key:
             changed = sorted(k for k in set(saved) | set(key) if saved.get(k) != key.get(k))
             raise MRLError(f"{path} holds a result with other settings ({', '.join(changed)}); use another --out")
-        return read_json(path / EVAL_FILE)
-    if path.exists():  # a leftover without eval.json cannot be a finished result
-        raise MRLError(f"{path} exists but holds no finished result; move it away")
+        return check_eval(read_json(path / EVAL_FILE), path / EVAL_FILE)
     result = build()
     with atomic_directory(path) as tmp:
-        write_json(tmp / KEY_FILE, key)
         write_json(tmp / EVAL_FILE, result)
+        write_manifest(tmp, "experiment", [EVAL_FILE], meta={"key": key})
     return result
 
 
@@ -187,89 +185,88 @@ def compare(
                   batch_size=batch_size, lr=lr)
     TrainConfig(rep_dim=rep_dim, nesting=sizes, **common)  # validate every setting before any work
     dataset = dataset if dataset is not None else load_dataset(data, data_dir, max_train)
-    claim_folder(out, "compare")
-    y_train, y_test = dataset.train.y.numpy(), dataset.test.y.numpy()
-    needs_ffd = any(m in methods for m in ("svd", "rand", "retrofit"))
-    ff_sizes = sorted(set(sizes if "ff" in methods else []) | ({rep_dim} if needs_ffd else set()))
-    per_seed: dict[str, list[dict]] = {m: [] for m in methods}
-    seconds: dict[str, list[float]] = {}
-    started = time.time()
+    with claim_folder(out, "compare"):
+        y_train, y_test = dataset.train.y.numpy(), dataset.test.y.numpy()
+        needs_ffd = any(m in methods for m in ("svd", "rand", "retrofit"))
+        ff_sizes = sorted(set(sizes if "ff" in methods else []) | ({rep_dim} if needs_ffd else set()))
+        per_seed: dict[str, list[dict]] = {m: [] for m in methods}
+        seconds: dict[str, list[float]] = {}
+        started = time.time()
 
-    def done(name: str) -> None:
-        echo(f"   {name} ready ({time.time() - started:.0f} s)")
-        if on_run_done is not None:
-            on_run_done(name)
+        def done(name: str) -> None:
+            echo(f"   {name} ready ({time.time() - started:.0f} s)")
+            if on_run_done is not None:
+                on_run_done(name)
 
-    for seed in range(seeds):
-        base = out / "runs" / f"seed-{seed}"
-        results: dict[str, dict] = {}
-        for mode in ("mrl", "mrl-e"):
-            if mode in methods:
-                config = TrainConfig(mode=mode, rep_dim=rep_dim, nesting=sizes, seed=seed, **common)
-                results[mode] = run_or_reuse(config, base / mode, data=dataset, progress=progress)
-                seconds.setdefault(mode, []).append(_train_seconds(base / mode))
-                done(f"seed-{seed}/{mode}")
-        ff = {}
-        for m in ff_sizes:
-            config = TrainConfig(mode="ff", ff_dim=m, seed=seed, **common)
-            ff[m] = run_or_reuse(config, base / f"ff-{m}", data=dataset, progress=progress)
-            done(f"seed-{seed}/ff-{m}")
-        if "ff" in methods:
-            results["ff"] = {"top1": {str(m): ff[m]["top1"][str(m)] for m in sizes},
-                             "knn1": {str(m): ff[m]["knn1"][str(m)] for m in sizes}}
-            seconds.setdefault("ff", []).append(sum(_train_seconds(base / f"ff-{m}") for m in sizes))
-        if "slim" in methods:
-            config = slimmable_config(rep_dim=rep_dim, nesting=sizes, seed=seed, **common)
-            run = base / "slim"
-            status = run_status(run, config)
-            if status in ("new", "partial"):
-                train_slimmable(config, run, resume=status == "partial", progress=progress, data=dataset)
-                status = "trained"
-            results["slim"] = evaluate_slimmable(run, data=dataset) if status == "trained" else read_json(run / EVAL_FILE)
-            seconds.setdefault("slim", []).append(_train_seconds(run))
-            done(f"seed-{seed}/slim")
-        if needs_ffd:
-            ffd_run = base / f"ff-{rep_dim}"
-            ffd_sha = read_state(ffd_run)["model_sha256"]
-            features: dict[str, np.ndarray] = {}
+        for seed in range(seeds):
+            base = out / "runs" / f"seed-{seed}"
+            results: dict[str, dict] = {}
+            for mode in ("mrl", "mrl-e"):
+                if mode in methods:
+                    config = TrainConfig(mode=mode, rep_dim=rep_dim, nesting=sizes, seed=seed, **common)
+                    results[mode] = run_or_reuse(config, base / mode, data=dataset, progress=progress)
+                    seconds.setdefault(mode, []).append(_train_seconds(base / mode))
+                    done(f"seed-{seed}/{mode}")
+            ff = {}
+            for m in ff_sizes:
+                config = TrainConfig(mode="ff", ff_dim=m, seed=seed, **common)
+                ff[m] = run_or_reuse(config, base / f"ff-{m}", data=dataset, progress=progress)
+                done(f"seed-{seed}/ff-{m}")
+            if "ff" in methods:
+                results["ff"] = {"top1": {str(m): ff[m]["top1"][str(m)] for m in sizes},
+                                 "knn1": {str(m): ff[m]["knn1"][str(m)] for m in sizes}}
+                seconds.setdefault("ff", []).append(sum(_train_seconds(base / f"ff-{m}") for m in sizes))
+            if "slim" in methods:
+                config = slimmable_config(rep_dim=rep_dim, nesting=sizes, seed=seed, **common)
+                run = base / "slim"
+                status = run_status(run, config)
+                if status in ("new", "partial"):
+                    train_slimmable(config, run, resume=status == "partial", progress=progress, data=dataset)
+                    status = "trained"
+                results["slim"] = evaluate_slimmable(run, data=dataset) if status == "trained" else read_eval(run)
+                seconds.setdefault("slim", []).append(_train_seconds(run))
+                done(f"seed-{seed}/slim")
+            if needs_ffd:
+                ffd_run = base / f"ff-{rep_dim}"
+                ffd_sha = read_state(ffd_run).model_sha256
+                features: dict[str, np.ndarray] = {}
 
-            def ffd_features() -> tuple[np.ndarray, np.ndarray]:
-                if not features:
-                    _, model, _, device = load_run(ffd_run, dataset)
-                    features["train"] = embed(model, dataset.train.x, device)
-                    features["test"] = embed(model, dataset.test.x, device)
-                return features["train"], features["test"]
+                def ffd_features() -> tuple[np.ndarray, np.ndarray]:
+                    if not features:
+                        _, model, _, device = load_run(ffd_run, dataset)
+                        features["train"] = embed(model, dataset.train.x, device)
+                        features["test"] = embed(model, dataset.test.x, device)
+                    return features["train"], features["test"]
 
-            if "svd" in methods:
-                key = {"method": "svd", "base_model_sha256": ffd_sha, "nesting": sizes, "probe": "centred"}
-                results["svd"] = _derived(base / "svd", key, lambda: svd_result(*ffd_features(), y_train, y_test, sizes))
-                done(f"seed-{seed}/svd")
-            if "rand" in methods:
-                key = {"method": "rand", "base_model_sha256": ffd_sha, "nesting": sizes, "draws": rand_draws, "seed": seed}
-                results["rand"] = _derived(
-                    base / "rand", key, lambda: rand_result(*ffd_features(), y_train, y_test, sizes, seed, rand_draws))
-                done(f"seed-{seed}/rand")
-            if "retrofit" in methods:
-                path = base / "retrofit"
-                if retrofit_done(path):
-                    saved = read_json(path / "config.json")
-                    if saved["extra"].get("base_model_sha256") != ffd_sha or saved["nesting"] != sizes or saved["epochs"] != epochs:
-                        raise MRLError(f"{path} holds a retro-fit with other settings; use another --out")
-                    results["retrofit"] = retrofit_result(path)
-                elif path.exists():
-                    raise MRLError(f"{path} exists but holds no finished retro-fit; move it away")
-                else:
-                    results["retrofit"] = retrofit(ffd_run, path, nesting=sizes, epochs=epochs, seed=seed,
-                                                                data=dataset, progress=progress)
-                seconds.setdefault("retrofit", []).append(float(results["retrofit"].get("train_seconds", 0.0)))
-                done(f"seed-{seed}/retrofit")
-        for method in methods:
-            per_seed[method].append({key: per_size(results[method], key) for key in ("top1", "knn1")})
+                if "svd" in methods:
+                    key = {"method": "svd", "base_model_sha256": ffd_sha, "nesting": sizes, "probe": "centred"}
+                    results["svd"] = _derived(base / "svd", key, lambda: svd_result(*ffd_features(), y_train, y_test, sizes))
+                    done(f"seed-{seed}/svd")
+                if "rand" in methods:
+                    key = {"method": "rand", "base_model_sha256": ffd_sha, "nesting": sizes, "draws": rand_draws, "seed": seed}
+                    results["rand"] = _derived(
+                        base / "rand", key, lambda: rand_result(*ffd_features(), y_train, y_test, sizes, seed, rand_draws))
+                    done(f"seed-{seed}/rand")
+                if "retrofit" in methods:
+                    path = base / "retrofit"
+                    if retrofit_done(path):
+                        saved, results["retrofit"] = retrofit_result(path)
+                        if saved.extra.get("base_model_sha256") != ffd_sha or saved.nesting != sizes or saved.epochs != epochs:
+                            raise MRLError(f"{path} holds a retro-fit with other settings; use another --out")
+                    elif path.exists():
+                        raise MRLError(f"{path} exists but holds no finished retro-fit; move it away")
+                    else:
+                        results["retrofit"] = retrofit(ffd_run, path, nesting=sizes, epochs=epochs, seed=seed,
+                                                                    data=dataset, progress=progress)
+                    seconds.setdefault("retrofit", []).append(float(results["retrofit"].get("train_seconds", 0.0)))
+                    done(f"seed-{seed}/retrofit")
+            for method in methods:
+                per_seed[method].append({key: per_size(results[method], key) for key in ("top1", "knn1")})
 
-    return write_report(out, per_seed, seconds, sizes, dict(
-        data=data, arch=arch or ("resnet" if dataset.kind == "image" else "mlp"), rep_dim=rep_dim, epochs=epochs,
-        seeds=seeds, max_train=max_train, n_train=len(dataset.train), n_test=len(dataset.test), rand_draws=rand_draws,
-        batch_size=batch_size, lr=lr), echo)
+        return write_report(out, per_seed, seconds, sizes, dict(
+            data=data, arch=arch or ("resnet" if dataset.kind == "image" else "mlp"), rep_dim=rep_dim, epochs=epochs,
+            seeds=seeds, max_train=max_train, n_train=len(dataset.train), n_test=len(dataset.test), rand_draws=rand_draws,
+            batch_size=batch_size, lr=lr), echo)
 
 
 def write_report(out: Path, per_seed: dict[str, list[dict]], seconds: dict[str, list[float]], sizes: list[int],

@@ -17,8 +17,14 @@ from mrl.errors import MRLError
 from mrl.io import read_json, write_json
 from mrl.models import MODELS
 from mrl.nesting import parse_nesting, validate_nesting
+from mrl.validation import check_choice, check_float, check_int, check_seed
 
 MODES = ("mrl", "mrl-e", "ff")
+# Upper bounds that only refuse absurd values (a typo or a hostile config), never a real run.
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1 << 20
+MAX_DIM = 1 << 16
+MAX_LR = 10.0  # AdamW diverges far below this; 1e30 or inf is always a mistake
 
 
 def config_from_dict(cls: type, values: Mapping[str, Any], what: str):
@@ -56,23 +62,30 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # for derived runs (e.g. baselines)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise MRLError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
-        if self.arch is not None and self.arch not in MODELS:
-            raise MRLError(f"unknown arch {self.arch!r}; known: {', '.join(sorted(MODELS))}")
-        for name in ("epochs", "batch_size", "rep_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise MRLError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
-        if self.max_train is not None and self.max_train < 1:
-            raise MRLError(f"max-train must be a positive integer, got {self.max_train}")
-        if not (self.lr > 0):
-            raise MRLError(f"lr must be positive, got {self.lr}")
+        check_choice("mode", self.mode, MODES)
+        if not isinstance(self.data, str) or not self.data:
+            raise MRLError(f"data must be a data set name or path, got {self.data!r}")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise MRLError(f"data-dir must be a path or null, got {self.data_dir!r}")
+        if self.arch is not None:
+            check_choice("arch", self.arch, sorted(MODELS))
+        self.epochs = check_int("epochs", self.epochs, min=1, max=MAX_EPOCHS)
+        self.batch_size = check_int("batch-size", self.batch_size, min=1, max=MAX_BATCH)
+        self.rep_dim = check_int("rep-dim", self.rep_dim, min=1, max=MAX_DIM)
+        if self.max_train is not None:
+            self.max_train = check_int("max-train", self.max_train, min=1)
+        self.seed = check_seed("seed", self.seed)
+        self.lr = check_float("lr", self.lr, min=0, max=MAX_LR, min_open=True)
+        self.weight_decay = check_float("weight-decay", self.weight_decay, min=0, max=1e3)
+        self.warmup_epochs = check_float("warmup-epochs", self.warmup_epochs, min=0, max=MAX_EPOCHS)
+        if not isinstance(self.augment, bool):
+            raise MRLError(f"augment must be true or false, got {self.augment!r}")
+        if not isinstance(self.extra, dict):
+            raise MRLError(f"extra must be a JSON object, got {self.extra!r}")
         if self.mode == "ff":
             if self.ff_dim is None:
                 raise MRLError("mode ff needs --ff-dim M (the representation size of this FF model)")
-            if isinstance(self.ff_dim, bool) or not isinstance(self.ff_dim, int) or self.ff_dim < 1:
-                raise MRLError(f"ff-dim must be a positive integer, got {self.ff_dim!r}")
+            self.ff_dim = check_int("ff-dim", self.ff_dim, min=1, max=MAX_DIM)
             self.rep_dim = self.ff_dim
             self.nesting = [self.ff_dim]
         elif self.ff_dim is not None:
@@ -81,10 +94,10 @@ class TrainConfig:
             self.nesting = parse_nesting(self.nesting, self.rep_dim)
         else:
             self.nesting = validate_nesting(self.nesting, self.rep_dim)
-        if self.loss_weights is not None and len(self.loss_weights) != len(self.nesting):
-            raise MRLError(
-                f"loss weights need one value per nesting size ({len(self.nesting)}), got {len(self.loss_weights)}"
-            )
+        if self.loss_weights is not None:
+            if not isinstance(self.loss_weights, list) or len(self.loss_weights) != len(self.nesting):
+                raise MRLError(f"loss weights need one value per nesting size ({len(self.nesting)}), got {self.loss_weights!r}")
+            self.loss_weights = [check_float("every loss weight", w, min=0, max=1e6) for w in self.loss_weights]
 
     @property
     def tied(self) -> bool:

@@ -19,12 +19,11 @@ from tqdm.auto import tqdm
 from mrl.config import TrainConfig
 from mrl.data import Dataset, load_dataset
 from mrl.errors import MRLError
-from mrl.io import save_npy, write_json
+from mrl.artifacts import lock
 from mrl.models import MatryoshkaClassifier
 from mrl.nesting import truncate
-from mrl.training import build_model, device_from_env, load_config, load_weights, predict_logits
-
-EVAL_FILE = "eval.json"
+from mrl.runs import load_config, load_weights, read_run, save_eval
+from mrl.training import build_model, device_from_env, predict_logits
 
 
 def per_size(result: dict, key: str) -> dict[int, float]:
@@ -90,6 +89,12 @@ def evaluate_run(
     labels_{val,test}.npy (int64 [N]) for adaptive classification.
     """
     run_dir = Path(run_dir)
+    read_run(run_dir, verify=[])  # a missing or foreign folder is refused before the lock creates anything
+    with lock(run_dir):
+        return _evaluate_run(run_dir, save_logits, progress, data)
+
+
+def _evaluate_run(run_dir: Path, save_logits: bool, progress: bool, data: Dataset | None) -> dict:
     config, model, data, device = load_run(run_dir, data)
     nesting = config.nesting
     logits = {s: predict_logits(model, data.split(s).x, device) for s in ("val", "test")}
@@ -109,11 +114,12 @@ def evaluate_run(
         "nesting": nesting,
         "n_test": len(data.test),
     }
+    arrays = {}
     if save_logits:
         for split in ("val", "test"):
-            save_npy(run_dir / f"logits_{split}.npy", logits[split].numpy().astype(np.float32))
-            save_npy(run_dir / f"labels_{split}.npy", data.split(split).y.numpy().astype(np.int64))
-    write_json(run_dir / EVAL_FILE, result)
+            arrays[f"logits_{split}.npy"] = logits[split].numpy().astype(np.float32)
+            arrays[f"labels_{split}.npy"] = data.split(split).y.numpy().astype(np.int64)
+    save_eval(run_dir, result, arrays)
     return result
 
 

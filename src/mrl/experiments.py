@@ -1,42 +1,48 @@
 """Run-or-reuse: the building block of commands that train several runs (demo, compare).
 
-A finished run (all epochs done, eval.json written for the same checkpoint) is reused; a run that
+A finished run (all epochs done, eval.json recorded for its current checkpoint) is reused; a run that
 was interrupted resumes from its last checkpoint; a new one is trained. So re-running such a
 command after a crash redoes only what was lost.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from mrl.config import TrainConfig
 from mrl.data import Dataset
 from mrl.errors import MRLError
-from mrl.evaluation import EVAL_FILE, evaluate_run
-from mrl.io import read_json, write_json
-from mrl.training import is_run_dir, load_config, read_state, train
+from mrl.evaluation import evaluate_run
+from mrl.artifacts import LOCK_FILE, MANIFEST, kind_of, lock, read_manifest, write_manifest
+from mrl.runs import EVAL_FILE, is_run_dir, load_config, read_eval, read_run, read_state
+from mrl.training import train
+
+KIND = "experiment"
 
 
-FOLDER_FILE = "experiment.json"
+@contextlib.contextmanager
+def claim_folder(out: str | Path, command: str) -> Iterator[Path]:
+    """Hold ``out`` as the folder of one multi-run command (an ``experiment`` artifact) while the block runs.
 
-
-def claim_folder(out: str | Path, command: str) -> Path:
-    """Make ``out`` the folder of one multi-run command, or check that it already is.
-
-    An existing, non-empty folder that another command (or no command) made is refused, so
-    pointing ``--out`` at the wrong place never writes runs into it.
+    An existing folder that another command (or no command) made is refused, so pointing ``--out``
+    at the wrong place never writes runs into it. The folder is locked for the block; when it ends
+    without error, the manifest records the sha256 of every top-level result file.
     """
     out = Path(out)
-    marker = out / FOLDER_FILE
-    if marker.is_file():
-        owner = read_json(marker)
-        if not isinstance(owner, dict) or owner.get("command") != command:
-            raise MRLError(f"{out} holds the results of another command ({owner}); choose another --out")
-        return out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if kind_of(out) == KIND:
+        owner = read_manifest(out, KIND, verify=[]).meta.get("command")
+        if owner != command:
+            raise MRLError(f"{out} holds the results of `mrl {owner}`, not `mrl {command}`; choose another --out")
+    elif out.exists() and (not out.is_dir() or any(p.name != LOCK_FILE for p in out.iterdir())):
         raise MRLError(f"{out} exists and is not an `mrl {command}` folder; choose another --out")
-    write_json(marker, {"command": command})
-    return out
+    with lock(out):
+        write_manifest(out, KIND, [], meta={"command": command})
+        yield out
+        results = sorted(p.name for p in out.iterdir() if p.name not in (MANIFEST, LOCK_FILE)
+                         and not p.name.startswith(".") and p.is_file() and not p.is_symlink())
+        write_manifest(out, KIND, results, meta={"command": command})
 
 
 def run_status(run_dir: Path, config: TrainConfig) -> str:
@@ -50,12 +56,10 @@ def run_status(run_dir: Path, config: TrainConfig) -> str:
         changed = sorted(k for k, v in saved.to_dict().items() if config.to_dict()[k] != v)
         raise MRLError(f"{run_dir} holds a run with other settings ({', '.join(changed)}); use another --out")
     state = read_state(run_dir)
-    if state is None or state["epochs_done"] < config.epochs:
+    if state is None or state.epochs_done < config.epochs:
         return "partial"
-    evaluation = run_dir / EVAL_FILE
-    if evaluation.exists() and evaluation.stat().st_mtime >= (run_dir / "state.json").stat().st_mtime:
-        return "done"
-    return "trained"
+    # A checkpoint commit drops the eval outputs from the manifest, so a listed eval.json is current.
+    return "done" if EVAL_FILE in read_run(run_dir, verify=[]).files else "trained"
 
 
 def run_or_reuse(
@@ -68,6 +72,6 @@ def run_or_reuse(
     if status in ("new", "partial"):
         train(config, run_dir, resume=status == "partial", progress=progress, data=data)
         status = "trained"
-    if status == "trained" or (save_logits and not (run_dir / "logits_test.npy").exists()):
+    if status == "trained" or (save_logits and "logits_test.npy" not in read_run(run_dir, verify=[]).files):
         return evaluate_run(run_dir, save_logits=save_logits, progress=progress, data=data)
-    return read_json(run_dir / EVAL_FILE)
+    return read_eval(run_dir)

@@ -24,17 +24,32 @@ class MatryoshkaLoss(nn.Module):
 
     * ``truncate=False`` (default): ``outputs`` holds one output per size, a tensor [G, ...] (as
       :class:`~mrl.heads.MatryoshkaLinear` returns) or a sequence of G tensors.
-    * ``truncate=True``: every positional input is an embedding [..., d]; each is cut to its first m
-      coordinates (optionally L2-normalised) and the base loss sees the prefixes, so a contrastive
-      loss over (query, document) embeddings works as it is. Integer tensors (labels) and 1-D
-      tensors pass through uncut.
+    * ``truncate`` given: the base loss sees prefixes of embedding arguments [..., d], so a
+      contrastive or distillation loss over embeddings works as it is. Which positional arguments
+      (0 = the first) are cut, and which of those are then L2-normalised, is the caller's choice:
+
+      =================================== ===========================================================
+      ``truncate`` / ``normalize``        effect
+      =================================== ===========================================================
+      ``True`` / ``False``                every floating tensor with >= 2 dims is cut to [..., :m];
+                                          labels (integer or 1-D tensors) pass through
+      ``True`` / ``True``                 ... and every cut argument is normalised
+      ``(0, 1)`` / ``(0,)``               arguments 0 and 1 are cut, only argument 0 is normalised
+      =================================== ===========================================================
+
+      sentence-transformers' ``MatryoshkaLoss`` cuts and normalises the model's embeddings and cuts
+      embedding-shaped labels (a teacher's, for MSE distillation) without normalising them: for a
+      student/teacher pair ``loss(student, teacher)`` that is ``truncate=True, normalize=(0,)``;
+      for losses on pairs of the model's embeddings (MultipleNegativesRanking, CoSENT),
+      ``truncate=True, normalize=True``.
 
     Args:
         base_loss: any callable loss; defaults to ``nn.CrossEntropyLoss()``.
         nesting: ascending prefix sizes.
         weights: relative importance c_m per size (default all 1), non-negative.
-        truncate: see above.
-        normalize: with ``truncate=True``, L2-normalise each prefix.
+        truncate: ``False``, ``True`` (every embedding argument) or the positions of the arguments to cut.
+        normalize: ``True`` (every cut argument), ``False``, or the positions of the cut arguments to
+            L2-normalise (floor 1e-6 on the norm, as :func:`~mrl.nesting.truncate`).
 
     Example:
         >>> from mrl.heads import MatryoshkaLinear
@@ -43,6 +58,9 @@ class MatryoshkaLoss(nn.Module):
         >>> value = loss(head(torch.randn(6, 16)), torch.tensor([0, 1, 2, 0, 1, 2]))
         >>> value.shape
         torch.Size([])
+        >>> distill = MatryoshkaLoss(nn.MSELoss(), nesting=[4, 8, 16], truncate=True, normalize=(0,))
+        >>> distill(torch.randn(6, 16), torch.randn(6, 16)).shape  # student cut + normalised, teacher cut
+        torch.Size([])
     """
 
     def __init__(
@@ -50,8 +68,8 @@ class MatryoshkaLoss(nn.Module):
         base_loss: Callable[..., torch.Tensor] | None = None,
         nesting: Sequence[int] = (),
         weights: Sequence[float] | None = None,
-        truncate: bool = False,
-        normalize: bool = False,
+        truncate: bool | Sequence[int] = False,
+        normalize: bool | Sequence[int] = False,
     ) -> None:
         super().__init__()
         self.nesting = validate_nesting(nesting)
@@ -67,15 +85,20 @@ class MatryoshkaLoss(nn.Module):
             if not torch.isfinite(w).all() or (w < 0).any():
                 raise MRLError(f"weights must be finite and non-negative, got {list(weights)}")
         self.register_buffer("weights", w)
-        self.truncate = truncate
-        self.normalize = normalize
+        self.truncate = _positions(truncate, "truncate")
+        self.normalize = _positions(normalize, "normalize")
+        if self.truncate is False and self.normalize is not False:
+            raise MRLError("normalize applies to truncated arguments; pass truncate=True or argument positions too")
+        if isinstance(self.truncate, tuple) and isinstance(self.normalize, tuple):
+            extra = sorted(set(self.normalize) - set(self.truncate))
+            if extra:
+                raise MRLError(f"normalize names argument(s) {extra} that truncate={list(self.truncate)} does not cut")
 
     def per_size(self, outputs, *targets) -> torch.Tensor:
         """Unweighted base loss at every size, [G]."""
-        if self.truncate:
-            values = [
-                self.base_loss(*(self._cut(t, m) for t in (outputs, *targets))) for m in self.nesting
-            ]
+        if self.truncate is not False:
+            args = (outputs, *targets)
+            values = [self.base_loss(*(self._cut(i, t, m) for i, t in enumerate(args))) for m in self.nesting]
         else:
             if len(outputs) != len(self.nesting):
                 raise MRLError(f"expected {len(self.nesting)} outputs (one per nesting size), got {len(outputs)}")
@@ -104,16 +127,34 @@ class MatryoshkaLoss(nn.Module):
         kept = (target != loss.ignore_index).to(per_sample.dtype)
         return (per_sample * kept).sum(dim=1) / kept.sum()
 
-    def _cut(self, t, m: int):
-        # Labels and other non-embedding arguments pass through untouched.
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 2:
-            if t.shape[-1] < self.nesting[-1]:
-                raise MRLError(f"embeddings of size {t.shape[-1]} are smaller than the largest nesting size {self.nesting[-1]}")
-            return truncate(t, m, normalize=self.normalize)
-        return t
+    def _cut(self, position: int, t, m: int):
+        if self.truncate is True:
+            # Labels and other non-embedding arguments pass through untouched.
+            if not (isinstance(t, torch.Tensor) and t.is_floating_point() and t.dim() >= 2):
+                return t
+        elif position not in self.truncate:
+            return t
+        elif not isinstance(t, torch.Tensor) or t.dim() < 1:
+            raise MRLError(f"argument {position} is listed in truncate but is not an embedding tensor [..., d]")
+        if t.shape[-1] < self.nesting[-1]:
+            raise MRLError(f"embeddings of size {t.shape[-1]} are smaller than the largest nesting size {self.nesting[-1]}")
+        normalize = self.normalize is True or (self.normalize is not False and position in self.normalize)
+        return truncate(t, m, normalize=normalize)
 
     def forward(self, outputs, *targets) -> torch.Tensor:
         return (self.weights * self.per_size(outputs, *targets)).sum()
 
     def extra_repr(self) -> str:
-        return f"nesting={self.nesting}, truncate={self.truncate}"
+        return f"nesting={self.nesting}, truncate={self.truncate}, normalize={self.normalize}"
+
+
+def _positions(value: bool | Sequence[int], name: str) -> bool | tuple[int, ...]:
+    """``True``/``False`` as given, or a sequence of argument positions as a sorted tuple."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise MRLError(f"{name} must be True, False or a sequence of argument positions, got {value!r}")
+    positions = tuple(sorted(set(value)))
+    if not positions or any(isinstance(p, bool) or not isinstance(p, int) or p < 0 for p in positions):
+        raise MRLError(f"{name} positions must be non-negative integers (0 = the first argument), got {list(value)}")
+    return positions

@@ -39,15 +39,20 @@ import numpy as np
 from mrl.errors import MRLError
 
 __all__ = [
+    "AP_NORMALIZATIONS",
     "Relevance",
     "average_precision_at_k",
     "knn_recall_at_k",
     "ndcg_at_k",
     "precision_at_k",
     "recall_at_k",
+    "reciprocal_rank_at_k",
     "retrieval_summary",
     "top_k_accuracy",
 ]
+
+
+AP_NORMALIZATIONS = ("min_k_relevant", "relevant", "k")
 
 
 def _as_ids(retrieved_ids: object, name: str = "retrieved_ids") -> np.ndarray:
@@ -254,45 +259,55 @@ def average_precision_at_k(
     query_labels: np.ndarray | None = None,
     database_labels: np.ndarray | None = None,
     k: int = 10,
-    normalize: Literal["min_k_relevant", "k"] = "min_k_relevant",
+    normalize: Literal["min_k_relevant", "relevant", "k"] = "min_k_relevant",
 ) -> np.ndarray:
     """AP@k = (1 / Z) * sum_{i<=k} P@i * rel_i, per query; its mean over queries is mAP@k.
 
-    ``normalize`` chooses Z:
+    ``normalize`` chooses Z (R = relevant items in the whole database); all three agree when R = k:
 
-    * ``"min_k_relevant"`` (default, the standard AP@k): Z = min(k, R), so retrieving every
-      relevant item in the top ranks scores 1 even when R < k;
-    * ``"k"``: Z = k, as in the MRL repository's ``compute_mAP_recall_at_k``; use it only to
-      compare with published MRL figures. The two agree when R >= k.
+    ==================== ============ ==========================================================
+    ``normalize``        Z            used by; a perfect top-k scores
+    ==================== ============ ==========================================================
+    ``"min_k_relevant"`` min(k, R)    default, the common AP@k; 1 whenever the top min(k, R)
+                                      ranks are relevant
+    ``"relevant"``       R            trec_eval's ``map_cut_k`` and ranx's ``map@k``; k / R < 1
+                                      when R > k
+    ``"k"``              k            the MRL repository's ``compute_mAP_recall_at_k`` (compare
+                                      with published MRL figures); R / k < 1 when R < k
+    ==================== ============ ==========================================================
 
-    A query with R = 0 scores 0.
+    A query with R = 0 scores 0 under every convention (trec_eval and ranx agree).
 
     Args:
         retrieved: int [n_queries, k'] ids (label form) or a :class:`Relevance`.
         query_labels: [n_queries] labels (label form only).
         database_labels: [n_database] labels (label form only).
         k: cut-off, 1 <= k <= k'.
-        normalize: ``"min_k_relevant"`` or ``"k"``.
+        normalize: ``"min_k_relevant"``, ``"relevant"`` or ``"k"``.
 
     Returns:
         float64 [n_queries] in [0, 1].
 
     Example:
-        >>> ids, q, db = np.array([[0, 1, 2]]), np.array([1]), np.array([1, 0, 1, 0])
-        >>> average_precision_at_k(ids, q, db, k=3)  # (1/1 + 2/3) / min(3, 2)
-        array([0.83333333])
-        >>> average_precision_at_k(ids, q, db, k=3, normalize="k")  # (1/1 + 2/3) / 3
+        >>> ids, q, db = np.array([[0, 1, 2]]), np.array([1]), np.array([1, 0, 1, 1])
+        >>> average_precision_at_k(ids, q, db, k=3)  # (1/1 + 2/3) / min(3, 3)
         array([0.55555556])
+        >>> average_precision_at_k(ids, q, db, k=2, normalize="relevant")  # (1/1) / 3
+        array([0.33333333])
+        >>> average_precision_at_k(ids, q, db, k=2)  # (1/1) / min(2, 3)
+        array([0.5])
+        >>> average_precision_at_k(ids[:, :3], q, np.array([1, 0, 0, 0]), k=3, normalize="k")  # (1/1) / 3
+        array([0.33333333])
     """
-    if normalize not in ("min_k_relevant", "k"):
-        raise MRLError(f"normalize must be 'min_k_relevant' or 'k', got {normalize!r}")
+    if normalize not in AP_NORMALIZATIONS:
+        raise MRLError(f"normalize must be one of {', '.join(map(repr, AP_NORMALIZATIONS))}, got {normalize!r}")
     rel = _relevance(retrieved, query_labels, database_labels, k)
     hits = rel.hits[:, :k]
     precision_at_i = np.cumsum(hits, axis=1) / np.arange(1, k + 1)
     total = (precision_at_i * hits).sum(axis=1)
     if normalize == "k":
         return total / k
-    z = np.minimum(rel.n_relevant, k)
+    z = np.minimum(rel.n_relevant, k) if normalize == "min_k_relevant" else rel.n_relevant
     return np.divide(total, z, out=np.zeros(total.shape, np.float64), where=z > 0)
 
 
@@ -322,6 +337,32 @@ def ndcg_at_k(
     dcg = rel.hits[:, :k] @ discount
     ideal = np.concatenate([[0.0], np.cumsum(discount)])[np.minimum(rel.n_relevant, k)]
     return np.divide(dcg, ideal, out=np.zeros(dcg.shape, np.float64), where=ideal > 0)
+
+
+def reciprocal_rank_at_k(
+    retrieved: np.ndarray | Relevance, query_labels: np.ndarray | None = None, database_labels: np.ndarray | None = None, k: int = 10
+) -> np.ndarray:
+    """RR@k = 1 / (rank of the first relevant item) if it is within the first k, else 0, per query.
+
+    Its mean over queries is MRR@k. A query with R = 0 scores 0.
+
+    Args:
+        retrieved: int [n_queries, k'] ids (label form) or a :class:`Relevance`.
+        query_labels: [n_queries] labels (label form only).
+        database_labels: [n_database] labels (label form only).
+        k: cut-off, 1 <= k <= k'.
+
+    Returns:
+        float64 [n_queries] in [0, 1].
+
+    Example:
+        >>> reciprocal_rank_at_k(np.array([[2, 0, 1], [2, 1, 0]]), np.array([5, 5]), np.array([5, 0, 0]), k=2)
+        array([0.5, 0. ])
+    """
+    rel = _relevance(retrieved, query_labels, database_labels, k)
+    hits = rel.hits[:, :k]
+    first = hits.argmax(axis=1)
+    return np.where(hits.any(axis=1), 1.0 / (first + 1), 0.0)
 
 
 def top_k_accuracy(

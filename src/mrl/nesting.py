@@ -89,14 +89,19 @@ def parse_nesting(text: str | Sequence[int] | None, dim: int) -> list[int]:
     return validate_nesting(text, dim)
 
 
-def truncate(z: ArrayLike, m: int, normalize: bool = False, eps: float = 1e-6) -> ArrayLike:
+# The one floor on prefix norms, for training (MatryoshkaLoss) and search alike (retrieval, 1-NN):
+# a zero prefix stays zero, its gradient stays bounded (1/floor) instead of overflowing Adam's second
+# moment as 1e-12 would, and the same vectors rank the same way in evaluation and in a FunnelIndex.
+PREFIX_NORM_FLOOR = 1e-6
+
+
+def truncate(z: ArrayLike, m: int, normalize: bool = False, eps: float = PREFIX_NORM_FLOOR) -> ArrayLike:
     """Keep the first ``m`` coordinates of each vector, then optionally L2-normalise.
 
     Truncation comes first, so ``truncate(z, m, normalize=True)`` is the unit vector in the
     direction of the prefix z[..., :m], not a prefix of the normalised z. Works on torch tensors
-    and numpy arrays of shape [..., d]. Norms below ``eps`` count as ``eps``: zero vectors stay
-    zero, and the gradient at a zero prefix stays bounded (1/eps) instead of overflowing Adam's
-    second moment, as a 1e-12 floor would.
+    and numpy arrays of shape [..., d]. Norms below ``eps`` (:data:`PREFIX_NORM_FLOOR`) count as
+    ``eps``: zero vectors stay zero and the gradient at a zero prefix stays bounded.
 
     Args:
         z: vectors [..., d].

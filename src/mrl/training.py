@@ -1,14 +1,8 @@
 """The training loop for MRL, MRL-E and FF runs: single process or DistributedDataParallel.
 
-One run is one directory:
-
-    RUN_DIR/config.json                  TrainConfig (written first)
-    RUN_DIR/metrics.jsonl                one line per epoch: loss and val top-1 per size
-    RUN_DIR/checkpoints/model-NNNN.safetensors, optim-NNNN.safetensors
-    RUN_DIR/state.json                   the last complete checkpoint (written last, atomically)
-
-A checkpoint is written after every epoch; ``state.json`` names it only once both tensor files are
-on disk, so a run killed at any moment resumes from its last complete epoch. Shuffling and
+One run is one directory, laid out and checkpointed by :mod:`mrl.runs`. A checkpoint is written
+after every epoch and committed by the run's manifest only once both tensor files are on disk, so
+a run killed at any moment resumes from its last complete epoch. Shuffling and
 augmentation draw from a generator seeded by (seed, epoch) and the learning rate is a function of
 the step, so a resumed run ends with the same weights as an uninterrupted one.
 
@@ -19,6 +13,7 @@ GPU). Only rank 0 writes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -35,14 +30,13 @@ from tqdm.auto import tqdm
 from mrl.config import TrainConfig
 from mrl.data import Dataset, load_dataset
 from mrl.errors import MRLError
-from mrl.io import append_jsonl, load_tensors, read_json, read_jsonl, save_tensors, sha256_file, write_json
+from mrl.artifacts import lock
+from mrl.io import append_jsonl, read_jsonl
 from mrl.losses import MatryoshkaLoss
 from mrl.models import MatryoshkaClassifier, create_model
+from mrl.runs import METRICS_FILE, check_new_run, clean_stale, restore_checkpoint, save_checkpoint, start_run
 
 log = logging.getLogger(__name__)
-CONFIG_FILE = "config.json"
-STATE_FILE = "state.json"
-METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass
@@ -108,32 +102,6 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> flo
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def is_run_dir(path: Path) -> bool:
-    return (Path(path) / CONFIG_FILE).is_file()
-
-
-def load_config(run_dir: str | Path) -> TrainConfig:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise MRLError(f"run directory {run_dir} does not exist")
-    if not is_run_dir(run_dir):
-        raise MRLError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); create one with `mrl train`")
-    values = read_json(run_dir / CONFIG_FILE)
-    if not isinstance(values, dict) or "mode" not in values:
-        raise MRLError(f"{run_dir} is not a run directory of `mrl train` (its {CONFIG_FILE} is not a training config)")
-    return TrainConfig.from_dict(values)
-
-
-def read_state(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / STATE_FILE
-    if not path.exists():
-        return None
-    state = read_json(path)
-    if not isinstance(state, dict) or "epochs_done" not in state:
-        raise MRLError(f"{path} is not a training state file")
-    return state
-
-
 def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str = "") -> dict[str, torch.Tensor]:
     """The optimizer's per-parameter state as flat safetensors entries ``{prefix}{index}.{key}``."""
     tensors = {}
@@ -161,89 +129,12 @@ def load_optimizer_tensors(
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
-def load_weights(model: nn.Module, run_dir: str | Path) -> dict:
-    """Load the last complete checkpoint of ``run_dir`` into ``model``; returns the state record."""
-    run_dir = Path(run_dir)
-    state = read_state(run_dir)
-    if state is None:
-        raise MRLError(f"{run_dir} has no finished epoch yet (no {STATE_FILE}); train it first")
-    path = run_dir / state["model"]
-    tensors = load_tensors(path)  # refuses pickles and other formats before anything else
-    if sha256_file(path) != state["model_sha256"]:
-        raise MRLError(f"{path} does not match the checksum in {STATE_FILE}; the checkpoint is corrupt")
-    missing = set(model.state_dict()) - set(tensors)
-    if missing:
-        raise MRLError(f"{path} does not fit this model: missing {sorted(missing)[:3]}...")
-    model.load_state_dict(tensors)
-    return state
-
-
-def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> None:
-    """Write model and optimizer of a finished epoch, then state.json naming them; drop older files."""
-    ckpt = run_dir / "checkpoints"
-    model_path = ckpt / f"model-{epoch:04d}.safetensors"
-    optim_path = ckpt / f"optim-{epoch:04d}.safetensors"
-    save_tensors(model_path, model.state_dict())
-    save_tensors(optim_path, optimizer_tensors(optimizer))
-    previous = read_state(run_dir)
-    write_json(
-        run_dir / STATE_FILE,
-        {
-            "epochs_done": epoch,
-            "step": step,
-            "model": str(model_path.relative_to(run_dir)),
-            "model_sha256": sha256_file(model_path),
-            "optimizer": str(optim_path.relative_to(run_dir)),
-            "optimizer_sha256": sha256_file(optim_path),
-            "optimizer_groups": {"param_groups": optimizer.state_dict()["param_groups"]},
-        },
-    )
-    if previous is not None:  # the new state is on disk: older files are no longer needed
-        for key in ("model", "optimizer"):
-            old = run_dir / previous[key]
-            if old.exists() and old.name not in (model_path.name, optim_path.name):
-                old.unlink()
-
-
-def restore_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, run_dir: Path) -> tuple[int, int]:
-    """Load the last complete checkpoint into ``model`` and ``optimizer``; returns (epochs done, step).
-
-    A run with no finished epoch yet starts from (0, 0).
-    """
-    state = read_state(run_dir)
-    if state is None:
-        return 0, 0
-    load_weights(model, run_dir)
-    optim_path = Path(run_dir) / state["optimizer"]
-    tensors = load_tensors(optim_path)
-    if sha256_file(optim_path) != state["optimizer_sha256"]:
-        raise MRLError(f"{optim_path} does not match the checksum in {STATE_FILE}; the checkpoint is corrupt")
-    load_optimizer_tensors(optimizer, tensors, param_groups=state["optimizer_groups"]["param_groups"])
-    return state["epochs_done"], state["step"]
-
-
 @torch.no_grad()
 def predict_logits(model: MatryoshkaClassifier, x: torch.Tensor, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
     """Per-size logits [G, N, C] in eval mode."""
     model.eval()
     out = [model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out, dim=1)
-
-
-def prepare_run(config: TrainConfig, out: str | Path, resume: bool) -> Path:
-    """Check ``out`` and write config.json (rank 0 only); refuses to overwrite a run without --resume."""
-    out = Path(out)
-    if resume:
-        if not is_run_dir(out):
-            raise MRLError(f"cannot resume: {out} is not a run directory (no {CONFIG_FILE})")
-        saved = load_config(out)
-        if saved.to_dict() != config.to_dict():
-            diff = {k: (v, config.to_dict()[k]) for k, v in saved.to_dict().items() if config.to_dict()[k] != v}
-            raise MRLError(f"cannot resume {out}: its config differs in {sorted(diff)} (saved vs given: {diff})")
-        return out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise MRLError(f"{out} already exists; pass --resume to continue that run or choose another --out")
-    return out
 
 
 def train(
@@ -256,8 +147,23 @@ def train(
 ) -> Path:
     """Train a run into ``out``; with ``resume`` continue from its last complete epoch.
 
-    Returns the run directory. Under torchrun, every rank calls this; only rank 0 writes.
+    Returns the run directory. Under torchrun, every rank calls this; only rank 0 writes, holding
+    the run's lock so that a second writer of the same run fails at once.
     """
+    check_new_run(config, out, resume)  # before the lock creates ``out``
+    writes = int(os.environ.get("RANK", "0")) == 0
+    with lock(out) if writes else contextlib.nullcontext():
+        return _train(config, out, resume, progress, data, on_epoch_end)
+
+
+def _train(
+    config: TrainConfig,
+    out: str | Path,
+    resume: bool,
+    progress: bool,
+    data: Dataset | None,
+    on_epoch_end: Callable[[int], None] | None,
+) -> Path:
     device = device_from_env()
     env = init_distributed(device)
     if env.world_size > 1 and device.type == "cuda":
@@ -267,14 +173,16 @@ def train(
         raise MRLError(f"batch-size {config.batch_size} must be divisible by the number of processes {env.world_size}")
     out = Path(out)
     if env.is_main:
-        prepare_run(config, out, resume)
+        check_new_run(config, out, resume)
     data = data if data is not None else load_dataset(config.data, config.data_dir, config.max_train)
     if config.nesting[-1] > config.rep_dim:
         raise MRLError(f"nesting size {config.nesting[-1]} is larger than the representation size {config.rep_dim}")
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            config.save(out / CONFIG_FILE)
+        if resume:
+            clean_stale(out)
+        else:
+            start_run(out, config)
     if env.world_size > 1:
         dist.barrier()
 

@@ -28,6 +28,7 @@ from mrl.adapter.losses import UnsupervisedAdapterLoss, supervised_adapter_loss
 from mrl.adapter.model import MatryoshkaAdapter
 from mrl.config import config_from_dict
 from mrl.errors import MRLError
+from mrl.validation import check_float, check_int, check_seed
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +72,14 @@ class FitConfig:
         return config_from_dict(cls, data, "fit").validate()
 
     def validate(self) -> FitConfig:
-        for name in ("epochs", "batch_size", "neighbours"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "neighbours" else 1):
-                raise MRLError(f"{name} must be a {'non-negative' if name == 'neighbours' else 'positive'} integer, got {value!r}")
-        for name in ("lr", "temperature"):
-            if not getattr(self, name) > 0:
-                raise MRLError(f"{name} must be positive, got {getattr(self, name)!r}")
+        self.epochs = check_int("epochs", self.epochs, min=1, max=100_000)
+        self.batch_size = check_int("batch_size", self.batch_size, min=1, max=1 << 24)
+        self.neighbours = check_int("neighbours", self.neighbours, min=0, max=1 << 16)
+        self.seed = check_seed("seed", self.seed)
+        self.lr = check_float("lr", self.lr, min=0, max=10, min_open=True)
+        self.temperature = check_float("temperature", self.temperature, min=0, max=1e3, min_open=True)
         for name in ("weight_decay", "pairwise_weight", "neighbour_weight", "reconstruction_weight", "supervised_weight"):
-            if not getattr(self, name) >= 0:
-                raise MRLError(f"{name} must be non-negative, got {getattr(self, name)!r}")
+            setattr(self, name, check_float(name, getattr(self, name), min=0, max=1e6))
         return self
 
 
@@ -231,6 +230,8 @@ def fit_adapter(
                 terms["ranking"] = ranking(adapter(q[rows]), adapter(d[rows]))
                 loss = loss + config.supervised_weight * terms["ranking"]
                 terms["loss"] = loss
+            if not torch.isfinite(loss):
+                raise MRLError(f"fitting diverged at epoch {epoch + 1}, step {step}: loss is {loss.item()}; lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

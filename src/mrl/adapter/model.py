@@ -27,15 +27,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from mrl.artifacts import new_artifact, read_manifest
 from mrl.config import config_from_dict
 from mrl.errors import MRLError
-from mrl.io import atomic_directory, load_tensors, read_json, save_tensors, write_json
+from mrl.io import load_tensors, read_json, save_tensors, write_json
 from mrl.nesting import default_nesting, truncate, validate_nesting
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "adapter.safetensors"
 FORMAT = "mrl-adapter"
 FORMAT_VERSION = 1
+KIND = "adapter"
 
 
 @dataclass
@@ -165,15 +167,19 @@ class MatryoshkaAdapter(nn.Module):
         out = truncate(out, m if m is not None else self.dim, normalize=normalize)
         return out.numpy() if is_numpy else out.to(embeddings.device)
 
-    def save(self, directory: str | os.PathLike, fit_info: Mapping[str, Any] | None = None, overwrite: bool = False) -> Path:
-        """Write ``config.json`` and ``adapter.safetensors`` into ``directory`` atomically.
+    def save(
+        self, directory: str | os.PathLike, fit_info: Mapping[str, Any] | None = None, overwrite: bool = False,
+        inputs: Sequence[str | os.PathLike] = (),
+    ) -> Path:
+        """Write ``config.json``, ``adapter.safetensors`` and their manifest into ``directory`` atomically.
 
         Args:
             directory: output folder (must not exist unless ``overwrite``).
             fit_info: JSON-serialisable record of how the adapter was fitted (config, history).
-            overwrite: replace an existing directory.
+            overwrite: replace an existing adapter directory (never any other folder).
+            inputs: files the adapter was fitted on; a directory holding one is never replaced.
         """
-        with atomic_directory(directory, overwrite=overwrite) as tmp:
+        with new_artifact(directory, KIND, overwrite, inputs, format_version=FORMAT_VERSION) as tmp:
             save_tensors(tmp / WEIGHTS_FILE, self.state_dict(), metadata={"format": FORMAT})
             write_json(
                 tmp / CONFIG_FILE,
@@ -183,16 +189,17 @@ class MatryoshkaAdapter(nn.Module):
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> MatryoshkaAdapter:
-        """Read an adapter written by :meth:`save` (safetensors only, never pickle)."""
+        """Read an adapter written by :meth:`save`, verified against its manifest (safetensors only, never pickle)."""
         directory = Path(directory)
-        if not directory.is_dir():
-            raise MRLError(f"adapter directory not found: {directory}")
+        read_manifest(directory, KIND, FORMAT_VERSION)
         meta = read_json(directory / CONFIG_FILE)
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise MRLError(f"{directory / CONFIG_FILE} is not an mrl adapter config (format {FORMAT!r} expected)")
         if meta.get("version") != FORMAT_VERSION:
             raise MRLError(f"adapter format version {meta.get('version')!r} is not supported (expected {FORMAT_VERSION})")
-        config = AdapterConfig.from_dict(meta.get("adapter", {}))
+        if not isinstance(meta.get("adapter"), dict):
+            raise MRLError(f"{directory / CONFIG_FILE} has no 'adapter' settings object")
+        config = AdapterConfig.from_dict(meta["adapter"])
         adapter = cls(config.dim, config.nesting, config.hidden_dim, config.linear)
         state = load_tensors(directory / WEIGHTS_FILE)
         expected = adapter.state_dict()
@@ -206,5 +213,9 @@ class MatryoshkaAdapter(nn.Module):
 
 
 def read_fit_info(directory: str | os.PathLike) -> dict[str, Any]:
-    """The ``fit`` record saved with an adapter (how it was trained)."""
-    return dict(read_json(Path(directory) / CONFIG_FILE).get("fit", {}))
+    """The ``fit`` record saved with an adapter (how it was trained), verified against the manifest."""
+    read_manifest(directory, KIND, FORMAT_VERSION, verify=[CONFIG_FILE])
+    fit = read_json(Path(directory) / CONFIG_FILE).get("fit", {})
+    if not isinstance(fit, dict):
+        raise MRLError(f"{Path(directory) / CONFIG_FILE}: 'fit' must be a JSON object")
+    return dict(fit)

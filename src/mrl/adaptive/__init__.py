@@ -18,6 +18,7 @@ from mrl.adaptive.cascading import (
 )
 from mrl.adaptive.classifier import POLICIES, AdaptiveClassifier
 from mrl.adaptive.protocol import (
+    bootstrap_fit,
     oracle_accuracy,
     pareto_curve,
     repeated_splits,
@@ -43,6 +44,7 @@ __all__ = [
     "HeadCosts",
     "ThresholdSweep",
     "as_logits",
+    "bootstrap_fit",
     "budget_thresholds",
     "cascade",
     "cascade_outcome",

@@ -15,6 +15,7 @@ validates and learns ``thresholds_``, refitting forgets, using it unfitted raise
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from statistics import NormalDist
 
@@ -25,6 +26,7 @@ from mrl.adaptive.search import ThresholdSweep, greedy_thresholds, select_with_c
 from mrl.errors import MRLError, NotFittedError
 from mrl.nesting import validate_nesting
 
+log = logging.getLogger(__name__)
 POLICIES = ("greedy", "budget")
 
 
@@ -42,7 +44,8 @@ class AdaptiveClassifier:
             confidence bound at this level (paired with the largest size for ``target_drop``);
             0.5 takes the fit data at face value. The cheapest point that just reaches a target
             on the fit data was picked for its luck there and falls short on new data.
-        grid: greedy thresholds grid (number of points on [0, 1] or an ascending array).
+        grid: greedy thresholds grid (number of points on [0, 1] or an ascending array); +inf,
+            "never answer at this size", is always a candidate.
         n_quantiles: budget policy: candidate thresholds per size. Fewer generalise better from
             a few thousand fit samples (on Fashion-MNIST with 2,500: 25 beat 100 on test).
         n_lambdas: budget policy: Lagrange multipliers in the sweep.
@@ -52,6 +55,9 @@ class AdaptiveClassifier:
         policy; None for greedy). target_: the accuracy goal used (budget policy). n_classes_: C.
         fit_accuracy_, expected_dims_ (mean dims of the answering head),
         expected_cumulative_dims_ (mean dims of all heads run), expected_flops_: on the fit data.
+        certified_: budget policy with a target: whether a front point reached it with the margin;
+        when none did, ``thresholds_`` are all +inf (the largest size answers, which is safe on new
+        data) and a warning is logged. None for greedy and for a cost budget.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -110,6 +116,7 @@ class AdaptiveClassifier:
             raise MRLError(f"adaptive classification needs at least 2 nesting sizes, got {nesting}")
         for attr in ("thresholds_", "sweep_", "target_"):
             self.__dict__.pop(attr, None)
+        self.certified_ = None
         self.n_classes_ = int(num_classes)
         self.nesting_ = nesting
         if self.policy == "greedy":
@@ -141,7 +148,16 @@ class AdaptiveClassifier:
             else:
                 self.target_ = float(target)
                 pick = select_with_confidence(self.sweep_, conf, correct, self.target_, None, z)
-            self.thresholds_ = self.sweep_.thresholds[pick].copy()
+            if budget is None:
+                self.certified_ = pick is not None
+            if pick is None:
+                # Nothing cheaper certifies the target: the fit data's most accurate point was picked
+                # for its luck there too, so answer with the largest size, the reference itself.
+                log.warning("target %.4f cannot be certified on %d fit samples at confidence %.2f; the largest "
+                            "size answers every sample", self.target_, conf.shape[1], self.confidence)
+                self.thresholds_ = np.full(len(nesting) - 1, np.inf)
+            else:
+                self.thresholds_ = self.sweep_.thresholds[pick].copy()
         stats = self._evaluate_arrays(conf, correct)
         self.fit_accuracy_ = stats["accuracy"]
         self.expected_dims_ = stats["expected_dims"]

@@ -18,35 +18,41 @@ from mrl.adaptive.cascading import as_logits, max_softmax
 from mrl.adaptive.classifier import AdaptiveClassifier, _check_labels
 from mrl.adaptive.plot import plot_cost_accuracy
 from mrl.adaptive.protocol import (
+    bootstrap_fit,
     oracle_accuracy,
     pareto_curve,
     repeated_splits,
     share_wrong_at_every_size,
     thresholds_to_json,
 )
+from mrl.artifacts import new_artifact, prepare_output
 from mrl.errors import MRLError
-from mrl.io import atomic_directory, atomic_write_text, load_npy, read_json, write_json
-from mrl.nesting import validate_nesting
+from mrl.io import atomic_write_text, load_npy, write_json
+from mrl.runs import load_config, read_eval, read_run
 
 GOAL_RATIO = 14  # the paper's headline: the largest size's accuracy at 1/14 of its dims
 
 
 def load_run_logits(run_dir: str | Path) -> dict:
-    """Nesting, d and per-split (confidences [S, N], correct [S, N], C) of a run with saved logits."""
+    """Nesting, d and per-split (confidences [S, N], correct [S, N], C) of a run with saved logits.
+
+    Every file is verified against the run's manifest before it is read.
+    """
     run_dir = Path(run_dir)
-    config = read_json(run_dir / "config.json")
-    if "nesting" not in config:
-        raise MRLError(f"{run_dir / 'config.json'} has no 'nesting'")
-    nesting = validate_nesting(config["nesting"])
-    out = {"nesting": nesting, "d": int(config.get("rep_dim") or nesting[-1])}
+    config = load_config(run_dir)
+    nesting = config.nesting
+    out = {"nesting": nesting, "d": config.rep_dim}
+    listed = read_run(run_dir, verify=[]).files
     for split in ("val", "test"):
-        path = run_dir / f"logits_{split}.npy"
-        if not path.is_file():
-            raise MRLError(f"{path} not found; run `mrl eval {run_dir} --save-logits` first")
-        logits = as_logits(load_npy(path), name=f"logits_{split}.npy")
+        names = [f"logits_{split}.npy", f"labels_{split}.npy"]
+        if any(name not in listed for name in names):
+            raise MRLError(f"{run_dir} has no saved {split} logits for its current weights; "
+                           f"run `mrl eval {run_dir} --save-logits` first")
+        read_run(run_dir, verify=names)
+        logits = as_logits(load_npy(run_dir / names[0]), name=names[0])
         if logits.shape[0] != len(nesting):
-            raise MRLError(f"{path} holds {logits.shape[0]} sizes but config.json's nesting has {len(nesting)}")
-        labels = _check_labels(load_npy(run_dir / f"labels_{split}.npy"), logits.shape[1], logits.shape[2])
+            raise MRLError(f"{run_dir / names[0]} holds {logits.shape[0]} sizes but config.json's nesting has {len(nesting)}")
+        labels = _check_labels(load_npy(run_dir / names[1]), logits.shape[1], logits.shape[2])
         correct = logits.argmax(axis=-1) == labels[None, :]
         out[split] = (max_softmax(logits), correct.astype(np.float64))
         out["num_classes"] = int(logits.shape[2])
@@ -54,13 +60,10 @@ def load_run_logits(run_dir: str | Path) -> dict:
 
 
 def load_ff_points(ff_runs: Sequence[str | Path]) -> dict[int, float]:
-    """Size -> test top-1 of fixed-feature runs (eval.json "top1"; one size per run)."""
+    """Size -> test top-1 of fixed-feature runs (their verified eval.json "top1"; one size per run)."""
     points: dict[int, float] = {}
     for run in ff_runs:
-        top1 = read_json(Path(run) / "eval.json").get("top1")
-        if not isinstance(top1, dict) or not top1:
-            raise MRLError(f"{Path(run) / 'eval.json'} has no 'top1' accuracies; run `mrl eval {run}` first")
-        for size, acc in top1.items():
+        for size, acc in read_eval(run)["top1"].items():
             points[int(size)] = float(acc)
     return dict(sorted(points.items()))
 
@@ -80,7 +83,12 @@ def run_adaptive(
     overwrite: bool = False,
     progress: bool = False,
 ) -> dict:
-    """Run the study and write OUT/adaptive.json, OUT/adaptive.png, OUT/report.md; return the JSON."""
+    """Run the study and write OUT/adaptive.json, OUT/adaptive.png, OUT/report.md; return the JSON.
+
+    OUT is an ``experiment`` artifact; ``overwrite`` replaces only such a folder, and never one
+    that holds or lies inside ``run_dir`` or an FF run.
+    """
+    prepare_output(out, "experiment", overwrite, [run_dir, *ff_runs])  # refuse before the work
     data = load_run_logits(run_dir)
     ff = load_ff_points(ff_runs)
     nesting, num_classes = data["nesting"], data["num_classes"]
@@ -112,14 +120,14 @@ def run_adaptive(
     for name, (clf, goal) in templates.items():
         res = repeated_splits(clf, data["val"], data["test"], num_classes, seeds=seeds, fit_fraction=fit_fraction,
                               progress=progress, **goal)
-        clf._fit_arrays(*data["val"], num_classes, **goal)
-        res["all_val_fit"] = {"thresholds": thresholds_to_json(clf.thresholds_), "test": clf._evaluate_arrays(*data["test"])}
+        res["all_val_fit"] = bootstrap_fit(clf, data["val"], data["test"], num_classes, resamples=seeds, **goal)
         res["minimises"] = None if clf.policy == "greedy" else clf.cost
         result["policies"][name] = res
     for cost in costs:
         result["curves"][cost] = pareto_curve(data["val"], data["test"], nesting, cost, num_classes, n_quantiles=n_quantiles)
     result["goal"] = _goal(result)
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    inputs = [run_dir, *ff_runs]
+    with new_artifact(out, "experiment", overwrite, inputs, meta={"command": "adaptive"}) as tmp:
         write_json(tmp / "adaptive.json", result)
         _plot(tmp / "adaptive.png", result, ff)
         atomic_write_text(tmp / "report.md", report_markdown(result))
@@ -171,6 +179,15 @@ def _nearest_ff(ff: dict[str, float], dims: float) -> str:
     return f"FF-{size}: {100 * ff[size]:.2f}"
 
 
+def certification_text(res: dict) -> str:
+    """"yes"/"no" for the all-val fit, with how many half-splits and bootstrap refits certified the target."""
+    fit = res["all_val_fit"]
+    if fit["certified"] is None:
+        return "– (no target)"
+    return (f"{'yes' if fit['certified'] else 'no'} (halves {res['certified_seeds']}/{res['seeds']}, "
+            f"bootstrap {fit['bootstrap']['certified_resamples']}/{fit['bootstrap']['resamples']})")
+
+
 def report_markdown(result: dict) -> str:
     """The report.md text: policy table, fixed sizes, oracle, goal."""
     s = result["settings"]
@@ -194,6 +211,20 @@ def report_markdown(result: dict) -> str:
             f"{_pm(t['expected_cumulative_dims'], 1, 1)} | {_pm(h['accuracy'])} | {_pm(t['accuracy'])} | "
             f"{_nearest_ff(result['ff_test_top1'], t['expected_dims']['mean'])} |"
         )
+    lines += ["", f"Fitted on all of val ({result['n_val']} samples); spread from {s['seeds']} bootstrap refits "
+              "(val drawn with replacement), measured on test:", "",
+              "| policy | target certified | expected dims (final) | accuracy, test | bootstrap: dims | "
+              "bootstrap: accuracy, test |", "|---|---|---:|---:|---:|---:|"]
+    for name, res in result["policies"].items():
+        fit, boot = res["all_val_fit"], res["all_val_fit"]["bootstrap"]
+        lines.append(f"| {name} | {certification_text(res)} | {fit['test']['expected_dims']:.1f} | "
+                     f"{100 * fit['test']['accuracy']:.2f} | {_pm(boot['test']['expected_dims'], 1, 1)} | "
+                     f"{_pm(boot['test']['accuracy'])} |")
+    uncertified = [name for name, res in result["policies"].items() if res["all_val_fit"]["certified"] is False]
+    if uncertified:
+        lines += ["", f"**Target not certified** for {', '.join(uncertified)}: no cheaper cascade reaches it with "
+                  f"the {s['confidence']:.0%} margin on this val set, so the largest size answers every sample "
+                  "(safe on new data, no saving)."]
     lines += ["", "Fixed sizes (top-1, %):", "", "| m | MRL val | MRL test | FF test |", "|---:|---:|---:|---:|"]
     sizes = sorted({*map(int, result["fixed_sizes"]["test"]), *map(int, result["ff_test_top1"])})
     for m in sizes:

@@ -81,7 +81,8 @@ def repeated_splits(
         target, budget: passed to ``fit`` (budget policy).
 
     Returns:
-        {"heldout": {metric: {"mean", "std"}}, "test": {...}, "thresholds": [per seed], "fit_size": n}.
+        {"heldout": {metric: {"mean", "std"}}, "test": {...}, "thresholds": [per seed], "fit_size": n,
+        "certified_seeds": how many fits certified their target (None without a target)}.
         The fit data's own target (for the default target) is the fit half's largest-size accuracy
         minus ``classifier.target_drop``, as a user without test labels would set it.
 
@@ -101,7 +102,7 @@ def repeated_splits(
     n_fit = int(round(n * fit_fraction))
     if n_fit < 1 or n_fit >= n:
         raise MRLError(f"fit_fraction={fit_fraction} of {n} held-out samples leaves an empty fit or evaluation part")
-    runs: dict[str, list] = {"heldout": [], "test": [], "thresholds": [], "fit_accuracy": []}
+    runs: dict[str, list] = {"heldout": [], "test": [], "thresholds": [], "fit_accuracy": [], "certified": []}
     for seed in tqdm(range(seeds), desc=f"{classifier.policy}/{classifier.cost} seeds", disable=not progress):
         order = np.random.default_rng(seed).permutation(n)
         fit_idx, rest_idx = order[:n_fit], order[n_fit:]
@@ -111,16 +112,69 @@ def repeated_splits(
             runs["test"].append(classifier._evaluate_arrays(*(np.asarray(a, dtype=np.float64) for a in test)))
         runs["thresholds"].append(thresholds_to_json(classifier.thresholds_))
         runs["fit_accuracy"].append(classifier.fit_accuracy_)
+        runs["certified"].append(classifier.certified_)
     out = {
         "seeds": int(seeds),
         "fit_size": n_fit,
         "heldout": {k: mean_std([r[k] for r in runs["heldout"]]) for k in METRICS},
         "fit_accuracy": mean_std(runs["fit_accuracy"]),
         "thresholds": runs["thresholds"],
+        # seeds whose fit part certified the target (None: the policy has no target to certify)
+        "certified_seeds": None if runs["certified"][0] is None else int(sum(runs["certified"])),
     }
     if test is not None:
         out["test"] = {k: mean_std([r[k] for r in runs["test"]]) for k in METRICS}
     return out
+
+
+def bootstrap_fit(
+    classifier: AdaptiveClassifier,
+    val: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    num_classes: int,
+    resamples: int = 30,
+    target: float | None = None,
+    budget: float | None = None,
+) -> dict:
+    """Fit on all of val, and on ``resamples`` bootstrap resamples of it to show the fit's spread on test.
+
+    Fitting on all of val uses twice the data of a half split; the bootstrap refits (val rows drawn
+    with replacement, seeds 0..resamples-1) estimate how much the thresholds, and so the test
+    figures, move with the fit data.
+
+    Returns:
+        {"thresholds": all-val fit, "certified": its flag, "test": its test metrics,
+        "bootstrap": {"resamples", "test": {metric: {"mean", "std"}}, "certified_resamples"}}.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> conf, correct = rng.random((2, 100)), rng.random((2, 100)) < 0.8
+        >>> out = bootstrap_fit(AdaptiveClassifier([8, 16]), (conf, correct), (conf, correct), 10, resamples=3)
+        >>> out["bootstrap"]["resamples"], sorted(out["test"])[:2]
+        (3, ['accuracy', 'expected_cumulative_dims'])
+    """
+    conf_val, correct_val = (np.asarray(a, dtype=np.float64) for a in val)
+    test = tuple(np.asarray(a, dtype=np.float64) for a in test)
+    n = conf_val.shape[1]
+    classifier._fit_arrays(conf_val, correct_val, num_classes, target=target, budget=budget)
+    out = {"thresholds": thresholds_to_json(classifier.thresholds_), "certified": classifier.certified_,
+           "test": _metrics(classifier._evaluate_arrays(*test))}
+    draws, certified = [], []
+    for seed in range(resamples):
+        rows = np.random.default_rng(seed).integers(0, n, n)
+        classifier._fit_arrays(conf_val[:, rows], correct_val[:, rows], num_classes, target=target, budget=budget)
+        draws.append(classifier._evaluate_arrays(*test))
+        certified.append(classifier.certified_)
+    out["bootstrap"] = {
+        "resamples": int(resamples),
+        "test": {k: mean_std([d[k] for d in draws]) for k in METRICS},
+        "certified_resamples": None if not certified or certified[0] is None else int(sum(certified)),
+    }
+    return out
+
+
+def _metrics(stats: dict) -> dict:
+    return {k: stats[k] for k in (*METRICS, "share_per_size")}
 
 
 def pareto_curve(

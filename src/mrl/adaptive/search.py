@@ -51,14 +51,18 @@ def greedy_thresholds(confidences: np.ndarray, utility: np.ndarray, grid: np.nda
 
     For step s, threshold t scores mean(utility[s] where confidence[s] >= t, else utility[s+1]) over
     all samples; the smallest grid value with the best score wins (ties go to the cheaper cascade).
+    The grid always ends with +inf, "never answer at this size": the paper's rule answers when
+    confidence > t with t up to 1.0, so its t = 1.0 passes on even a saturated confidence of
+    exactly 1.0 (common in float32 softmax of confident heads), which ``>=`` with a finite t cannot.
 
     Args:
         confidences: [S, N] max-softmax (or any score) per size.
         utility: [S, N], e.g. 1.0 where size s is correct.
-        grid: ascending candidate thresholds, or a number of points evenly spaced on [0, 1].
+        grid: ascending candidate thresholds, or a number of points evenly spaced on [0, 1];
+            +inf is appended when missing.
 
     Returns:
-        thresholds [S-1].
+        thresholds [S-1] (+inf where passing every sample on is best).
 
     Example:
         >>> conf = np.array([[0.9, 0.6, 0.3], [1.0, 1.0, 1.0]])
@@ -69,6 +73,8 @@ def greedy_thresholds(confidences: np.ndarray, utility: np.ndarray, grid: np.nda
     conf = check_confidences(confidences)
     util = _check_utility(utility, conf.shape)
     grid = _grid(grid)
+    if grid[-1] != np.inf:
+        grid = np.append(grid, np.inf)
     out = np.empty(conf.shape[0] - 1)
     for s in range(conf.shape[0] - 1):
         # samples answered at s for threshold t are those with conf >= t: a suffix in sorted order
@@ -392,7 +398,7 @@ def select_with_confidence(
     min_value: float,
     reference: np.ndarray | None = None,
     z: float = 1.2815515655446004,
-) -> int:
+) -> int | None:
     """Cheapest front point whose mean utility clears ``min_value`` with a safety margin.
 
     The cheapest point that only just reaches a target on the fit data is chosen *because* it got
@@ -408,7 +414,8 @@ def select_with_confidence(
         reference: [N] per-sample reference utility, or None for 0.
 
     Returns:
-        an index into the sweep; the most useful point if none qualifies.
+        an index into the sweep, or None when no point qualifies (the target cannot be certified
+        on this fit data; the front's most useful point there was chosen for its luck too).
 
     Example:
         >>> from mrl.adaptive.cascading import head_costs
@@ -434,5 +441,4 @@ def select_with_confidence(
         spread = diff.std(ddof=1) if n > 1 else 0.0
         if diff.mean() - z * spread / np.sqrt(n) >= min_value - 1e-12:
             return i
-    log.warning("no front point reaches %.6g with the margin z=%.3g; using the most useful one", min_value, z)
-    return len(sweep.cost) - 1
+    return None

@@ -24,21 +24,26 @@ from mrl.baselines.parts import epoch_batches, eval_record, optimizer_step, spli
 from mrl.config import TrainConfig
 from mrl.data import Dataset
 from mrl.errors import MRLError
-from mrl.evaluation import EVAL_FILE, embed, knn1_accuracy, load_run
+from mrl.artifacts import kind_of, read_manifest, write_manifest
+from mrl.evaluation import embed, knn1_accuracy, load_run
 from mrl.heads import MatryoshkaLinear
 from mrl.io import atomic_directory, read_json, save_tensors, write_json
 from mrl.losses import MatryoshkaLoss
 from mrl.models import MatryoshkaClassifier
 from mrl.nesting import parse_nesting
-from mrl.training import CONFIG_FILE, lr_at, predict_logits, read_state
+from mrl.runs import CONFIG_FILE, EVAL_FILE, check_eval, read_state
+from mrl.training import lr_at, predict_logits
 
 METHOD = "retrofit"
 MODEL_FILE = "model.safetensors"
 
 
+KIND = "experiment"
+
+
 def is_done(out: str | Path) -> bool:
-    """A retro-fit directory exists only once complete (it is written atomically)."""
-    return (Path(out) / EVAL_FILE).is_file()
+    """A retro-fit directory exists only once complete (it is written atomically, manifest last)."""
+    return kind_of(out) == KIND
 
 
 def retrofit(
@@ -66,7 +71,7 @@ def retrofit(
         epochs=epochs or base_config.epochs, batch_size=base_config.batch_size, lr=lr or base_config.lr,
         weight_decay=base_config.weight_decay, warmup_epochs=base_config.warmup_epochs, augment=base_config.augment,
         max_train=base_config.max_train, seed=base_config.seed if seed is None else seed,
-        extra={"method": METHOD, "last_layer": last_layer, "base_model_sha256": read_state(base_run)["model_sha256"]},
+        extra={"method": METHOD, "last_layer": last_layer, "base_model_sha256": read_state(base_run).model_sha256},
     )
     model = MatryoshkaClassifier(base.backbone, data.num_classes, config.nesting, tied=False)
     torch.manual_seed(config.seed)
@@ -101,6 +106,7 @@ def retrofit(
         config.save(tmp / CONFIG_FILE)
         save_tensors(tmp / MODEL_FILE, {k: v.contiguous() for k, v in model.state_dict().items()})
         write_json(tmp / EVAL_FILE, result)
+        write_manifest(tmp, KIND, [CONFIG_FILE, MODEL_FILE, EVAL_FILE], meta={"method": METHOD})
     return result
 
 
@@ -112,11 +118,12 @@ def _evaluate(model: MatryoshkaClassifier, config: TrainConfig, data: Dataset, d
     return eval_record(config.nesting, logits, data.test.y, knn, METHOD)
 
 
-def load_result(out: str | Path) -> dict:
-    """eval.json of a finished retro-fit directory."""
-    if not is_done(out):
-        raise MRLError(f"{out} holds no finished retro-fit (no {EVAL_FILE})")
-    return read_json(Path(out) / EVAL_FILE)
+def load_result(out: str | Path) -> tuple[TrainConfig, dict]:
+    """Verified config and eval.json of a finished retro-fit directory."""
+    manifest = read_manifest(out, KIND)
+    if manifest.meta.get("method") != METHOD:
+        raise MRLError(f"{out} holds no finished retro-fit (its manifest names method {manifest.meta.get('method')!r})")
+    return TrainConfig.load(Path(out) / CONFIG_FILE), check_eval(read_json(Path(out) / EVAL_FILE), Path(out) / EVAL_FILE)
 
 
 __all__ = ["METHOD", "MODEL_FILE", "is_done", "load_result", "retrofit"]

@@ -18,7 +18,7 @@ running statistics; a slimmable network that also narrowed the trunk (Yu et al.'
 is not built here.
 
 Runs use the layout and checkpoint format of :mod:`mrl.training` (config.json with
-``extra={"method": "slimmable"}``, state.json, per-epoch safetensors, metrics.jsonl), so
+``extra={"method": "slimmable"}``, manifest.json, per-epoch safetensors, metrics.jsonl), so
 :func:`mrl.experiments.run_status` and :func:`mrl.training.load_weights` work on them.
 """
 
@@ -38,15 +38,17 @@ from mrl.baselines.parts import epoch_batches, eval_record, optimizer_step, spli
 from mrl.config import TrainConfig
 from mrl.data import Dataset, load_dataset
 from mrl.errors import MRLError
-from mrl.evaluation import EVAL_FILE, knn1_accuracy, topk_accuracy
-from mrl.io import append_jsonl, read_jsonl, write_json
+from mrl.artifacts import lock
+from mrl.evaluation import knn1_accuracy, topk_accuracy
+from mrl.io import append_jsonl, read_jsonl
 from mrl.losses import MatryoshkaLoss
 from mrl.models import create_model
 from mrl.nesting import validate_nesting
-from mrl.training import (
-    CONFIG_FILE, METRICS_FILE, device_from_env, load_config, load_weights, lr_at, prepare_run,
-    restore_checkpoint, save_checkpoint,
+from mrl.runs import (
+    METRICS_FILE, check_new_run, clean_stale, load_config, load_weights, read_run, restore_checkpoint, save_checkpoint,
+    save_eval, start_run,
 )
+from mrl.training import device_from_env, lr_at
 
 METHOD = "slimmable"
 
@@ -134,12 +136,18 @@ def train_slimmable(
     """
     _check_config(config)
     out = Path(out)
-    prepare_run(config, out, resume)
+    check_new_run(config, out, resume)
+    with lock(out):
+        return _train_slimmable(config, out, resume, progress, data)
+
+
+def _train_slimmable(config: TrainConfig, out: Path, resume: bool, progress: bool, data: Dataset | None) -> Path:
     data = data if data is not None else load_dataset(config.data, config.data_dir, config.max_train)
     device = device_from_env()
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        config.save(out / CONFIG_FILE)
+    if resume:
+        clean_stale(out)
+    else:
+        start_run(out, config)
     torch.manual_seed(config.seed)
     model = build_slimmable(config, data).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -187,6 +195,12 @@ def _embed(model: SlimmableClassifier, x: torch.Tensor, m: int, device: torch.de
 def evaluate_slimmable(run_dir: str | Path, data: Dataset | None = None, progress: bool = False) -> dict:
     """Write RUN_DIR/eval.json: test top-1 / top-5 of each width's head and 1-NN on each width's z_m."""
     run_dir = Path(run_dir)
+    read_run(run_dir, verify=[])  # a missing or foreign folder is refused before the lock creates anything
+    with lock(run_dir):
+        return _evaluate_slimmable(run_dir, data, progress)
+
+
+def _evaluate_slimmable(run_dir: Path, data: Dataset | None, progress: bool) -> dict:
     config = load_config(run_dir)
     _check_config(config)
     data = data if data is not None else load_dataset(config.data, config.data_dir, config.max_train)
@@ -200,5 +214,5 @@ def evaluate_slimmable(run_dir: str | Path, data: Dataset | None = None, progres
         z_train, z_test = _embed(model, data.train.x, m, device), _embed(model, data.test.x, m, device)
         knn.update(knn1_accuracy(z_train, data.train.y.numpy(), z_test, data.test.y.numpy(), [m]))
     result = eval_record(config.nesting, logits, data.test.y, knn, METHOD)
-    write_json(run_dir / EVAL_FILE, result)
+    save_eval(run_dir, result)
     return result

@@ -13,6 +13,7 @@ import click
 import numpy as np
 
 from mrl.errors import MRLError
+from mrl.validation import check_float, check_int, check_seed, click_check
 
 # Flag name -> FitConfig field; only flags given on the command line override --config.
 _FIT_FIELDS = (
@@ -69,7 +70,7 @@ def adapt_group() -> None:
               help="Supervised mode: .npz with 'queries' and 'documents' [P, d], row i relevant to row i.")
 @click.option("--key", default="X", show_default=True, help="Name of the embedding matrix in EMBEDDINGS.")
 @click.option("--nesting", default=None, help="Comma-separated ascending prefix sizes (default 8,16,...,d).")
-@click.option("--hidden-dim", type=int, default=None, help="Width of the adapter's MLP (default d).")
+@click.option("--hidden-dim", type=int, callback=click_check(check_int, min=1, max=1 << 16), default=None, help="Width of the adapter's MLP (default d).")
 @click.option("--linear/--no-linear", default=True, show_default=True,
               help="Include the zero-initialised linear path (a learned change of basis).")
 @click.option("--epochs", type=int, default=20, show_default=True,
@@ -104,10 +105,11 @@ def fit_command(
     import torch
 
     from mrl.adapter import MatryoshkaAdapter, fit_adapter, fit_info
+    from mrl.artifacts import prepare_output
     from mrl.nesting import parse_nesting
 
-    if out.exists() and not overwrite:
-        raise MRLError(f"{out} already exists; choose another --out or pass --overwrite")
+    inputs = [p for p in (embeddings, pairs, config_path) if p is not None]
+    prepare_output(out, "adapter", overwrite, inputs)  # refuse before the work
     config = _fit_config(ctx, params, config_path)
     corpus, _ = _matrix(embeddings, key)
     queries = documents = None
@@ -122,7 +124,7 @@ def fit_command(
         config, history, embeddings=str(embeddings), key=key, n_embeddings=int(len(corpus)),
         pairs=str(pairs) if pairs is not None else None, n_pairs=int(len(queries)) if queries is not None else 0,
     )
-    adapter.save(out, fit_info=info, overwrite=overwrite)
+    adapter.save(out, fit_info=info, overwrite=overwrite, inputs=inputs)
     last = history[-1]
     click.echo(f"adapter for {dim}-dim embeddings, nesting {adapter.nesting}: final loss {last['loss']:.4f} -> {out}")
 
@@ -133,9 +135,9 @@ def fit_command(
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Output .npz: EMBEDDINGS' arrays with --key replaced by the adapted embeddings.")
 @click.option("--key", default="X", show_default=True, help="Name of the embedding matrix in EMBEDDINGS.")
-@click.option("--dim", "m", type=int, default=None, help="Keep only the first m adapted coordinates.")
+@click.option("--dim", "m", type=int, callback=click_check(check_int, min=1), default=None, help="Keep only the first m adapted coordinates.")
 @click.option("--normalize", is_flag=True, help="L2-normalise each (truncated) adapted embedding.")
-@click.option("--batch-size", type=int, default=8192, show_default=True, help="Rows per forward pass.")
+@click.option("--batch-size", type=int, default=8192, callback=click_check(check_int, min=1, max=1 << 24), show_default=True, help="Rows per forward pass.")
 def apply_command(adapter_dir: Path, embeddings: Path, out: Path, key: str, m: int | None, normalize: bool, batch_size: int) -> None:
     """Adapt the embeddings in EMBEDDINGS (.npz) with the adapter in ADAPTER_DIR; other arrays are copied.
 

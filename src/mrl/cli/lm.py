@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from mrl.errors import MRLError
+from mrl.validation import check_float, check_int, check_seed, click_check
 
 _MODEL_OPTIONS = ("vocab_size", "context", "d_model", "n_layers", "n_heads", "head", "nesting")
 _TRAIN_OPTIONS = ("steps", "batch_size", "lr", "seed")
@@ -31,41 +32,44 @@ def lm_group() -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory to create (or resume).")
 @click.option("--head", type=click.Choice(["mrl", "mrl-e", "ff"]), default="mrl", show_default=True,
               help="mrl: one head per size; mrl-e: heads tied to the input embedding; ff: one head of --ff-size dims.")
-@click.option("--ff-size", type=int, default=None, help="Final representation size m of an ff model (a d -> m projection).")
+@click.option("--ff-size", type=int, callback=click_check(check_int, min=1, max=1 << 16), default=None, help="Final representation size m of an ff model (a d -> m projection).")
 @click.option("--nesting", default="8,16,32,64,128", show_default=True, help="Comma-separated ascending head sizes (mrl, mrl-e).")
-@click.option("--vocab-size", type=int, default=2048, show_default=True, help="BPE vocabulary size (tokenizer trained on the corpus).")
-@click.option("--d-model", type=int, default=128, show_default=True, help="Hidden size d of the transformer.")
-@click.option("--layers", "n_layers", type=int, default=2, show_default=True, help="Transformer blocks.")
-@click.option("--n-heads", type=int, default=4, show_default=True, help="Attention heads per block.")
-@click.option("--context", type=int, default=64, show_default=True, help="Context length in tokens.")
-@click.option("--steps", type=int, default=400, show_default=True, help="Optimisation steps.")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Windows per step.")
-@click.option("--lr", type=float, default=3e-3, show_default=True, help="Peak AdamW learning rate (warm-up, cosine decay).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weights and batch order.")
+@click.option("--vocab-size", type=int, callback=click_check(check_int, min=8, max=1 << 20), default=2048, show_default=True, help="BPE vocabulary size (tokenizer trained on the corpus).")
+@click.option("--d-model", type=int, callback=click_check(check_int, min=1, max=1 << 16), default=128, show_default=True, help="Hidden size d of the transformer.")
+@click.option("--layers", "n_layers", type=int, callback=click_check(check_int, min=1, max=1024), default=2, show_default=True, help="Transformer blocks.")
+@click.option("--n-heads", type=int, callback=click_check(check_int, min=1, max=1024), default=4, show_default=True, help="Attention heads per block.")
+@click.option("--context", type=int, callback=click_check(check_int, min=1, max=1 << 16), default=64, show_default=True, help="Context length in tokens.")
+@click.option("--steps", type=int, callback=click_check(check_int, min=1, max=10**9), default=400, show_default=True, help="Optimisation steps.")
+@click.option("--batch-size", type=int, callback=click_check(check_int, min=1, max=1 << 20), default=32, show_default=True, help="Windows per step.")
+@click.option("--lr", type=float, callback=click_check(check_float, min=0, max=10, min_open=True), default=3e-3, show_default=True, help="Peak AdamW learning rate (warm-up, cosine decay).")
+@click.option("--seed", type=int, callback=click_check(check_seed), default=0, show_default=True, help="Seed of the weights and batch order.")
 @click.option("--tokenizer", type=click.Path(dir_okay=False, exists=True), default=None, help="Reuse this tokenizer.json instead of training one.")
 @click.option("--tokens-from", type=click.Path(file_okay=False, exists=True), default=None,
               help="Copy tokenizer and token ids from this run of the same corpus (compared models see the same tokens).")
 @click.option("--config", type=click.Path(dir_okay=False, exists=True), default=None,
               help='JSON {"model": {...}, "train": {...}} (as a run\'s config.json); flags given override it.')
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint (settings come from its config.json).")
-@click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
+@click.option("--threads", type=int, callback=click_check(check_int, min=1, max=4096), default=1, show_default=True, help="torch CPU threads.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def train_command(ctx: click.Context, corpus: str, out: Path, ff_size: int | None, tokenizer: str | None, tokens_from: str | None,
                   config: str | None, resume: bool, threads: int, quiet: bool, **params) -> None:
     """Train a Matryoshka LM; writes config.json, tokenizer.json, safetensors checkpoints,
     metrics.jsonl (train and validation loss per size) and model.safetensors."""
+    from mrl.artifacts import kind_of, lock, prepare_output
     from mrl.io import read_json
     from mrl.lm.model import LMConfig
     from mrl.lm.train import TrainConfig, prepare_run, train
     from mrl.nesting import parse_nesting
 
     _set_threads(threads)
-    if resume and (out / "config.json").exists():
+    if kind_of(out) == "lm-run":
+        if not resume:
+            raise MRLError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         train(out, resume=True, progress=not quiet)
         return
-    if (out / "config.json").exists():
-        raise MRLError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    inputs = [p for p in (corpus, tokenizer, tokens_from, config) if p is not None and Path(p).exists()]
+    prepare_output(out, "lm-run", False, inputs)
     given = {k: v for k, v in params.items() if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
     base = read_json(config) if config else {}
     if not isinstance(base, dict) or set(base) - {"model", "train", "corpus"}:
@@ -88,17 +92,18 @@ def train_command(ctx: click.Context, corpus: str, out: Path, ff_size: int | Non
     train_config = TrainConfig.from_dict(train_values)
     if ctx.get_parameter_source("corpus") == click.core.ParameterSource.DEFAULT:
         corpus = base.get("corpus", corpus)
-    prepare_run(out, corpus, model_config, train_config, tokenizer_path=tokenizer, tokens_from=tokens_from)
+    with lock(out):
+        prepare_run(out, corpus, model_config, train_config, tokenizer_path=tokenizer, tokens_from=tokens_from)
     train(out, progress=not quiet)
 
 
 @lm_group.command("eval")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("--max-tokens", type=int, default=None, help="Score at most this many validation tokens (default all).")
-@click.option("--tolerance", type=float, default=0.01, show_default=True,
+@click.option("--max-tokens", type=int, callback=click_check(check_int, min=1), default=None, help="Score at most this many validation tokens (default all).")
+@click.option("--tolerance", type=float, callback=click_check(check_float, min=0), default=0.01, show_default=True,
               help="Adaptive decoding: allowed relative perplexity increase over the full head.")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Windows per forward pass.")
-@click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
+@click.option("--batch-size", type=int, callback=click_check(check_int, min=1, max=1 << 20), default=32, show_default=True, help="Windows per forward pass.")
+@click.option("--threads", type=int, callback=click_check(check_int, min=1, max=4096), default=1, show_default=True, help="torch CPU threads.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def eval_command(run_dir: Path, max_tokens: int | None, tolerance: float, batch_size: int, threads: int, quiet: bool) -> None:
     """Per-size validation perplexity and top-1 (eval.json); for models with several sizes, also
@@ -125,30 +130,27 @@ def eval_command(run_dir: Path, max_tokens: int | None, tolerance: float, batch_
 @lm_group.command("generate")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--prompt", default="", help="Text to continue (empty: start a new document).")
-@click.option("--max-size", type=int, default=None, help="Use the head of this size for every token (default: the largest).")
+@click.option("--max-size", type=int, callback=click_check(check_int, min=1), default=None, help="Use the head of this size for every token (default: the largest).")
 @click.option("--adaptive", is_flag=True, help="Per token, the smallest head whose confidence passes the thresholds of adaptive.json.")
-@click.option("--max-new-tokens", type=int, default=40, show_default=True, help="Tokens to sample at most.")
-@click.option("--temperature", type=float, default=0.8, show_default=True, help="Sampling temperature (0: greedy).")
-@click.option("--top-k", type=int, default=40, show_default=True, help="Sample among the k most likely tokens.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--max-new-tokens", type=int, callback=click_check(check_int, min=1, max=1 << 20), default=40, show_default=True, help="Tokens to sample at most.")
+@click.option("--temperature", type=float, callback=click_check(check_float, min=0), default=0.8, show_default=True, help="Sampling temperature (0: greedy).")
+@click.option("--top-k", type=int, callback=click_check(check_int, min=1), default=40, show_default=True, help="Sample among the k most likely tokens.")
+@click.option("--seed", type=int, callback=click_check(check_seed), default=0, show_default=True, help="Sampling seed.")
 def generate_command(run_dir: Path, prompt: str, max_size: int | None, adaptive: bool, max_new_tokens: int,
                      temperature: float, top_k: int, seed: int) -> None:
     """Sample a continuation of --prompt; prints the text, then (to stderr) the head sizes used and
     the output-head multiply-adds per token."""
-    from mrl.io import read_json
     from mrl.lm.decoding import generate
+    from mrl.lm.evaluate import read_thresholds
     from mrl.lm.tokenizer import LMTokenizer
-    from mrl.lm.train import load_model
+    from mrl.lm.train import load_model, read_lm_run
 
     if adaptive and max_size is not None:
         raise MRLError("give either --max-size or --adaptive, not both")
     model = load_model(run_dir)
+    read_lm_run(run_dir, verify=["tokenizer.json"])
     tokenizer = LMTokenizer.load(run_dir / "tokenizer.json")
-    thresholds = None
-    if adaptive:
-        if not (run_dir / "adaptive.json").exists():
-            raise MRLError(f"{run_dir} has no adaptive.json; run `mrl lm eval {run_dir}` first")
-        thresholds = read_json(run_dir / "adaptive.json")["thresholds"]
+    thresholds = read_thresholds(run_dir) if adaptive else None
     out = generate(model, tokenizer, prompt, max_new_tokens=max_new_tokens, size=max_size, thresholds=thresholds,
                    temperature=temperature, top_k=top_k, seed=seed)
     click.echo(out.text)

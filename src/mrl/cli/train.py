@@ -18,7 +18,7 @@ _OPTION_FIELDS = {
 
 
 def _config_from_options(ctx: click.Context, params: dict, resume: bool, out: Path) -> TrainConfig:
-    from mrl.training import is_run_dir, load_config
+    from mrl.runs import is_run_dir, load_config
 
     given = {
         name: params[name] for name in _OPTION_FIELDS

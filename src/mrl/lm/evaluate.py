@@ -32,10 +32,12 @@ import torch
 from tqdm.auto import tqdm
 
 from mrl.adaptive import HeadCosts, budget_thresholds, cascade_outcome, head_costs, thresholds_to_json
+from mrl.artifacts import lock
 from mrl.errors import MRLError
-from mrl.io import load_npy, load_npz, save_npz, write_json
+from mrl.io import load_npy, load_npz, read_json, save_npz, write_json
 from mrl.lm.model import MatryoshkaLM
-from mrl.lm.train import load_model, read_run_config
+from mrl.lm.train import OUTPUTS, load_model, read_lm_run, read_run_config, record_files
+from mrl.validation import check_float, check_int
 
 
 def windows_of(ids: torch.Tensor, context: int, max_tokens: int | None = None) -> torch.Tensor:
@@ -106,13 +108,21 @@ def evaluate_run(run_dir: str | os.PathLike, batch_size: int = 32, max_tokens: i
         The summary of :func:`summarize` plus ``head`` and ``vocab_size``.
     """
     run_dir = Path(run_dir)
-    model = load_model(run_dir)
-    windows = windows_of(torch.from_numpy(load_npy(run_dir / "tokens_val.npy").astype(np.int64)), model.config.context, max_tokens)
-    stats = token_stats(model, windows, batch_size, progress)
-    save_npz(run_dir / "token_stats.npz", **stats)
-    summary = {"head": model.config.head, "vocab_size": model.config.vocab_size, "d_model": model.config.d_model}
-    summary.update(summarize(stats, model.nesting))
-    write_json(run_dir / "eval.json", summary)
+    if max_tokens is not None:
+        check_int("max_tokens", max_tokens, min=1)
+    check_int("batch_size", batch_size, min=1)
+    read_lm_run(run_dir, verify=[])  # a missing or foreign folder is refused before the lock creates anything
+    with lock(run_dir):
+        model = load_model(run_dir)
+        read_lm_run(run_dir, verify=["tokens_val.npy"])
+        ids = torch.from_numpy(load_npy(run_dir / "tokens_val.npy").astype(np.int64))
+        stats = token_stats(model, windows_of(ids, model.config.context, max_tokens), batch_size, progress)
+        summary = {"head": model.config.head, "vocab_size": model.config.vocab_size, "d_model": model.config.d_model}
+        summary.update(summarize(stats, model.nesting))
+        record_files(run_dir, drop=OUTPUTS)  # the old outputs leave the manifest before they are replaced
+        save_npz(run_dir / "token_stats.npz", **stats)
+        write_json(run_dir / "eval.json", summary)
+        record_files(run_dir, add=["token_stats.npz", "eval.json"])
     return summary
 
 
@@ -159,10 +169,15 @@ def fit_adaptive(run_dir: str | os.PathLike, tolerance: float = 0.01, n_quantile
         front's points on the test half), ``fixed`` (each single size on the test half), ``full``.
     """
     run_dir = Path(run_dir)
+    tolerance = check_float("tolerance", tolerance, min=0)
+    n_quantiles = check_int("n_quantiles", n_quantiles, min=1, max=100_000)
     config = read_run_config(run_dir)["model"]
     nesting, vocab = config["nesting"], config["vocab_size"]
     if len(nesting) < 2:
         raise MRLError(f"adaptive decoding needs a model with several head sizes; {run_dir} has nesting {nesting}")
+    if "token_stats.npz" not in read_lm_run(run_dir, verify=[]).files:
+        raise MRLError(f"{run_dir} has no token statistics of its current weights; run `mrl lm eval {run_dir}` first")
+    read_lm_run(run_dir, verify=["token_stats.npz"])
     stats = load_npz(run_dir / "token_stats.npz", required=("maxprob", "nll", "correct"))
     n = stats["nll"].shape[1]
     # Split on a window boundary so fit and test tokens come from different documents' spans.
@@ -195,5 +210,21 @@ def fit_adaptive(run_dir: str | os.PathLike, tolerance: float = 0.01, n_quantile
     }
     result["full"] = result["fixed"][str(nesting[-1])]
     result["chosen"]["ppl_increase"] = result["chosen"]["ppl"] / result["full"]["ppl"] - 1
-    write_json(run_dir / "adaptive.json", result)
+    with lock(run_dir):
+        record_files(run_dir, drop=["adaptive.json"])
+        write_json(run_dir / "adaptive.json", result)
+        record_files(run_dir, add=["adaptive.json"])
     return result
+
+
+def read_thresholds(run_dir: str | os.PathLike) -> list:
+    """The adaptive-decoding thresholds of a run's adaptive.json, verified and type-checked."""
+    run_dir = Path(run_dir)
+    if "adaptive.json" not in read_lm_run(run_dir, verify=[]).files:
+        raise MRLError(f"{run_dir} has no adaptive.json; run `mrl lm eval {run_dir}` first")
+    read_lm_run(run_dir, verify=["adaptive.json"])
+    data = read_json(run_dir / "adaptive.json")
+    thresholds = data.get("thresholds") if isinstance(data, dict) else None
+    if not isinstance(thresholds, list) or not all(isinstance(t, (int, float, str)) and not isinstance(t, bool) for t in thresholds):
+        raise MRLError(f"{run_dir / 'adaptive.json'} has no list of 'thresholds'")
+    return thresholds

@@ -6,36 +6,50 @@ to one CPU process: AdamW (weight decay on matrices only), linear warm-up then c
 gradient clipping. Batches are random windows of the training id stream drawn from a seeded
 ``torch.Generator``.
 
-A run directory holds ``config.json`` (model and training configs, corpus), ``tokenizer.json``,
-the cached id streams ``tokens_{train,val}.npy``, ``checkpoint.safetensors`` (model, AdamW state and
-the batch generator's state; the step in its metadata) with ``state.json`` beside it,
-``metrics.jsonl`` and, at the end, ``model.safetensors``. Because everything that decides the next
-step is checkpointed, a resumed run reaches the same weights as an uninterrupted one.
+A run directory is an ``lm-run`` artifact (:mod:`mrl.artifacts`): ``config.json`` (model and
+training configs, corpus), ``tokenizer.json``, the cached id streams ``tokens_{train,val}.npy``,
+``checkpoint-NNNNNNN.safetensors`` (model, AdamW state and the batch generator's state),
+``metrics.jsonl`` and, at the end, ``model.safetensors``; ``manifest.json`` holds the sha256 of
+each and the step of the last checkpoint, and rewriting it is what commits a checkpoint. Because
+everything that decides the next step is checkpointed, a resumed run reaches the same weights as
+an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import re
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mrl.artifacts import MANIFEST, Manifest, kind_of, lock, read_manifest, write_manifest
 from mrl.config import config_from_dict
 from mrl.errors import MRLError
-from mrl.io import append_jsonl, load_npy, load_tensors, read_json, save_npy, save_tensors, write_json
+from mrl.io import append_jsonl, atomic_write_text, load_npy, load_tensors, read_json, read_jsonl, save_npy, save_tensors, write_json
 from mrl.lm.corpus import load_corpus
 from mrl.lm.model import LMConfig, MatryoshkaLM
 from mrl.lm.tokenizer import LMTokenizer
 from mrl.losses import MatryoshkaLoss
 from mrl.training import load_optimizer_tensors, optimizer_tensors
+from mrl.validation import check_float, check_int, check_seed
 
 log = logging.getLogger(__name__)
+KIND = "lm-run"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+BASE_FILES = (CONFIG_FILE, "tokenizer.json", "tokens_train.npy", "tokens_val.npy")
+FINAL_WEIGHTS = "model.safetensors"
+OUTPUTS = ("eval.json", "token_stats.npz", "adaptive.json")  # written by mrl.lm.evaluate
 
 
 @dataclass
@@ -56,12 +70,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "warmup_steps", "checkpoint_every", "log_every", "eval_batches"):
-            value = getattr(self, name)
             least = 0 if name == "warmup_steps" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise MRLError(f"{name} must be an integer >= {least}, got {value!r}")
-        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
-            raise MRLError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
+            setattr(self, name, check_int(name, getattr(self, name), min=least, max=10**9))
+        self.seed = check_seed("seed", self.seed)
+        self.lr = check_float("lr", self.lr, min=0, max=10, min_open=True)
+        self.min_lr = check_float("min_lr", self.min_lr, min=0, max=self.lr)
+        self.weight_decay = check_float("weight_decay", self.weight_decay, min=0, max=1e3)
+        self.grad_clip = check_float("grad_clip", self.grad_clip, min=0, min_open=True)
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -100,48 +115,99 @@ def make_optimizer(model: MatryoshkaLM, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
 
 
-def save_checkpoint(run_dir: Path, model: MatryoshkaLM, opt: torch.optim.AdamW, generator: torch.Generator, step: int) -> None:
-    """Model, optimizer and batch-generator state at ``step`` (one safetensors file, atomic)."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors.update(optimizer_tensors(opt, prefix="optim."))
-    tensors["rng"] = generator.get_state()
-    save_tensors(run_dir / "checkpoint.safetensors", tensors, metadata={"step": str(step)})
-    write_json(run_dir / "state.json", {"step": step, "checkpoint": "checkpoint.safetensors"})
+def checkpoint_name(step: int) -> str:
+    """The checkpoint file of ``step``; names are fixed here, never read from a file."""
+    return f"checkpoint-{check_int('step', step, min=1):07d}.safetensors"
 
 
-def load_checkpoint(run_dir: Path, model: MatryoshkaLM, opt: torch.optim.AdamW, generator: torch.Generator) -> int:
-    """Restore a checkpoint; returns the step it was taken at."""
-    tensors = load_tensors(run_dir / "checkpoint.safetensors")
-    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-    load_optimizer_tensors(opt, tensors, prefix="optim.")
-    generator.set_state(tensors["rng"])
-    return int(read_json(run_dir / "state.json")["step"])
-
-
-def read_run_config(run_dir: str | os.PathLike) -> dict:
-    """config.json of an LM run directory; anything else is refused with a clear error."""
+def read_lm_run(run_dir: str | os.PathLike, verify: list[str] | None = None) -> Manifest:
+    """The verified manifest of an LM run directory (every listed file by default)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise MRLError(f"LM run directory {run_dir} does not exist")
-    if not (run_dir / "config.json").is_file():
-        raise MRLError(f"{run_dir} is not an LM run directory (no config.json); create one with `mrl lm train`")
-    config = read_json(run_dir / "config.json")
-    if not isinstance(config, dict) or not {"corpus", "model", "train"} <= set(config):
+    if kind_of(run_dir) is None:
+        raise MRLError(f"{run_dir} is not an LM run directory (no valid manifest.json); create one with `mrl lm train`")
+    return read_manifest(run_dir, KIND, FORMAT_VERSION, verify=verify)
+
+
+def checkpoint_step(manifest: Manifest) -> int:
+    """Step of the run's last checkpoint (0 before the first), type-checked."""
+    return check_int(f"{MANIFEST}: step", manifest.meta.get("step", 0), min=0)
+
+
+def record_files(run_dir: Path, add: Sequence[str] = (), drop: Sequence[str] = (), **meta: Any) -> None:
+    """Rewrite the manifest: the files it lists (verified first) less ``drop``, plus ``add``; meta updated."""
+    manifest = read_lm_run(run_dir)
+    kept = [n for n in manifest.files if n not in drop and n not in add]
+    write_manifest(run_dir, KIND, kept + list(add), FORMAT_VERSION, meta={**manifest.meta, **meta})
+
+
+def save_checkpoint(run_dir: Path, model: MatryoshkaLM, opt: torch.optim.AdamW, generator: torch.Generator, step: int) -> None:
+    """Model, optimizer and batch-generator state at ``step``, committed by the manifest; the older one is dropped."""
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update(optimizer_tensors(opt, prefix="optim."))
+    tensors["rng"] = generator.get_state()
+    name = checkpoint_name(step)
+    save_tensors(run_dir / name, tensors, metadata={"step": str(step)})
+    previous = checkpoint_step(read_lm_run(run_dir, verify=[]))
+    old = [checkpoint_name(previous)] if previous and previous != step else []
+    record_files(run_dir, add=[name], drop=old + list(OUTPUTS), step=step)
+    clean_stale(run_dir)
+
+
+def load_checkpoint(run_dir: Path, model: MatryoshkaLM, opt: torch.optim.AdamW, generator: torch.Generator) -> int:
+    """Restore the last checkpoint (verified against the manifest); returns the step it was taken at."""
+    step = checkpoint_step(read_lm_run(run_dir, verify=[]))
+    name = checkpoint_name(step)
+    read_lm_run(run_dir, verify=[name])
+    tensors = load_tensors(run_dir / name)
+    try:
+        model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+        load_optimizer_tensors(opt, tensors, prefix="optim.")
+        generator.set_state(tensors["rng"])
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise MRLError(f"{run_dir / name} does not fit this run's model ({exc})") from None
+    return step
+
+
+def clean_stale(run_dir: Path) -> None:
+    """Remove checkpoints and outputs the manifest does not hold, and temp files of killed writes."""
+    listed = read_lm_run(run_dir, verify=[]).files
+    for path in run_dir.iterdir():
+        unlisted = path.name not in listed and (
+            re.fullmatch(r"checkpoint-\d{7}\.safetensors", path.name) or path.name in (*OUTPUTS, FINAL_WEIGHTS)
+        )
+        if (unlisted or re.fullmatch(r"\..+\.tmp", path.name)) and (path.is_file() or path.is_symlink()):
+            path.unlink()
+
+
+def read_run_config(run_dir: str | os.PathLike) -> dict:
+    """config.json of an LM run directory, verified against its manifest; anything else is refused."""
+    run_dir = Path(run_dir)
+    read_lm_run(run_dir, verify=[CONFIG_FILE])
+    config = read_json(run_dir / CONFIG_FILE)
+    if not isinstance(config, dict) or not {"corpus", "model", "train"} <= set(config) or not isinstance(config["corpus"], str):
         raise MRLError(f"{run_dir} is not an LM run directory (its config.json has no corpus/model/train sections)")
     return config
 
 
-def load_model(run_dir: str | os.PathLike, weights: str = "model.safetensors") -> MatryoshkaLM:
-    """The trained LM of a run directory (final weights, or the checkpoint's while training)."""
+def load_model(run_dir: str | os.PathLike) -> MatryoshkaLM:
+    """The trained LM of a run directory (final weights, or the last checkpoint's while training)."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     model = MatryoshkaLM(LMConfig.from_dict(config["model"]))
-    path = run_dir / weights
-    if not path.exists() and (run_dir / "checkpoint.safetensors").exists():
-        path = run_dir / "checkpoint.safetensors"
-    tensors = load_tensors(path)
+    manifest = read_lm_run(run_dir, verify=[])
+    step = checkpoint_step(manifest)
+    name = FINAL_WEIGHTS if FINAL_WEIGHTS in manifest.files else checkpoint_name(step) if step else None
+    if name is None:
+        raise MRLError(f"{run_dir} holds no trained weights yet; run `mrl lm train --out {run_dir} --resume`")
+    read_lm_run(run_dir, verify=[name])
+    tensors = load_tensors(run_dir / name)
     state = {k.removeprefix("model."): v for k, v in tensors.items() if not k.startswith(("optim.", "rng"))}
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise MRLError(f"{run_dir / name} does not fit the model in its config.json ({exc})") from None
     return model.eval()
 
 
@@ -189,6 +255,7 @@ def prepare_run(
         source = Path(tokens_from)
         if read_run_config(source)["corpus"] != corpus:
             raise MRLError(f"tokens_from={str(source)!r} was made from another corpus than {corpus!r}")
+        read_lm_run(source, verify=list(BASE_FILES))
         tokenizer = LMTokenizer.load(source / "tokenizer.json")
         streams = [load_npy(source / name) for name in names]
     else:
@@ -201,10 +268,16 @@ def prepare_run(
         streams = [np.asarray(tokenizer.encode_documents(docs), dtype=dtype) for docs in (data.train, data.val)]
     if tokenizer.vocab_size > model_config.vocab_size:
         raise MRLError(f"the tokenizer has {tokenizer.vocab_size} tokens, more than vocab_size={model_config.vocab_size}")
+    # Checked before anything is written, so a context too long for the corpus leaves no half-made run.
+    for name, stream, least in zip(names, streams, (model_config.context + 2, model_config.context + 1)):
+        if len(stream) < least:
+            raise MRLError(f"{name} would hold {len(stream)} tokens, fewer than context + {least - model_config.context} = "
+                           f"{least}; lower --context or use a larger corpus")
     for name, stream in zip(names, streams):
         save_npy(run_dir / name, stream)
     tokenizer.save(run_dir / "tokenizer.json")
-    write_json(run_dir / "config.json", {"corpus": corpus, "model": model_config.to_dict(), "train": asdict(train_config)})
+    write_json(run_dir / CONFIG_FILE, {"corpus": corpus, "model": model_config.to_dict(), "train": asdict(train_config)})
+    write_manifest(run_dir, KIND, BASE_FILES, FORMAT_VERSION, meta={"step": 0})
 
 
 def train(run_dir: str | os.PathLike, resume: bool = False, stop_after: int | None = None, progress: bool = True) -> MatryoshkaLM:
@@ -212,7 +285,7 @@ def train(run_dir: str | os.PathLike, resume: bool = False, stop_after: int | No
 
     Args:
         run_dir: made by :func:`prepare_run`.
-        resume: continue from ``checkpoint.safetensors`` if there is one.
+        resume: continue from the last checkpoint if there is one.
         stop_after: stop once this many steps are done, leaving a checkpoint (as an interruption
             would); the run can then be resumed.
         progress: show a tqdm bar.
@@ -221,6 +294,12 @@ def train(run_dir: str | os.PathLike, resume: bool = False, stop_after: int | No
         The model (in eval mode).
     """
     run_dir = Path(run_dir)
+    read_lm_run(run_dir, verify=[])  # a missing or foreign folder is refused before the lock creates anything
+    with lock(run_dir):
+        return _train(run_dir, resume, stop_after, progress)
+
+
+def _train(run_dir: Path, resume: bool, stop_after: int | None, progress: bool) -> MatryoshkaLM:
     config = read_run_config(run_dir)
     model_config = LMConfig.from_dict(config["model"])
     cfg = TrainConfig.from_dict(config["train"])
@@ -229,11 +308,20 @@ def train(run_dir: str | os.PathLike, resume: bool = False, stop_after: int | No
     opt = make_optimizer(model, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)
     step = 0
-    if resume and (run_dir / "checkpoint.safetensors").exists():
+    if resume and checkpoint_step(read_lm_run(run_dir, verify=[])):
         step = load_checkpoint(run_dir, model, opt, generator)
         log.info("resumed %s at step %d", run_dir, step)
-    elif (run_dir / "metrics.jsonl").exists():
-        (run_dir / "metrics.jsonl").unlink()  # a fresh start forgets the metrics of an earlier one
+        # Lines logged after the checkpoint are redone by this attempt: keep one copy of each step.
+        kept = [r for r in read_jsonl(run_dir / "metrics.jsonl") if isinstance(r, dict) and r.get("step", 0) <= step]
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+    else:
+        if (run_dir / "metrics.jsonl").exists():
+            (run_dir / "metrics.jsonl").unlink()  # a fresh start forgets the metrics of an earlier one
+        previous = checkpoint_step(read_lm_run(run_dir, verify=[]))
+        record_files(run_dir, drop=[checkpoint_name(previous)] if previous else [], step=0)
+        record_files(run_dir, drop=[FINAL_WEIGHTS, *OUTPUTS])
+    clean_stale(run_dir)
+    read_lm_run(run_dir, verify=list(BASE_FILES))
     train_ids = torch.from_numpy(load_npy(run_dir / "tokens_train.npy").astype(np.int64))
     val_ids = torch.from_numpy(load_npy(run_dir / "tokens_val.npy").astype(np.int64))
     loss_fn = MatryoshkaLoss(nesting=model.nesting)
@@ -249,6 +337,8 @@ def train(run_dir: str | os.PathLike, resume: bool = False, stop_after: int | No
         h = model.hidden(x).flatten(0, 1)
         per_size = loss_fn.per_size(model.per_size_logits(h), y.flatten())
         loss = (loss_fn.weights * per_size).sum()
+        if not torch.isfinite(loss):
+            raise MRLError(f"training diverged at step {step + 1}: loss is {loss.item()}; lower --lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -267,5 +357,6 @@ def train(run_dir: str | os.PathLike, resume: bool = False, stop_after: int | No
             append_jsonl(run_dir / "metrics.jsonl", record)
     bar.close()
     if step >= cfg.steps:
-        save_tensors(run_dir / "model.safetensors", model.state_dict(), metadata={"step": str(step)})
+        save_tensors(run_dir / FINAL_WEIGHTS, model.state_dict(), metadata={"step": str(step)})
+        record_files(run_dir, add=[FINAL_WEIGHTS])
     return model.eval()

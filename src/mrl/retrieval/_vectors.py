@@ -11,6 +11,7 @@ import faiss
 import numpy as np
 
 from mrl.errors import MRLError
+from mrl.nesting import PREFIX_NORM_FLOOR
 
 METRICS = ("cosine", "ip", "l2")
 _CHUNK_ROWS = 65536  # rows per block when scanning large arrays, bounding temporaries to ~0.5 GB at d=2048
@@ -51,7 +52,8 @@ def check_vectors(vectors: object, name: str, dim: int | None = None) -> np.ndar
 
 
 def prefix(vectors: np.ndarray, dim: int, metric: str) -> np.ndarray:
-    """Float32 C-contiguous copy of ``vectors[:, :dim]``, L2-normalised per row for cosine.
+    """Float32 C-contiguous copy of ``vectors[:, :dim]``, L2-normalised per row for cosine (norms
+    floored at :data:`mrl.nesting.PREFIX_NORM_FLOOR`, as :func:`mrl.nesting.truncate` does).
 
     Example:
         >>> prefix(np.array([[3.0, 4.0, 1.0]]), 2, "cosine")
@@ -60,7 +62,7 @@ def prefix(vectors: np.ndarray, dim: int, metric: str) -> np.ndarray:
     out = np.array(vectors[:, :dim], dtype=np.float32, order="C", copy=True)
     if metric == "cosine":
         norms = np.linalg.norm(out, axis=1, keepdims=True)
-        out /= np.maximum(norms, np.float32(1e-12))
+        out /= np.maximum(norms, np.float32(PREFIX_NORM_FLOOR))
     return out
 
 

@@ -13,6 +13,8 @@ import faiss
 import numpy as np
 import torch
 
+from mrl.nesting import PREFIX_NORM_FLOOR
+
 STORES = ("memory", "mmap")
 DTYPES = {"float32": np.float32, "float16": np.float16}
 RERANK_BLOCK_FLOATS = 1 << 22  # gathered candidate floats per block of queries (16 MiB in float32)
@@ -58,7 +60,7 @@ class VectorStore:
             dots, sq = self._gathered_dots(q, safe_ids, dim, with_norms=metric != "ip")
         if metric == "cosine":
             q_norms = np.linalg.norm(q, axis=1, keepdims=True)
-            scores = dots / (np.sqrt(sq).clip(min=1e-12) * q_norms.clip(min=1e-12))
+            scores = dots / (np.sqrt(sq).clip(min=PREFIX_NORM_FLOOR) * q_norms.clip(min=PREFIX_NORM_FLOOR))
         elif metric == "l2":
             scores = 2 * dots - sq - np.einsum("qd,qd->q", q, q)[:, None]
         else:

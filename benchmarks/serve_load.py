@@ -1,0 +1,270 @@
+"""Load test of `mrl serve`: the funnel vs exact full-dim search through the same server, and Qdrant.
+
+Starts `mrl serve` on 127.0.0.1 (ephemeral port) once per index and sends a bounded load from an
+httpx/asyncio client: at each concurrency (default 1, 8, 32) a fixed number of single-query JSON
+requests, capped in time. Reports QPS, p50/p95/p99 latency, errors and kNN-recall@10 against exact
+search, then the funnel server's RSS before and after a soak (--soak-seconds at concurrency 8).
+Two servers, one after the other (both at once would hold the vectors twice): the funnel index
+(16-dim flat shortlist, funnel tuned for kNN-recall@10 >= --target-recall) and an exact index (the
+same vectors with a full-dim flat "shortlist", so every search is FAISS exact inner product). The
+server and this client share the machine, so absolute QPS is low; read the ratios.
+
+Qdrant (embedded, qdrant-edge-py), same queries in this process: the index exported with stages
+16, D and any other stage of the tuned funnel, searched one query at a time with the same funnel, exactly (SearchParams(exact=True))
+and through the engine's HNSW graph on the 16-dim vector; agreement of the top-10 ids with
+FunnelIndex and kNN-recall@10 against exact search.
+
+Data: synthetic MRL-like unit vectors (benchmarks/funnel_search.py `synthetic`), or embeddings from
+`mrl embed` with --database/--queries.
+
+    .venv/bin/python benchmarks/serve_load.py --n 100000 --dim 2048 --soak-seconds 120
+    .venv/bin/python benchmarks/serve_load.py --database runs/demo/mrl_train.npz --queries runs/demo/mrl_test.npz --soak-seconds 0
+    .venv/bin/python benchmarks/serve_load.py --n 5000 --dim 256 --requests 200 --soak-seconds 5    # smoke run
+
+Goals (issue 10): 0 errors; RSS growth <= 5% over the soak; at concurrency 8 the funnel serves >= 10x
+the QPS of exact search at kNN-recall@10 >= 0.99; Qdrant exact agrees with FunnelIndex on >= 99.5% of
+queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from funnel_search import synthetic  # same folder: one owner of the synthetic MRL-like data
+from mrl.io import load_npz, write_json
+from mrl.metrics import knn_recall_at_k
+from mrl.retrieval import FunnelIndex, exact_search, format_funnel
+
+logger = logging.getLogger("serve_load")
+K = 10
+
+
+def start_server(index_dir: Path, workers: int | None) -> tuple[subprocess.Popen, str]:
+    command = [sys.executable, "-m", "mrl", "serve", str(index_dir), "--port", "0"]
+    if workers:
+        command += ["--workers", str(workers)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    line = process.stdout.readline()
+    if not line.startswith("serving "):
+        process.kill()
+        raise RuntimeError(f"server did not start: {line!r}")
+    url = line.split(" on ")[1].strip()
+    for _ in range(100):
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError("server never became healthy")
+
+
+def stop_server(process: subprocess.Popen) -> int:
+    process.terminate()  # SIGTERM: graceful, expected exit status 0
+    return process.wait(timeout=60)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def load(url: str, bodies: list[bytes], concurrency: int, n_requests: int, time_cap: float) -> dict:
+    """Send up to ``n_requests`` requests (bodies reused round-robin) from ``concurrency`` workers, at most ``time_cap`` s."""
+    latencies: list[float] = []
+    errors = 0
+    ids: dict[int, list[int]] = {}
+    counter = iter(range(n_requests))
+    deadline = time.perf_counter() + time_cap
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        for i in counter:
+            if time.perf_counter() > deadline:
+                return
+            start = time.perf_counter()
+            try:
+                response = await client.post("/search", content=bodies[i % len(bodies)], headers={"content-type": "application/json"})
+                ok = response.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            latencies.append(time.perf_counter() - start)
+            if not ok:
+                errors += 1
+            elif i < len(bodies):
+                ids[i] = response.json()["ids"][0]
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    ms = np.array(latencies) * 1000
+    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors, "seconds": elapsed,
+            "qps": len(latencies) / elapsed, "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "p99_ms": float(np.percentile(ms, 99)), "ids": ids}
+
+
+def recall_of(ids: dict[int, list[int]], exact_ids: np.ndarray) -> float:
+    rows = sorted(ids)
+    return float(knn_recall_at_k(np.array([ids[i] for i in rows]), exact_ids[rows], K).mean()) if rows else float("nan")
+
+
+def serve_rows(name: str, index_dir: Path, bodies: list[bytes], exact_ids: np.ndarray, args, soak: bool) -> tuple[list[dict], dict]:
+    process, url = start_server(index_dir, args.workers)
+    rows, soak_info = [], {}
+    try:
+        asyncio.run(load(url, bodies, 4, min(50, args.requests), 30))  # warm-up (first-touch pages, caches)
+        for concurrency in args.concurrency:
+            row = asyncio.run(load(url, bodies, concurrency, args.requests, args.time_cap))
+            row["knn_recall@10"] = recall_of(row.pop("ids"), exact_ids)
+            rows.append({"server": name, **row})
+            logger.info("%s c=%d: %.1f QPS, p50 %.2f ms, p99 %.2f ms, %d errors, recall %.4f", name, concurrency, row["qps"],
+                        row["p50_ms"], row["p99_ms"], row["errors"], row["knn_recall@10"])
+        if soak and args.soak_seconds > 0:
+            before = rss_mib(process.pid)
+            row = asyncio.run(load(url, bodies, 8, 10**9, args.soak_seconds))
+            after = rss_mib(process.pid)
+            soak_info = {"seconds": row["seconds"], "requests": row["requests"], "errors": row["errors"], "qps": row["qps"],
+                         "rss_before_mib": before, "rss_after_mib": after, "rss_growth": after / before - 1}
+            logger.info("soak: %s", soak_info)
+    finally:
+        status = stop_server(process)
+    if status != 0:
+        raise RuntimeError(f"{name} server exited with status {status} after SIGTERM")
+    return rows, soak_info
+
+
+def qdrant_rows(index_dir: Path, workdir: Path, queries: np.ndarray, funnel, funnel_ids: np.ndarray, exact_ids: np.ndarray,
+                hnsw_ef: int) -> list[dict]:
+    from mrl.retrieval.qdrant import QdrantFunnel, export_to_qdrant
+
+    index = FunnelIndex.load(index_dir, mmap=True)
+    start = time.perf_counter()
+    stages = sorted({index.shortlist_dim, index.dim} | {d for d, _ in funnel})  # every stage of the tuned funnel
+    export_to_qdrant(index_dir, workdir / "qdrant", "bench", stages=stages, progress=True)
+    logger.info("exported to embedded Qdrant in %.1f s", time.perf_counter() - start)
+    rows = []
+    with QdrantFunnel(workdir / "qdrant", "bench") as qdrant:
+        variants = [("FunnelIndex (in process)", lambda q: index.search(q, K, funnel)[1]),
+                    ("Qdrant exact", lambda q: qdrant.search(q, K, funnel, exact=True)[1]),
+                    (f"Qdrant HNSW ef={hnsw_ef}", lambda q: qdrant.search(q, K, funnel, exact=False, hnsw_ef=hnsw_ef)[1])]
+        for _, search in variants:
+            search(queries[:10])  # warm-up
+        times = {name: [] for name, _ in variants}
+        found = {name: np.empty((len(queries), K), dtype=np.int64) for name, _ in variants}
+        for i in range(len(queries)):  # one query at a time, variants interleaved
+            for name, search in variants:
+                t = time.perf_counter()
+                found[name][i] = search(queries[i : i + 1])[0]
+                times[name].append(time.perf_counter() - t)
+    for name, _ in variants:
+        same = np.mean([set(a) == set(b) for a, b in zip(found[name], funnel_ids)])
+        rows.append({"backend": name, "ms_per_query_p50": 1000 * float(np.median(times[name])),
+                     "ms_per_query_mean": 1000 * float(np.mean(times[name])), "same_top10_as_funnelindex": float(same),
+                     "knn_recall@10": float(knn_recall_at_k(found[name], exact_ids, K).mean())})
+        logger.info("%s", rows[-1])
+    return rows
+
+
+def table(rows: list[dict], keys: list[str]) -> str:
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        lines.append("| " + " | ".join(f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database", type=Path, help=".npz with X [N, D] (from mrl embed); default: synthetic")
+    parser.add_argument("--queries", type=Path, help=".npz with X [Q, D] queries (with --database)")
+    parser.add_argument("--n", type=int, default=100_000, help="synthetic database size")
+    parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--clusters", type=int, default=1000)
+    parser.add_argument("--n-queries", type=int, default=1000, help="distinct query vectors (requests reuse them)")
+    parser.add_argument("--tune-queries", type=int, default=200)
+    parser.add_argument("--target-recall", type=float, default=0.99)
+    parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=1000, help="requests per concurrency level")
+    parser.add_argument("--time-cap", type=float, default=30.0, help="seconds per concurrency level at most")
+    parser.add_argument("--soak-seconds", type=float, default=120.0)
+    parser.add_argument("--workers", type=int, default=None, help="server search threads (default: CPU count)")
+    parser.add_argument("--hnsw-ef", type=int, default=128)
+    parser.add_argument("--qdrant-queries", type=int, default=300)
+    parser.add_argument("--skip-qdrant", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve_load.json"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+
+    if args.database:
+        database = load_npz(args.database, required=("X",))["X"].astype(np.float32)
+        all_queries = load_npz(args.queries, required=("X",))["X"].astype(np.float32)
+        tune, queries = all_queries[: args.tune_queries], all_queries[args.tune_queries : args.tune_queries + args.n_queries]
+        data = f"{args.database} ({database.shape[0]} x {database.shape[1]}), queries {args.queries}"
+    else:
+        database = synthetic(args.n, args.dim, args.clusters, seed=0, stream=0)
+        queries = synthetic(args.n_queries, args.dim, args.clusters, seed=0, stream=1)
+        tune = synthetic(args.tune_queries, args.dim, args.clusters, seed=0, stream=2)
+        data = f"synthetic {args.n} x {args.dim} ({args.clusters} clusters)"
+    logger.info("data: %s", data)
+    workdir = Path(tempfile.mkdtemp(prefix="serve_load."))
+    try:
+        exact_ids = exact_search(database, queries, K, metric="cosine")[1]
+        funnel_index = FunnelIndex(database, metric="cosine", shortlist_dim=16)
+        tuner = funnel_index.tune(tune, k=K, target_recall=args.target_recall)
+        funnel = funnel_index.funnel
+        funnel_ids = funnel_index.search(queries, K, funnel)[1]
+        logger.info("tuned funnel %s (kNN-recall@10 on tuning queries %.4f)", format_funnel(funnel), tuner.best_["knn_recall"])
+        funnel_index.save(workdir / "funnel")
+        del funnel_index
+        FunnelIndex(database, metric="cosine", shortlist_dim=database.shape[1]).save(workdir / "exact")
+        dim = database.shape[1]
+        del database
+        bodies = [json.dumps({"vectors": [q.tolist()], "k": K}).encode() for q in queries]
+
+        rows, soak = [], {}
+        for name, folder, with_soak in (("funnel " + format_funnel(funnel), "funnel", True), (f"exact {dim}-dim", "exact", False)):
+            got, soak_info = serve_rows(name, workdir / folder, bodies, exact_ids, args, with_soak)
+            rows += got
+            soak = soak or soak_info
+        ratios = {}
+        for c in args.concurrency:
+            funnel_row = next(r for r in rows if r["concurrency"] == c and r["server"].startswith("funnel"))
+            exact_row = next(r for r in rows if r["concurrency"] == c and r["server"].startswith("exact"))
+            ratios[c] = funnel_row["qps"] / exact_row["qps"]
+        qdrant = [] if args.skip_qdrant else qdrant_rows(workdir / "funnel", workdir, queries[: args.qdrant_queries], funnel,
+                                                         funnel_ids[: args.qdrant_queries], exact_ids[: args.qdrant_queries], args.hnsw_ef)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    command = "python " + " ".join(sys.argv)
+    report = [f"data: {data}; k={K}; {os.cpu_count()} CPUs shared by server and client; command: {command}",
+              table(rows, ["server", "concurrency", "requests", "errors", "qps", "p50_ms", "p95_ms", "p99_ms", "knn_recall@10"]),
+              "funnel / exact QPS: " + ", ".join(f"c={c}: {r:.1f}x" for c, r in ratios.items())]
+    if soak:
+        report.append(f"soak {soak['seconds']:.0f} s at c=8: {soak['requests']} requests, {soak['errors']} errors, RSS "
+                      f"{soak['rss_before_mib']:.0f} -> {soak['rss_after_mib']:.0f} MiB ({100 * soak['rss_growth']:+.2f}%)")
+    if qdrant:
+        report.append(table(qdrant, ["backend", "ms_per_query_p50", "ms_per_query_mean", "same_top10_as_funnelindex", "knn_recall@10"]))
+    print("\n\n".join(report))
+    write_json(args.out, {"data": data, "command": command, "funnel": format_funnel(funnel), "rows": rows, "qps_ratio": ratios,
+                          "soak": soak, "qdrant": qdrant})
+
+
+if __name__ == "__main__":
+    main()
