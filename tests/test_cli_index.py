@@ -57,7 +57,7 @@ def test_build_hnsw_float16(embeddings):
     result = run("index", "build", embeddings / "db.npz", "--out", idx, "--shortlist", "hnsw", "--dtype", "float16",
                  "--metric", "l2", "--hnsw-m", 8, "--quiet")
     assert result.exit_code == 0, result.output
-    manifest = json.loads((idx / "manifest.json").read_text())["fields"]
+    manifest = json.loads((idx / "manifest.json").read_text())["meta"]["fields"]
     assert (manifest["shortlist"], manifest["dtype"], manifest["metric"], manifest["hnsw_m"]) == ("hnsw", "float16", "l2", 8)
 
 

@@ -213,7 +213,7 @@ def test_every_file_is_checksummed(tmp_path, name):
     raw = bytearray((idx / name).read_bytes())
     raw[-1] ^= 0x01
     (idx / name).write_bytes(bytes(raw))
-    with pytest.raises(MRLError, match=f"{name} is corrupt: its sha256 does not match"):
+    with pytest.raises(MRLError, match=f"{name} does not match the sha256 in its manifest.json; it was changed or is corrupt"):
         FunnelIndex.load(idx)
 
 
@@ -229,18 +229,20 @@ def test_manifest_edits_symlinks_and_extra_names_are_refused(tmp_path):
         manifest_path.write_text(json.dumps(original))
 
     edited = json.loads(json.dumps(original))
-    edited["fields"]["metric"] = "ip"  # a plausible edit: caught by the manifest's own checksum
-    refused(edited, "was edited: its content does not match its sha256")
+    edited["meta"]["fields"]["metric"] = "ip"  # a plausible edit: caught by the settings' checksum
+    refused(edited, "was edited: its settings do not match their sha256")
     typed = json.loads(json.dumps(original))
-    typed["fields"]["nprobe"] = "8"
+    typed["meta"]["fields"]["nprobe"] = "8"
     from mrl.retrieval.index_format import _digest
 
-    typed["sha256"] = _digest(typed)  # even a consistent checksum cannot carry an ill-typed field
+    typed["meta"]["sha256"] = _digest(typed["meta"]["fields"])  # even a consistent checksum cannot carry an ill-typed field
     refused(typed, r"field 'nprobe' has an invalid value '8'")
     foreign = json.loads(json.dumps(original))
     foreign["files"]["../../etc/passwd"] = foreign["files"].pop("coarse.faiss")
-    foreign["sha256"] = _digest(foreign)
-    refused(foreign, r"lists files .*an index with these settings has")
+    refused(foreign, r"'../../etc/passwd' is not a plain file name")
+    missing = json.loads(json.dumps(original))
+    del missing["files"]["coarse.faiss"]
+    refused(missing, r"lists files .*an index with these settings has")
     FunnelIndex.load(idx)  # restored
     (idx / "coarse.faiss").rename(tmp_path / "elsewhere.faiss")
     (idx / "coarse.faiss").symlink_to(tmp_path / "elsewhere.faiss")
@@ -409,7 +411,7 @@ def test_cli_tune_with_shortlists(tmp_path):
                  "--shortlists", "flat:int8:8;hnsw:float32:8", "--store", "mmap")
     assert result.exit_code == 0, result.output
     assert "| shortlist | nprobe/ef |" in result.output and "chose " in result.output
-    fields = json.loads((tmp_path / "idx" / "manifest.json").read_text())["fields"]
+    fields = json.loads((tmp_path / "idx" / "manifest.json").read_text())["meta"]["fields"]
     assert f"{fields['shortlist']}:{fields['encoding']}:8" in result.output.split("chose ")[1]
     result = run("index", "tune", tmp_path / "idx", tmp_path / "q.npz", "--shortlists", "flat:int8")
     assert result.exit_code == 1 and "Error: shortlists must be ';'-separated kind:encoding:dim" in result.output

@@ -168,8 +168,8 @@ def test_save_load_round_trip(tmp_path, shortlist):
     scores, ids = index.search(queries, k=10)
     index.save(tmp_path / "idx")
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
-    assert manifest["format"] == "mrl-funnel-index" and set(manifest["files"]) == {"vectors.npy", "shortlist.faiss", "labels.npy"}
-    assert (manifest["fields"]["shortlist"], manifest["fields"]["metric"]) == (shortlist, "l2")
+    assert manifest["kind"] == "index" and set(manifest["files"]) == {"vectors.npy", "shortlist.faiss", "labels.npy"}
+    assert (manifest["meta"]["fields"]["shortlist"], manifest["meta"]["fields"]["metric"]) == (shortlist, "l2")
     for mmap in (False, True):  # float16 here; float32 memory maps are covered below
         loaded = FunnelIndex.load(tmp_path / "idx", mmap=mmap)
         assert loaded.funnel == [(DS, 64), (D, 10)] and loaded.metric == "l2" and loaded.dtype == "float16"
@@ -201,7 +201,7 @@ def test_flipped_byte_is_detected(tmp_path, name):
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0x01
     path.write_bytes(bytes(raw))
-    with pytest.raises(MRLError, match=f"{name} is corrupt: its sha256 does not match"):
+    with pytest.raises(MRLError, match=f"{name} does not match the sha256 in its manifest.json; it was changed or is corrupt"):
         FunnelIndex.load(tmp_path / "idx")
 
 

@@ -1,11 +1,12 @@
 """On-disk layout of a funnel index: fixed file names, a typed manifest, a checksum over everything.
 
-An index directory holds ``manifest.json`` plus files whose names are fixed here, never read from
-the manifest: ``vectors.npy`` (full vectors), ``shortlist.faiss`` (stage-1 structure),
-``coarse.faiss`` (ivf only: the coarse quantiser) and ``labels.npy`` (when labels exist). The
-manifest records every setting (typed and checked on read), the sha256 and size of every file,
-and a sha256 over its own canonical content, so an edited setting is caught like a corrupted file.
-Each file must be a regular file directly in the directory (symlinks are refused).
+An index is an :mod:`mrl.artifacts` artifact of kind ``"index"``: ``manifest.json`` plus files
+whose names are fixed here (the manifest's list must equal them; nothing is opened by a name read
+from it): ``vectors.npy`` (full vectors), ``shortlist.faiss`` (stage-1 structure),
+``coarse.faiss`` (ivf only: the coarse quantiser) and ``labels.npy`` (when labels exist).
+:func:`mrl.artifacts.read_manifest` checks that each is a plain regular file in the directory
+(symlinks refused) with the recorded sha256; the manifest's ``meta`` holds every setting, typed
+and checked on read, with a sha256 over them, so an edited setting is caught like a corrupt file.
 """
 
 from __future__ import annotations
@@ -14,20 +15,21 @@ import hashlib
 import json
 import math
 import os
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mrl import artifacts
 from mrl.errors import MRLError
-from mrl.io import read_json, sha256_file, write_json
+from mrl.io import read_json
 from mrl.retrieval._vectors import METRICS
 from mrl.retrieval.shortlist import ENCODINGS, KINDS
 from mrl.retrieval.store import DTYPES
 
-FORMAT = "mrl-funnel-index"
+KIND = "index"  # the artifact kind (mrl.artifacts) of a funnel index
+LEGACY_FORMAT = "mrl-funnel-index"  # manifests of format version 1, written before mrl.artifacts
 FORMAT_VERSION = 2
-MANIFEST = "manifest.json"
+MANIFEST = artifacts.MANIFEST
 VECTORS, SHORTLIST, COARSE, LABELS = "vectors.npy", "shortlist.faiss", "coarse.faiss", "labels.npy"
 
 
@@ -85,9 +87,8 @@ def expected_files(fields: dict) -> list[str]:
     return names
 
 
-def _digest(record: dict) -> str:
-    body = {key: record[key] for key in ("format", "format_version", "fields", "files")}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+def _digest(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def check_fields(fields: Any, where: str) -> dict:
@@ -105,60 +106,37 @@ def check_fields(fields: Any, where: str) -> dict:
 
 
 def write_manifest(directory: Path, fields: dict) -> Path:
-    """Checksum the index's files in ``directory`` and write its manifest (atomically, through mrl.io)."""
+    """Checksum the index's files in ``directory`` and write its manifest (:func:`mrl.artifacts.write_manifest`)."""
     check_fields(fields, "the index")
-    files = {}
-    for name in expected_files(fields):
-        path = _regular_file(directory, name)
-        files[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-    record = {"format": FORMAT, "format_version": FORMAT_VERSION, "fields": fields, "files": files}
-    record["sha256"] = _digest(record)
-    return write_json(directory / MANIFEST, record)
+    return artifacts.write_manifest(directory, KIND, expected_files(fields), FORMAT_VERSION, meta={"fields": fields, "sha256": _digest(fields)})
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:
-    """Verify an index directory and return its settings; every file's size and sha256 are checked.
+    """Verify an index directory and return its settings; every file's sha256 is checked.
 
     Raises:
-        MRLError: missing or foreign directory, other format version, edited manifest, invalid
-            settings, a file missing, extra, not regular or corrupt.
+        MRLError: missing or foreign directory, other format version, edited settings, invalid
+            settings, a file missing, extra, not a plain regular file, or corrupt.
     """
     directory = Path(directory)
     if not directory.is_dir():
         raise MRLError(f"index directory not found: {directory}")
-    manifest = directory / MANIFEST
+    manifest = directory / artifacts.MANIFEST
     if not manifest.is_file():
-        raise MRLError(f"{directory} is not a funnel index (no {MANIFEST})")
-    _regular_file(directory, MANIFEST)
+        raise MRLError(f"{directory} is not a funnel index (no {artifacts.MANIFEST})")
     record = read_json(manifest)
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        found = record.get("format") if isinstance(record, dict) else None
-        raise MRLError(f"{manifest} is not a {FORMAT} manifest (format={found!r})")
-    if record.get("format_version") != FORMAT_VERSION:
+    found = (record.get("format"), record.get("kind")) if isinstance(record, dict) else (None, None)
+    if found[0] == LEGACY_FORMAT:
         raise MRLError(f"{directory} has format version {record.get('format_version')!r}; this mrl reads version "
                        f"{FORMAT_VERSION} (rebuild the index with `mrl index build`)")
-    if set(record) != {"format", "format_version", "fields", "files", "sha256"} or record["sha256"] != _digest(record):
-        raise MRLError(f"{manifest} was edited: its content does not match its sha256")
-    fields = check_fields(record["fields"], str(manifest))
+    if found != (artifacts.FORMAT, KIND):
+        raise MRLError(f"{manifest} is not a {LEGACY_FORMAT} manifest (format={found[0]!r}, kind={found[1]!r})")
+    verified = artifacts.read_manifest(directory, KIND, FORMAT_VERSION)
+    meta = verified.meta
+    if set(meta) != {"fields", "sha256"} or meta["sha256"] != _digest(meta["fields"]):
+        raise MRLError(f"{manifest} was edited: its settings do not match their sha256")
+    fields = check_fields(meta["fields"], str(manifest))
     names = expected_files(fields)
-    files = record["files"]
-    if not isinstance(files, dict) or sorted(files) != sorted(names):
-        raise MRLError(f"{manifest} lists files {sorted(files) if isinstance(files, dict) else files!r}; an index with these settings has {sorted(names)}")
-    for name in names:
-        path = _regular_file(directory, name)
-        entry = files[name]
-        if not isinstance(entry, dict) or path.stat().st_size != entry.get("bytes") or sha256_file(path) != entry.get("sha256"):
-            raise MRLError(f"{path} is corrupt: its sha256 does not match the manifest")
+    if sorted(verified.files) != sorted(names):
+        raise MRLError(f"{manifest} lists files {sorted(verified.files)}; an index with these settings has {sorted(names)}")
     return fields
-
-
-def _regular_file(directory: Path, name: str) -> Path:
-    """``directory/name`` when it is a regular file there; symlinks and folders are refused."""
-    path = directory / name
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        raise MRLError(f"{directory} is missing {name}, listed in its manifest") from None
-    if not stat.S_ISREG(mode):
-        raise MRLError(f"{path} is not a regular file (symlinks and folders are refused)")
-    return path
