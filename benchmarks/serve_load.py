@@ -1,13 +1,13 @@
 """Load test of `mrl serve`: the funnel vs exact full-dim search through the same server, and Qdrant.
 
 Starts `mrl serve` on 127.0.0.1 (ephemeral port) once per index and sends a bounded load from an
-httpx/asyncio client: at each concurrency (default 1, 8, 32) a fixed number of single-query JSON
+asyncio client (a minimal keep-alive HTTP/1.1 client, or httpx with --client httpx): at each concurrency (default 1, 8, 32) a fixed number of single-query JSON
 requests, capped in time. Reports QPS, p50/p95/p99 latency, errors and kNN-recall@10 against exact
 search, then the funnel server's RSS before and after a soak (--soak-seconds at concurrency 8).
-Two servers, one after the other (both at once would hold the vectors twice): the funnel index
+Two servers run at once and take turns in --rounds alternating rounds per level: the funnel index
 (16-dim flat shortlist, funnel tuned for kNN-recall@10 >= --target-recall) and an exact index (the
 same vectors with a full-dim flat "shortlist", so every search is FAISS exact inner product). The
-server and this client share the machine, so absolute QPS is low; read the ratios.
+servers and this client share the machine, so absolute QPS is low; read the ratios.
 
 Qdrant (embedded, qdrant-edge-py), same queries in this process: the index exported with stages
 16, D and any other stage of the tuned funnel, searched one query at a time with the same funnel, exactly (SearchParams(exact=True))
@@ -40,8 +40,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import faiss
 import httpx
 import numpy as np
+import torch
 
 from funnel_search import synthetic  # same folder: one owner of the synthetic MRL-like data
 from mrl.io import load_npz, write_json
@@ -83,40 +85,82 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-async def load(url: str, bodies: list[bytes], concurrency: int, n_requests: int, time_cap: float) -> dict:
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection speaking just enough protocol for POST /search.
+
+    On two shared cores the load generator's own CPU is taken from the server: httpx spent ~3 ms of
+    CPU per request here, more than the server's funnel search, so the default client is this one
+    (--client httpx for the library client).
+    """
+
+    def __init__(self, url: str) -> None:
+        self.host, self.port = url.removeprefix("http://").split(":")
+
+    async def __aenter__(self) -> RawConnection:
+        self.reader, self.writer = await asyncio.open_connection(self.host, int(self.port))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.writer.close()
+
+    async def post(self, body: bytes) -> tuple[int, bytes]:
+        self.writer.write(b"POST /search HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                          % (self.host.encode(), len(body)) + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+        return status, await self.reader.readexactly(length)
+
+
+class HttpxConnection:
+    """The same interface over httpx (one client per worker, so one keep-alive connection each)."""
+
+    def __init__(self, url: str) -> None:
+        self.client = httpx.AsyncClient(base_url=url, timeout=60)
+
+    async def __aenter__(self) -> HttpxConnection:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.client.aclose()
+
+    async def post(self, body: bytes) -> tuple[int, bytes]:
+        response = await self.client.post("/search", content=body, headers={"content-type": "application/json"})
+        return response.status_code, response.content
+
+
+async def load(url: str, bodies: list[bytes], concurrency: int, n_requests: int, time_cap: float, client: str = "raw") -> dict:
     """Send up to ``n_requests`` requests (bodies reused round-robin) from ``concurrency`` workers, at most ``time_cap`` s."""
     latencies: list[float] = []
     errors = 0
     ids: dict[int, list[int]] = {}
     counter = iter(range(n_requests))
     deadline = time.perf_counter() + time_cap
+    connection = RawConnection if client == "raw" else HttpxConnection
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker() -> None:
         nonlocal errors
-        for i in counter:
-            if time.perf_counter() > deadline:
-                return
-            start = time.perf_counter()
-            try:
-                response = await client.post("/search", content=bodies[i % len(bodies)], headers={"content-type": "application/json"})
-                ok = response.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            latencies.append(time.perf_counter() - start)
-            if not ok:
-                errors += 1
-            elif i < len(bodies):
-                ids[i] = response.json()["ids"][0]
+        async with connection(url) as conn:
+            for i in counter:
+                if time.perf_counter() > deadline:
+                    return
+                start = time.perf_counter()
+                try:
+                    status, content = await conn.post(bodies[i % len(bodies)])
+                except (OSError, asyncio.IncompleteReadError, httpx.HTTPError):
+                    status, content = 0, b""
+                latencies.append(time.perf_counter() - start)
+                if status != 200:
+                    errors += 1
+                    if status == 0:
+                        return  # the connection is gone
+                elif i < len(bodies):
+                    ids[i] = json.loads(content)["ids"][0]
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    ms = np.array(latencies) * 1000
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": errors, "seconds": elapsed,
-            "qps": len(latencies) / elapsed, "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "p99_ms": float(np.percentile(ms, 99)), "ids": ids}
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    return {"concurrency": concurrency, "latencies": np.array(latencies), "errors": errors, "seconds": elapsed, "ids": ids}
 
 
 def recall_of(ids: dict[int, list[int]], exact_ids: np.ndarray) -> float:
@@ -124,29 +168,44 @@ def recall_of(ids: dict[int, list[int]], exact_ids: np.ndarray) -> float:
     return float(knn_recall_at_k(np.array([ids[i] for i in rows]), exact_ids[rows], K).mean()) if rows else float("nan")
 
 
-def serve_rows(name: str, index_dir: Path, bodies: list[bytes], exact_ids: np.ndarray, args, soak: bool) -> tuple[list[dict], dict]:
-    process, url = start_server(index_dir, args.workers)
-    rows, soak_info = [], {}
-    try:
-        asyncio.run(load(url, bodies, 4, min(50, args.requests), 30))  # warm-up (first-touch pages, caches)
-        for concurrency in args.concurrency:
-            row = asyncio.run(load(url, bodies, concurrency, args.requests, args.time_cap))
+def merge(parts: list[dict]) -> dict:
+    """One row from several rounds of :func:`load` at the same concurrency."""
+    latencies = np.concatenate([p["latencies"] for p in parts]) * 1000
+    seconds = sum(p["seconds"] for p in parts)
+    ids = {i: found for p in parts for i, found in p["ids"].items()}
+    return {"concurrency": parts[0]["concurrency"], "requests": len(latencies), "errors": sum(p["errors"] for p in parts),
+            "seconds": seconds, "qps": len(latencies) / seconds, "p50_ms": float(np.percentile(latencies, 50)),
+            "p95_ms": float(np.percentile(latencies, 95)), "p99_ms": float(np.percentile(latencies, 99)), "ids": ids}
+
+
+def serve_rows(servers: dict[str, str], bodies: list[bytes], exact_ids: np.ndarray, args) -> list[dict]:
+    """Both servers at each concurrency, in --rounds alternating rounds (the machine's load drifts)."""
+    for url in servers.values():
+        asyncio.run(load(url, bodies, 4, min(50, args.requests), 30, args.client))  # warm-up (first-touch pages, caches)
+    rows = []
+    for concurrency in args.concurrency:
+        parts: dict[str, list[dict]] = {name: [] for name in servers}
+        for _ in range(args.rounds):
+            for name, url in servers.items():
+                parts[name].append(asyncio.run(load(url, bodies, concurrency, args.requests // args.rounds,
+                                                    args.time_cap / args.rounds, args.client)))
+        for name in servers:
+            row = merge(parts[name])
             row["knn_recall@10"] = recall_of(row.pop("ids"), exact_ids)
             rows.append({"server": name, **row})
             logger.info("%s c=%d: %.1f QPS, p50 %.2f ms, p99 %.2f ms, %d errors, recall %.4f", name, concurrency, row["qps"],
                         row["p50_ms"], row["p99_ms"], row["errors"], row["knn_recall@10"])
-        if soak and args.soak_seconds > 0:
-            before = rss_mib(process.pid)
-            row = asyncio.run(load(url, bodies, 8, 10**9, args.soak_seconds))
-            after = rss_mib(process.pid)
-            soak_info = {"seconds": row["seconds"], "requests": row["requests"], "errors": row["errors"], "qps": row["qps"],
-                         "rss_before_mib": before, "rss_after_mib": after, "rss_growth": after / before - 1}
-            logger.info("soak: %s", soak_info)
-    finally:
-        status = stop_server(process)
-    if status != 0:
-        raise RuntimeError(f"{name} server exited with status {status} after SIGTERM")
-    return rows, soak_info
+    return rows
+
+
+def soak_row(process: subprocess.Popen, url: str, bodies: list[bytes], args) -> dict:
+    before = rss_mib(process.pid)
+    row = merge([asyncio.run(load(url, bodies, 8, 10**9, args.soak_seconds, args.client))])
+    after = rss_mib(process.pid)
+    soak = {"seconds": row["seconds"], "requests": row["requests"], "errors": row["errors"], "qps": row["qps"],
+            "rss_before_mib": before, "rss_after_mib": after, "rss_growth": after / before - 1}
+    logger.info("soak: %s", soak)
+    return soak
 
 
 def qdrant_rows(index_dir: Path, workdir: Path, queries: np.ndarray, funnel, funnel_ids: np.ndarray, exact_ids: np.ndarray,
@@ -199,10 +258,12 @@ def main() -> None:
     parser.add_argument("--tune-queries", type=int, default=200)
     parser.add_argument("--target-recall", type=float, default=0.99)
     parser.add_argument("--concurrency", type=lambda s: [int(c) for c in s.split(",")], default=[1, 8, 32])
-    parser.add_argument("--requests", type=int, default=1000, help="requests per concurrency level")
-    parser.add_argument("--time-cap", type=float, default=30.0, help="seconds per concurrency level at most")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per server and concurrency level")
+    parser.add_argument("--time-cap", type=float, default=30.0, help="seconds per server and concurrency level at most")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per concurrency level")
     parser.add_argument("--soak-seconds", type=float, default=120.0)
     parser.add_argument("--workers", type=int, default=None, help="server search threads (default: CPU count)")
+    parser.add_argument("--client", choices=["raw", "httpx"], default="raw", help="load generator (see RawConnection)")
     parser.add_argument("--hnsw-ef", type=int, default=128)
     parser.add_argument("--qdrant-queries", type=int, default=300)
     parser.add_argument("--skip-qdrant", action="store_true")
@@ -210,6 +271,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    faiss.omp_set_num_threads(1)  # single-query timings in this process, like mrl serve's default --intra-op-threads
+    torch.set_num_threads(1)
 
     if args.database:
         database = load_npz(args.database, required=("X",))["X"].astype(np.float32)
@@ -237,11 +300,20 @@ def main() -> None:
         del database
         bodies = [json.dumps({"vectors": [q.tolist()], "k": K}).encode() for q in queries]
 
-        rows, soak = [], {}
-        for name, folder, with_soak in (("funnel " + format_funnel(funnel), "funnel", True), (f"exact {dim}-dim", "exact", False)):
-            got, soak_info = serve_rows(name, workdir / folder, bodies, exact_ids, args, with_soak)
-            rows += got
-            soak = soak or soak_info
+        funnel_name, exact_name = "funnel " + format_funnel(funnel), f"exact {dim}-dim"
+        processes = {}
+        try:  # both at once, so rounds can alternate: ~3 GB at 100k x 2048 (vectors + the exact FAISS copy)
+            for name, folder in ((funnel_name, "funnel"), (exact_name, "exact")):
+                processes[name] = start_server(workdir / folder, args.workers)
+            rows = serve_rows({name: url for name, (_, url) in processes.items()}, bodies, exact_ids, args)
+            statuses = {exact_name: stop_server(processes.pop(exact_name)[0])}
+            soak = soak_row(*processes[funnel_name], bodies, args) if args.soak_seconds > 0 else {}
+            statuses[funnel_name] = stop_server(processes.pop(funnel_name)[0])
+        finally:
+            for process, _ in processes.values():
+                process.kill()
+        if any(statuses.values()):
+            raise RuntimeError(f"a server did not exit 0 after SIGTERM: {statuses}")
         ratios = {}
         for c in args.concurrency:
             funnel_row = next(r for r in rows if r["concurrency"] == c and r["server"].startswith("funnel"))
@@ -253,7 +325,7 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
     command = "python " + " ".join(sys.argv)
-    report = [f"data: {data}; k={K}; {os.cpu_count()} CPUs shared by server and client; command: {command}",
+    report = [f"data: {data}; k={K}; {os.cpu_count()} CPUs shared by server and {args.client} client; command: {command}",
               table(rows, ["server", "concurrency", "requests", "errors", "qps", "p50_ms", "p95_ms", "p99_ms", "knn_recall@10"]),
               "funnel / exact QPS: " + ", ".join(f"c={c}: {r:.1f}x" for c, r in ratios.items())]
     if soak:

@@ -33,3 +33,23 @@ def fashion_subset_dir(tmp_path_factory) -> Path:
         n = 3000 if key.startswith("train") else 500
         write_idx(out / f"{stem}.gz", array[:n])
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory) -> dict[str, Path]:
+    """One of each artifact, made once through the CLI on a tiny vector set: a trained and
+    evaluated run (with logits), an index of its embeddings and an adapter. Tests copy them."""
+    from hostile import TINY, invoke, vectors_npz
+
+    root = tmp_path_factory.mktemp("tiny_artifacts")
+    data = vectors_npz(root / "data.npz")
+    run = root / "run"
+    for args in (["train", "--data", data, *TINY, "--out", run], ["eval", run, "--save-logits", "--quiet"],
+                 ["embed", run, "--split", "train", "--out", root / "emb.npz", "--quiet"],
+                 ["index", "build", root / "emb.npz", "--out", root / "index", "--shortlist-dim", "8", "--quiet"],
+                 ["adapt", "fit", root / "emb.npz", "--out", root / "adapter", "--nesting", "8,16", "--epochs", "1",
+                  "--neighbours", "2", "--quiet"]):
+        code, output = invoke(*args)
+        assert code == 0, output
+    return {"root": root, "data": data, "run": run, "emb": root / "emb.npz", "index": root / "index",
+            "adapter": root / "adapter"}

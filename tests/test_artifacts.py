@@ -115,6 +115,7 @@ def test_lock_excludes_a_second_process_and_names_its_pid(tmp_path):
         proc.wait()
     with lock(folder):
         assert (folder / LOCK_FILE).read_text().strip() == str(os.getpid())
+    assert not (folder / LOCK_FILE).exists()  # the lock file goes with the lock
 
 
 def test_lock_removes_a_folder_it_created_when_the_block_fails_empty(tmp_path):
@@ -132,11 +133,13 @@ def test_prepare_output_rules(tmp_path):
         prepare_output(adapter, "index", overwrite=True)
     plain = tmp_path / "plain"
     plain.mkdir()
+    assert prepare_output(plain, "adapter", overwrite=False) == plain  # an empty folder holds nothing to lose
+    (plain / "notes.txt").write_text("mine")
     with pytest.raises(MRLError, match="it is not an mrl artifact"):
         prepare_output(plain, "adapter", overwrite=True)
-    with pytest.raises(MRLError, match="holds or lies inside the input"):
+    with pytest.raises(MRLError, match="is, holds or lies inside the input"):
         prepare_output(adapter, "adapter", overwrite=True, inputs=[adapter / "a.bin"])
-    with pytest.raises(MRLError, match="holds or lies inside the input"):
+    with pytest.raises(MRLError, match="is, holds or lies inside the input"):
         prepare_output(adapter, "adapter", overwrite=True, inputs=[tmp_path])
     assert prepare_output(adapter, "adapter", overwrite=True, inputs=[plain]) == adapter
 

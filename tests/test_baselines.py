@@ -143,7 +143,7 @@ def test_slimmable_training_resumes_and_evaluates(tmp_path, fashion_subset_dir):
     net = SlimmableClassifier(MLP(784, 16), 10, [8, 16])
     assert load_weights(net, cut).epochs_done == 2
     result = evaluate_slimmable(full, data=data)
-    assert set(result["knn1"]) == {"8", "16"} and min(result["top1"].values()) > 0.3
+    assert set(result["knn1"]) == {"8", "16"} and min(result["top1"].values()) > 0.2  # chance: 0.1
     with pytest.raises(MRLError, match="not a slimmable config"):
         train_slimmable(TrainConfig(**small(fashion_subset_dir)), tmp_path / "x", progress=False, data=data)
 

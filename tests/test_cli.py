@@ -113,6 +113,22 @@ def test_demo_end_to_end_small(tmp_path, fashion_subset_dir):
     assert mtimes == {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*.safetensors")}
 
 
+def test_demo_over_seeds_reports_mean_and_std(tmp_path, fashion_subset_dir):
+    out = tmp_path / "demo"
+    result = run("demo", "--out", out, "--data", "mnist", "--data-dir", fashion_subset_dir, "--arch", "mlp",
+                 "--rep-dim", 16, "--ff-dims", "8", "--epochs", 1, "--max-train", 300, "--seeds", 2, "--quiet")
+    assert result.exit_code == 0, result.output
+    report = (out / "report.md").read_text()
+    assert "seeds 0..1: every number is the mean ± sample std of 2 runs" in report
+    results = json.loads((out / "results.json").read_text())
+    runs = [json.loads((out / "runs" / folder / "eval.json").read_text()) for folder in ("mrl", "seed-1/mrl")]
+    values = [r["top1"]["8"] for r in runs]
+    assert results["seeds"] == [0, 1]
+    assert results["top1"]["MRL"]["8"] == pytest.approx(np.mean(values))
+    assert results["top1_std"]["MRL"]["8"] == pytest.approx(np.std(values, ddof=1))
+    assert f"| 8 | {100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f} |" in report
+
+
 def test_multi_run_commands_refuse_a_foreign_out(trained_run, tmp_path, fashion_subset_dir):
     before = files_under(trained_run)
     common = ["--data", "mnist", "--data-dir", fashion_subset_dir, "--epochs", 1, "--quiet"]

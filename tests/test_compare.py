@@ -68,6 +68,25 @@ def test_tables_hold_mean_and_std_over_seeds(full):
     assert "| m | MRL | MRL-E | FF | SVD | Rand. FS | Slimmable | MRL retro-fit |" in report
     for png in ("top1.png", "knn1.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # both protocols side by side: own heads and one converged probe on every representation
+    assert "## Both protocols side by side, top-1 (%)" in report
+    assert "| m | MRL heads | MRL probe | MRL-E heads | MRL-E probe | FF heads | FF probe | SVD probe |" in report
+    probe = json.loads((out / "results.json").read_text())["per_seed_probe"]
+    assert probe["SVD"] == [s["top1"] for s in per_seed["SVD"]]  # SVD's own numbers are already a probe
+    rows = read_table(out / "table_top1_probe.csv")
+    assert float(rows[0]["MRL_mean"]) == pytest.approx(np.mean([s["8"] for s in probe["MRL"]]), abs=1e-6)
+
+
+def test_probe_protocol_equals_a_probe_fitted_here(full, dataset):
+    from mrl.baselines import LinearProbe
+    from mrl.evaluation import embed, load_run
+
+    out, _ = full
+    probe = json.loads((out / "results.json").read_text())["per_seed_probe"]
+    _, model, _, device = load_run(out / "runs" / "seed-1" / "mrl", dataset)
+    z_train, z_test = embed(model, dataset.train.x, device), embed(model, dataset.test.x, device)
+    expected = LinearProbe().fit(z_train[:, :8], dataset.train.y.numpy()).score(z_test[:, :8], dataset.test.y.numpy())
+    assert probe["MRL"][1]["8"] == pytest.approx(expected)
 
 
 def test_interrupted_compare_resumes_and_matches(tmp_path, full, fashion_subset_dir, dataset):

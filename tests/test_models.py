@@ -4,7 +4,11 @@ import torch
 from mrl.errors import MRLError
 from mrl.models import MODELS, MatryoshkaClassifier, create_model
 
-INPUTS = {"mlp": (dict(in_features=784, hidden=(32,)), (4, 1, 28, 28)), "resnet": (dict(in_channels=1, widths=(4, 8, 8)), (4, 1, 28, 28))}
+INPUTS = {  # constructor arguments, input shape, representation size d
+    "mlp": (dict(in_features=784, hidden=(32,)), (4, 1, 28, 28), 64),
+    "resnet": (dict(in_channels=1, widths=(4, 8, 8)), (4, 1, 28, 28), 64),
+    "resnet50": (dict(in_channels=3), (4, 3, 32, 32), 2048),
+}
 
 
 def test_every_registered_model_is_covered():
@@ -15,13 +19,13 @@ def test_every_registered_model_is_covered():
 @pytest.mark.parametrize("tied", [False, True])
 def test_model_contract(name, tied):
     torch.manual_seed(0)
-    kwargs, shape = INPUTS[name]
-    backbone = create_model(name, num_features=64, **kwargs)
-    assert backbone.num_features == 64
-    model = MatryoshkaClassifier(backbone, 10, [8, 16, 64], tied=tied)
+    kwargs, shape, d = INPUTS[name]
+    backbone = create_model(name, num_features=d, **kwargs)
+    assert backbone.num_features == d
+    model = MatryoshkaClassifier(backbone, 10, [8, 16, d], tied=tied)
     x = torch.randn(*shape)
     z = model.embed(x)
-    assert z.shape == (4, 64)
+    assert z.shape == (4, d)
     logits = model(x)
     assert logits.shape == (3, 4, 10)
     assert torch.isfinite(logits).all()

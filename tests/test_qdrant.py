@@ -14,7 +14,7 @@ pytest.importorskip("qdrant_edge")
 
 from mrl.cli import cli  # noqa: E402
 from mrl.errors import MRLError  # noqa: E402
-from mrl.io import load_npz, save_npz  # noqa: E402
+from mrl.io import load_npz, read_json, save_npz, write_json  # noqa: E402
 from mrl.retrieval import FunnelIndex  # noqa: E402
 from mrl.retrieval.qdrant import QdrantFunnel, _EdgeBackend, evaluate_on_qdrant, export_to_qdrant  # noqa: E402
 
@@ -110,6 +110,10 @@ def test_foreign_collections_are_refused(tmp_path):
         QdrantFunnel(tmp_path / "q", "plain")
     with pytest.raises(MRLError, match="does not exist"):
         QdrantFunnel(tmp_path / "q", "absent")
+    meta = read_json(tmp_path / "q" / "c" / "mrl_collection.json")
+    write_json(tmp_path / "q" / "c" / "mrl_collection.json", {**meta, "metric": "hamming"})
+    with pytest.raises(MRLError, match="does not hold a readable mrl-qdrant-funnel v1 layout"):
+        QdrantFunnel(tmp_path / "q", "c")
 
 
 def test_search_refusals(tmp_path):
@@ -128,6 +132,8 @@ def test_search_refusals(tmp_path):
         export_to_qdrant(path, tmp_path / "q", "d", stages=[64, 8])
     with pytest.raises(MRLError, match="collection must be"):
         export_to_qdrant(path, tmp_path / "q", "../escape")
+    with pytest.raises(MRLError, match="apply to a Qdrant server"):
+        export_to_qdrant(path, tmp_path / "q", "e", shards=2)
 
 
 def test_quantized_export_still_finds_neighbours(tmp_path):
@@ -145,7 +151,7 @@ def test_qdrant_client_local_mode_gives_the_same_answers(tmp_path):
     qdrant_client = pytest.importorskip("qdrant_client")
     index, path = _index(tmp_path, n=400)  # local mode is pure Python: keep it small
     client = qdrant_client.QdrantClient(":memory:")
-    assert export_to_qdrant(path, client, "c", stages=[8, 16, 64])["points"] == 400
+    assert export_to_qdrant(path, client, "c", stages=[8, 16, 64], shards=2, replicas=1)["points"] == 400
     queries = _queries(n=10)
     funnel = [(8, 100), (16, 40), (64, 10)]
     scores, ids = QdrantFunnel(client, "c").search(queries, k=10, funnel=funnel)

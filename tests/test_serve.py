@@ -178,6 +178,20 @@ def test_bad_request_gets_its_status_and_server_keeps_serving(client, indexes, c
     _good(client, indexes["first"])
 
 
+def test_a_bug_is_a_json_500_and_the_server_keeps_serving(client, indexes, monkeypatch):
+    original = FunnelIndex.search
+
+    def broken(self, *args, **kwargs):
+        monkeypatch.setattr(FunnelIndex, "search", original)  # fail once
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(FunnelIndex, "search", broken)
+    response = client.post("/search", json={"vectors": [[0.1] * DIM]})
+    assert response.status_code == 500 and response.json() == {"error": "internal error"}
+    _good(client, indexes["first"])
+    assert 'mrl_requests_total{route="/search",status="500"} 1.0' in client.get("/metrics").text
+
+
 def test_unknown_route_and_method_are_json_errors(client, indexes):
     assert client.get("/nowhere").json() == {"error": "GET /nowhere: Not Found"}
     response = client.get("/search")
@@ -224,7 +238,7 @@ def test_reload_refusals_keep_the_old_index_and_a_good_reload_swaps(indexes, tmp
             foreign = tmp_path / "foreign"
             foreign.mkdir()
             (foreign / "manifest.json").write_text(json.dumps({"format": "something-else"}))
-            for path, match in ((corrupt, "corrupt"), (tmp_path / "missing", "not found"), (foreign, "not a mrl-funnel-index")):
+            for path, match in ((corrupt, "corrupt"), (tmp_path / "missing", "not an mrl index"), (foreign, "not an mrl index (no readable mrl manifest)")):
                 response = c.post("/reload", json={"path": str(path)}, headers=auth)
                 assert response.status_code == 400 and match in response.json()["error"], response.text
                 _good(c, indexes["first"])

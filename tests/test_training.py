@@ -152,9 +152,31 @@ def test_lr_schedule():
         (dict(nesting=[8, 64]), "64 is larger than the representation size 32"),
         (dict(nesting=[0, 8]), "must be positive"),
         (dict(epochs=0), "epochs must be an integer >= 1 and <= 100000, got 0"),
-        (dict(arch="vit"), "arch must be one of mlp, resnet, got 'vit'"),
+        (dict(arch="vit"), "arch must be one of mlp, resnet, resnet50 or timm/<name>, got 'vit'"),
+        (dict(rep_activation="gelu"), "rep-activation must be one of relu, none, got 'gelu'"),
+        (dict(head_lr_scale=0.0), r"head-lr-scale must be a finite number > 0 and <= 1000.0, got 0.0"),
     ],
 )
 def test_config_errors(kw, match, tmp_path):
     with pytest.raises(MRLError, match=match):
         small_config(tmp_path, **kw)
+
+
+def test_recipe_options_reach_the_model_and_the_optimizer(tmp_path, fashion_subset_dir):
+    from mrl.data import load_dataset
+    from mrl.runs import read_state
+    from mrl.training import build_model, param_groups
+
+    data = load_dataset("mnist", fashion_subset_dir, 300)
+    config = small_config(fashion_subset_dir, rep_activation="none", head_lr_scale=4.0)
+    model = build_model(config, data).eval()
+    z = model.embed(data.train.x[:64])
+    assert (z < 0).any()  # no ReLU after the representation's BatchNorm
+    assert (build_model(small_config(fashion_subset_dir), data).eval().embed(data.train.x[:64]) >= 0).all()
+    groups = param_groups(model, config)
+    assert [g["lr_scale"] for g in groups] == [1.0, 4.0]
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in model.parameters()}
+    # the scale is applied by the schedule: after one epoch the heads' lr is 4x the backbone's
+    run = train(config.__class__(**{**config.to_dict(), "epochs": 1}), tmp_path / "run", progress=False, data=data)
+    groups = read_state(run).optimizer_groups
+    assert groups[1]["lr"] == pytest.approx(4.0 * groups[0]["lr"]) and groups[0]["lr"] > 0

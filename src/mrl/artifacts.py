@@ -18,6 +18,8 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
+import shutil
 import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mrl.errors import MRLError
-from mrl.io import atomic_directory, read_json, sha256_file, write_json
+from mrl.io import current_umask, atomic_directory, read_json, sha256_file, write_json
 
 KINDS = ("training-run", "lm-run", "index", "adapter", "experiment", "text-run")
 MANIFEST = "manifest.json"
@@ -187,35 +189,39 @@ def lock(directory: str | os.PathLike) -> Iterator[Path]:
     """Hold an exclusive lock on ``directory`` (created if missing) for one writer.
 
     An fcntl.flock on ``directory/.lock``, released when the block ends or the process dies. A
-    second writer fails at once with an MRLError naming the holder's pid. Folders this call
-    created are removed again if the block fails before writing anything into them.
+    second writer fails at once with an MRLError naming the holder's pid. The lock file is removed
+    when the block ends, and so are folders this call created if the block left them empty, so a
+    command that fails changes nothing on disk.
     """
     directory = Path(directory)
     created = [p for p in (directory, *directory.parents) if not p.exists()]  # innermost first
+    path = directory / LOCK_FILE
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~current_umask())
     except OSError as exc:
         raise MRLError(f"cannot write to {directory}: {exc.strerror}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
+            # The holder removes the file when it ends: a lock taken on a file that is no longer
+            # at ``path`` protects nothing, so it counts as held by that (ending) writer.
+            if os.fstat(fd).st_ino != os.stat(path, follow_symlinks=False).st_ino:
+                raise BlockingIOError(errno.EWOULDBLOCK, "lock file replaced")
+        except (BlockingIOError, FileNotFoundError, PermissionError):
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
             raise MRLError(f"{directory} is being written by another mrl process (pid {holder}); wait for it to finish") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
             yield directory
-        except BaseException:
+        finally:
             with contextlib.suppress(OSError):
-                if created and [p.name for p in directory.iterdir()] == [LOCK_FILE]:
-                    os.unlink(directory / LOCK_FILE)
-                    for folder in created:
-                        folder.rmdir()
-            raise
+                if os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino:
+                    os.unlink(path)
+            with contextlib.suppress(OSError):  # rmdir refuses folders that are not empty
+                for folder in created:
+                    folder.rmdir()
     finally:
         os.close(fd)
 
@@ -233,6 +239,30 @@ def check_writable(path: str | os.PathLike) -> Path:
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise MRLError(f"cannot write to {path}: {probe} is not a writable folder")
     return path
+
+
+def check_overlap(path: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> Path:
+    """``path`` if it neither is, contains nor lies inside any of ``inputs`` (which may not exist)."""
+    path = Path(path)
+    resolved = path.resolve()
+    for item in inputs:
+        source = Path(item).resolve()
+        if _within(source, resolved) or _within(resolved, source):
+            raise MRLError(f"refusing to write {path}: it is, holds or lies inside the input {item}")
+    return path
+
+
+def prepare_output_file(path: str | os.PathLike, inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Check that a single output file (an .npz) may be written at ``path``; nothing changes on disk.
+
+    It may replace a file, never a folder, an input of the command or a file inside an mrl artifact.
+    """
+    path = check_overlap(path, inputs)
+    if path.is_dir():
+        raise MRLError(f"{path} is a folder; give a file name for the output")
+    if kind_of(path.parent) is not None:
+        raise MRLError(f"refusing to write {path}: {path.parent} is an mrl {kind_of(path.parent)}; write elsewhere")
+    return check_writable(path)
 
 
 def prepare_output(
@@ -256,11 +286,7 @@ def prepare_output(
     if found != kind:
         what = f"an mrl {found}" if found else "not an mrl artifact"
         raise MRLError(f"refusing to overwrite {path}: it is {what}, and --overwrite only replaces an mrl {kind}")
-    resolved = path.resolve()
-    for item in inputs:
-        source = Path(item).resolve()
-        if _within(source, resolved) or _within(resolved, source):
-            raise MRLError(f"refusing to overwrite {path}: it holds or lies inside the input {item}")
+    check_overlap(path, inputs)
     return check_writable(path)
 
 
@@ -285,7 +311,18 @@ def new_artifact(
     """
     path = prepare_output(path, kind, overwrite, inputs)
     meta = {} if meta is None else meta
-    with lock(path), atomic_directory(path, overwrite=True) as tmp:
-        yield tmp
-        names = sorted(p.name for p in tmp.iterdir() if p.is_file() and not p.is_symlink() and p.name != MANIFEST)
-        write_manifest(tmp, kind, names, format_version, meta)
+    with lock(path):
+        _remove_leftovers(path)
+        with atomic_directory(path, overwrite=True) as tmp:
+            yield tmp
+            names = sorted(p.name for p in tmp.iterdir() if p.is_file() and not p.is_symlink() and p.name != MANIFEST)
+            write_manifest(tmp, kind, names, format_version, meta)
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Delete the temp and moved-aside folders (``.NAME.*.tmp``, ``.NAME.old.*``) that a killed
+    :func:`~mrl.io.atomic_directory` left beside ``path``; call only while holding ``path``'s lock."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(old\.\d+|[a-z0-9_]{{8}}\.tmp)")  # mkdtemp: 8 characters
+    for sibling in path.parent.iterdir():
+        if pattern.fullmatch(sibling.name) and sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling)

@@ -38,7 +38,7 @@ from mrl.data import Dataset, load_dataset
 from mrl.errors import MRLError
 from mrl.artifacts import read_manifest, write_manifest
 from mrl.evaluation import embed, knn1_accuracy, load_run, per_size
-from mrl.experiments import claim_folder, run_or_reuse, run_status
+from mrl.experiments import check_folder, claim_folder, run_or_reuse, run_status
 from mrl.io import atomic_directory, atomic_write_text, read_json, read_jsonl, write_json
 from mrl.nesting import parse_nesting
 from mrl.report import markdown_table, plot_vs_size
@@ -122,6 +122,17 @@ def rand_result(z_train: np.ndarray, z_test: np.ndarray, y_train: np.ndarray, y_
             "top1_draws": top1, "knn1_draws": knn1, "nesting": list(nesting)}
 
 
+def probe_result(run_dir: Path, dataset: Dataset, sizes: Sequence[int]) -> dict:
+    """Top-1 of a converged :class:`~mrl.baselines.LinearProbe` on z[:, :m] of a trained run, for each m
+    in ``sizes`` up to its representation size (an FF-m run has one: its whole representation)."""
+    config, model, _, device = load_run(run_dir, dataset)
+    z_train, z_test = embed(model, dataset.train.x, device), embed(model, dataset.test.x, device)
+    kept = [m for m in sizes if m <= config.rep_dim]
+    top1 = _probe_sizes(z_train, z_test, dataset.train.y.numpy(), dataset.test.y.numpy(), kept)
+    knn1 = read_eval(run_dir)["knn1"]  # the representation's own 1-NN: a probe does not change it
+    return {"top1": top1, "knn1": {str(m): knn1[str(m)] for m in kept}, "nesting": kept}
+
+
 def _train_seconds(run_dir: Path) -> float:
     return float(sum(r.get("seconds", 0.0) for r in read_jsonl(run_dir / METRICS_FILE)))
 
@@ -184,12 +195,14 @@ def compare(
     common = dict(data=data, data_dir=data_dir, arch=arch, epochs=epochs, max_train=max_train,
                   batch_size=batch_size, lr=lr)
     TrainConfig(rep_dim=rep_dim, nesting=sizes, **common)  # validate every setting before any work
+    check_folder(out, "compare", inputs=[data, data_dir])  # before the data set loads
     dataset = dataset if dataset is not None else load_dataset(data, data_dir, max_train)
-    with claim_folder(out, "compare"):
+    with claim_folder(out, "compare", inputs=[data, data_dir]):
         y_train, y_test = dataset.train.y.numpy(), dataset.test.y.numpy()
         needs_ffd = any(m in methods for m in ("svd", "rand", "retrofit"))
         ff_sizes = sorted(set(sizes if "ff" in methods else []) | ({rep_dim} if needs_ffd else set()))
         per_seed: dict[str, list[dict]] = {m: [] for m in methods}
+        per_seed_probe: dict[str, list[dict[int, float]]] = {}
         seconds: dict[str, list[float]] = {}
         started = time.time()
 
@@ -262,15 +275,46 @@ def compare(
                     done(f"seed-{seed}/retrofit")
             for method in methods:
                 per_seed[method].append({key: per_size(results[method], key) for key in ("top1", "knn1")})
+            # the same converged probe on every learned representation (SVD and Rand. FS have it already)
+            probes: dict[str, dict[int, float]] = {}
+            for mode in ("mrl", "mrl-e"):
+                if mode in methods:
+                    key = {"method": "probe", "base_model_sha256": read_state(base / mode).model_sha256, "nesting": sizes}
+                    probes[mode] = per_size(_derived(base / f"probe-{mode}", key,
+                                                     lambda mode=mode: probe_result(base / mode, dataset, sizes)), "top1")
+            if "ff" in methods:
+                probes["ff"] = {}
+                for m in sizes:
+                    run = base / f"ff-{m}"
+                    key = {"method": "probe", "base_model_sha256": read_state(run).model_sha256, "nesting": [m]}
+                    probes["ff"].update(per_size(_derived(base / f"probe-ff-{m}", key,
+                                                          lambda run=run, m=m: probe_result(run, dataset, [m])), "top1"))
+            for method in ("svd", "rand"):
+                if method in methods:
+                    probes[method] = per_size(results[method], "top1")
+            for method, series in probes.items():
+                per_seed_probe.setdefault(method, []).append(series)
 
-        return write_report(out, per_seed, seconds, sizes, dict(
+        return write_report(out, per_seed, per_seed_probe, seconds, sizes, dict(
             data=data, arch=arch or ("resnet" if dataset.kind == "image" else "mlp"), rep_dim=rep_dim, epochs=epochs,
             seeds=seeds, max_train=max_train, n_train=len(dataset.train), n_test=len(dataset.test), rand_draws=rand_draws,
             batch_size=batch_size, lr=lr), echo)
 
 
-def write_report(out: Path, per_seed: dict[str, list[dict]], seconds: dict[str, list[float]], sizes: list[int],
-                 setting: dict, echo: Callable[[str], None] = print) -> dict:
+def protocols_table(heads: tuple[dict, dict], probe: tuple[dict, dict], sizes: Sequence[int]) -> str:
+    """Markdown table with each method's own-heads top-1 beside its converged-probe top-1."""
+    columns, stds = {}, {}
+    for name in dict.fromkeys([*heads[0], *probe[0]]):
+        for part, (means, spread) in (("heads", heads), ("probe", probe)):
+            own_heads = name not in ("SVD", "Rand. FS")  # these two have only the probe
+            if name in means and (part == "probe" or own_heads):
+                columns[f"{name} {part}"], stds[f"{name} {part}"] = means[name], spread[name]
+    return markdown_table(columns, sizes, stds)
+
+
+def write_report(out: Path, per_seed: dict[str, list[dict]], per_seed_probe: dict[str, list[dict[int, float]]],
+                 seconds: dict[str, list[float]], sizes: list[int], setting: dict,
+                 echo: Callable[[str], None] = print) -> dict:
     """Aggregate, then write the CSV tables, results.json, the plots and report.md; print a summary."""
     tables = {}
     for key, title in (("top1", "linear top-1"), ("knn1", "1-NN")):
@@ -278,7 +322,11 @@ def write_report(out: Path, per_seed: dict[str, list[dict]], seconds: dict[str, 
         tables[key] = (means, stds)
         atomic_write_text(out / f"table_{key}.csv", table_csv(means, stds, sizes))
         plot_vs_size(out / f"{key}.png", means, f"test {title} accuracy (%)",
-                     f"{setting['data']}: {title} vs size ({setting['seeds']} seed(s))", stds=stds)
+                     f"{setting['data']}: {title} vs size ({setting['seeds']} seed(s))", stds=stds,
+                     points=[LABELS["ff"]])
+    probe = aggregate({LABELS[m]: runs for m, runs in per_seed_probe.items()})
+    atomic_write_text(out / "table_top1_probe.csv", table_csv(*probe, sizes))
+    both = protocols_table(tables["top1"], probe, sizes)
     cost = {LABELS[m]: _mean_std(v) for m, v in seconds.items()}
     ratio = None
     if "FF" in cost and "MRL" in cost and cost["MRL"][0] > 0:
@@ -287,6 +335,7 @@ def write_report(out: Path, per_seed: dict[str, list[dict]], seconds: dict[str, 
         "setting": setting, "sizes": sizes,
         "per_seed": {LABELS[m]: [{k: {str(s): v for s, v in r[k].items()} for k in r} for r in runs]
                      for m, runs in per_seed.items()},
+        "per_seed_probe": {LABELS[m]: [{str(s): v for s, v in r.items()} for r in runs] for m, runs in per_seed_probe.items()},
         "train_seconds": {LABELS[m]: v for m, v in seconds.items()},
         "ff_to_mrl_train_time_ratio": ratio,
     })
@@ -301,7 +350,17 @@ def write_report(out: Path, per_seed: dict[str, list[dict]], seconds: dict[str, 
         f"# MRL comparison: {setting['data']}", "", described,
         "Test-set accuracy in %, mean ± sample std over seeds. FF is a separate model per size; SVD, Rand. FS",
         "and the retro-fit start from each seed's FF-d model; MRL, MRL-E and Slimmable are one model per seed.", "",
-        "## Linear classification, top-1 (%)", "", t1, "", "![top-1 vs size](top1.png)", "",
+        "## Linear classification, top-1 (%)", "",
+        "The paper's protocol (section 4.1, Figure 2): MRL, MRL-E, FF, Slimmable and the retro-fit are scored",
+        "with the heads trained with them (here after the epochs above), SVD and Rand. FS with a linear",
+        "classifier fitted to convergence on their features. The two kinds of classifier differ, so this",
+        "table alone compares representations and classifiers at once; the next one separates them.", "",
+        t1, "", "![top-1 vs size](top1.png)", "",
+        "## Both protocols side by side, top-1 (%)", "",
+        "`heads`: each method's own heads (the table above). `probe`: the same multinomial logistic",
+        "regression, fitted to convergence (L-BFGS, deterministic), on every representation: z[:m] of",
+        "MRL and MRL-E, each FF-m model's representation, and the SVD and Rand. FS features.", "",
+        both, "",
         "## 1-NN accuracy (%) (database: train set, cosine)", "", t2, "", "![1-NN vs size](knn1.png)", "",
         "## Training wall time per seed (s; epochs incl. per-epoch validation)", "",
         "| method | seconds |", "|---|---:|", *cost_lines, "",
@@ -309,8 +368,10 @@ def write_report(out: Path, per_seed: dict[str, list[dict]], seconds: dict[str, 
            f"(|M| = {len(sizes)} sizes)."] if ratio else []), "",
     ])
     atomic_write_text(out / "report.md", report)
-    echo("\nLinear top-1 (%):\n" + t1 + "\n\n1-NN (%):\n" + t2
+    echo("\nLinear top-1 (%):\n" + t1 + "\n\nOwn heads vs converged probe, top-1 (%):\n" + both
+         + "\n\n1-NN (%):\n" + t2
          + (f"\n\nFF (all sizes) / MRL training wall time: {ratio:.2f}x" if ratio else "")
          + f"\n\nReport: {out / 'report.md'}")
-    return {"top1": tables["top1"], "knn1": tables["knn1"], "per_seed": per_seed, "train_seconds": seconds,
+    return {"top1": tables["top1"], "knn1": tables["knn1"], "top1_probe": probe, "per_seed": per_seed,
+            "per_seed_probe": per_seed_probe, "train_seconds": seconds,
             "ff_to_mrl_train_time_ratio": ratio}

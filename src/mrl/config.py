@@ -15,8 +15,11 @@ from typing import Any
 
 from mrl.errors import MRLError
 from mrl.io import read_json, write_json
-from mrl.models import MODELS
+from mrl.models import MODELS, is_model_name
+from mrl.models.mlp import REP_ACTIVATIONS
+from mrl.models.widths import parse_widths
 from mrl.nesting import parse_nesting, validate_nesting
+from mrl.recipe import OPTIMIZERS, PRECISIONS, SCHEDULES
 from mrl.validation import check_choice, check_float, check_int, check_seed
 
 MODES = ("mrl", "mrl-e", "ff")
@@ -51,6 +54,10 @@ class TrainConfig:
     ff_dim: int | None = None  # representation size of an FF run (mode "ff" only)
     nesting: list[int] | None = None  # None: 8, 16, ..., rep_dim (the paper's M)
     loss_weights: list[float] | None = None  # c_m; None: all 1 as in the paper
+    rep_activation: str = "relu"  # mlp only: "none" drops the ReLU after the representation's BatchNorm
+    head_lr_scale: float = 1.0  # the heads' learning rate relative to lr
+    widths: list[float] | None = None  # MatFormer widths of the MLP's hidden layers; None: the plain MLP
+    hidden: list[int] | None = None  # MLP hidden layer sizes; None: the backbone's default (512, 512)
     epochs: int = 10
     batch_size: int = 256  # global batch, split across DDP ranks
     lr: float = 2e-3  # AdamW with a cosine schedule to 0: robust on small data without tuning
@@ -59,6 +66,19 @@ class TrainConfig:
     augment: bool = True  # images only: random horizontal flip and +-2 pixel shift
     max_train: int | None = None
     seed: int = 0
+    # Paper-scale settings (issue 16); the defaults are the small-data behaviour above, unchanged.
+    image_size: int | None = None  # streamed image folders: crop side S; None = 224, ResNet-50's ImageNet size
+    workers: int = 0  # DataLoader processes decoding a streamed folder; 0 decodes in the training process
+    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (fp16 with a GradScaler)
+    channels_last: bool = False  # NHWC memory layout: faster convolutions on tensor cores
+    compile: bool = False  # torch.compile the model (slow first step, faster after)
+    accumulate: int = 1  # split each batch into K micro-batches (same optimizer steps, less memory)
+    label_smoothing: float = 0.0  # the paper's FFCV ResNet-50 recipe uses 0.1
+    optimizer: str = "adamw"  # adamw | sgd (momentum; the paper's recipe)
+    momentum: float = 0.9  # sgd only
+    schedule: str = "cosine"  # cosine to 0 | step (x lr_gamma every lr_step_epochs)
+    lr_step_epochs: int = 30  # step schedule: torchvision's ResNet recipe
+    lr_gamma: float = 0.1  # step schedule: factor per step
     extra: dict[str, Any] = field(default_factory=dict)  # for derived runs (e.g. baselines)
 
     def __post_init__(self) -> None:
@@ -67,8 +87,8 @@ class TrainConfig:
             raise MRLError(f"data must be a data set name or path, got {self.data!r}")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             raise MRLError(f"data-dir must be a path or null, got {self.data_dir!r}")
-        if self.arch is not None:
-            check_choice("arch", self.arch, sorted(MODELS))
+        if self.arch is not None and not is_model_name(self.arch):
+            raise MRLError(f"arch must be one of {', '.join(sorted(MODELS))} or timm/<name>, got {self.arch!r}")
         self.epochs = check_int("epochs", self.epochs, min=1, max=MAX_EPOCHS)
         self.batch_size = check_int("batch-size", self.batch_size, min=1, max=MAX_BATCH)
         self.rep_dim = check_int("rep-dim", self.rep_dim, min=1, max=MAX_DIM)
@@ -78,10 +98,13 @@ class TrainConfig:
         self.lr = check_float("lr", self.lr, min=0, max=MAX_LR, min_open=True)
         self.weight_decay = check_float("weight-decay", self.weight_decay, min=0, max=1e3)
         self.warmup_epochs = check_float("warmup-epochs", self.warmup_epochs, min=0, max=MAX_EPOCHS)
+        self.head_lr_scale = check_float("head-lr-scale", self.head_lr_scale, min=0, max=1e3, min_open=True)
+        check_choice("rep-activation", self.rep_activation, REP_ACTIVATIONS)
         if not isinstance(self.augment, bool):
             raise MRLError(f"augment must be true or false, got {self.augment!r}")
         if not isinstance(self.extra, dict):
             raise MRLError(f"extra must be a JSON object, got {self.extra!r}")
+        self._check_scale_settings()
         if self.mode == "ff":
             if self.ff_dim is None:
                 raise MRLError("mode ff needs --ff-dim M (the representation size of this FF model)")
@@ -98,6 +121,31 @@ class TrainConfig:
             if not isinstance(self.loss_weights, list) or len(self.loss_weights) != len(self.nesting):
                 raise MRLError(f"loss weights need one value per nesting size ({len(self.nesting)}), got {self.loss_weights!r}")
             self.loss_weights = [check_float("every loss weight", w, min=0, max=1e6) for w in self.loss_weights]
+        self.widths = parse_widths(self.widths)
+        if self.hidden is not None:
+            if not isinstance(self.hidden, list) or not self.hidden:
+                raise MRLError(f"hidden must be a non-empty list of layer sizes, got {self.hidden!r}")
+            self.hidden = [check_int("every hidden size", h, min=1, max=MAX_DIM) for h in self.hidden]
+        if self.arch not in (None, "mlp") and (self.widths is not None or self.hidden is not None):
+            raise MRLError("widths and hidden apply to the mlp backbone; pass --arch mlp")
+
+    def _check_scale_settings(self) -> None:
+        self.accumulate = check_int("accumulate", self.accumulate, min=1, max=MAX_BATCH)
+        self.lr_step_epochs = check_int("lr-step-epochs", self.lr_step_epochs, min=1, max=MAX_EPOCHS)
+        for name in ("channels_last", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise MRLError(f"{name.replace('_', '-')} must be true or false, got {getattr(self, name)!r}")
+        if self.image_size is not None:
+            check_int("image-size", self.image_size, min=1, max=MAX_DIM)
+        check_int("workers", self.workers, min=0)
+        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        if self.batch_size % self.accumulate:
+            raise MRLError(f"batch-size {self.batch_size} must be divisible by accumulate {self.accumulate}")
+        check_float("label-smoothing", self.label_smoothing, min=0, max=1, max_open=True)
+        check_float("momentum", self.momentum, min=0, max=1, max_open=True)
+        check_float("lr-gamma", self.lr_gamma, min=0, max=1, min_open=True)
 
     @property
     def tied(self) -> bool:

@@ -13,3 +13,7 @@ class MRLError(ValueError):
 
 class NotFittedError(MRLError, AttributeError):
     """An estimator was used before ``fit`` (scikit-learn's convention)."""
+
+
+class MissingExtraError(MRLError, ImportError):
+    """An optional part of mrl was used without its extra installed; the message names the extra."""

@@ -8,35 +8,42 @@ command after a crash redoes only what was lost.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mrl.config import TrainConfig
 from mrl.data import Dataset
 from mrl.errors import MRLError
 from mrl.evaluation import evaluate_run
-from mrl.artifacts import LOCK_FILE, MANIFEST, kind_of, lock, read_manifest, write_manifest
+from mrl.artifacts import LOCK_FILE, MANIFEST, check_overlap, kind_of, lock, read_manifest, write_manifest
 from mrl.runs import EVAL_FILE, is_run_dir, load_config, read_eval, read_run, read_state
 from mrl.training import train
 
 KIND = "experiment"
 
 
-@contextlib.contextmanager
-def claim_folder(out: str | Path, command: str) -> Iterator[Path]:
-    """Hold ``out`` as the folder of one multi-run command (an ``experiment`` artifact) while the block runs.
-
-    An existing folder that another command (or no command) made is refused, so pointing ``--out``
-    at the wrong place never writes runs into it. The folder is locked for the block; when it ends
-    without error, the manifest records the sha256 of every top-level result file.
-    """
+def check_folder(out: str | Path, command: str, inputs: Sequence[str | Path | None] = ()) -> Path:
+    """Check, without writing, that ``out`` may be (or already is) the folder of ``mrl COMMAND``."""
     out = Path(out)
+    check_overlap(out, [p for p in inputs if p is not None and Path(p).exists()])
     if kind_of(out) == KIND:
         owner = read_manifest(out, KIND, verify=[]).meta.get("command")
         if owner != command:
             raise MRLError(f"{out} holds the results of `mrl {owner}`, not `mrl {command}`; choose another --out")
     elif out.exists() and (not out.is_dir() or any(p.name != LOCK_FILE for p in out.iterdir())):
         raise MRLError(f"{out} exists and is not an `mrl {command}` folder; choose another --out")
+    return out
+
+
+@contextlib.contextmanager
+def claim_folder(out: str | Path, command: str, inputs: Sequence[str | Path | None] = ()) -> Iterator[Path]:
+    """Hold ``out`` as the folder of one multi-run command (an ``experiment`` artifact) while the block runs.
+
+    An existing folder that another command (or no command) made is refused, so pointing ``--out``
+    at the wrong place never writes runs into it, nor may it overlap ``inputs`` (data set paths). The folder is locked for the block; when it ends
+    without error, the manifest records the sha256 of every top-level result file.
+    """
+    out = check_folder(out, command, inputs)
     with lock(out):
         write_manifest(out, KIND, [], meta={"command": command})
         yield out

@@ -5,15 +5,12 @@ Plots put the nesting size on a log2 axis, as the paper's Figures 2-4 do, with o
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
-
-from mrl.io import atomic_write_bytes  # noqa: E402
+from mrl.io import atomic_write_bytes
 
 Series = Mapping[int, float]
 
@@ -49,29 +46,40 @@ def markdown_table(
     return "\n".join(lines)
 
 
-def save_figure(fig, path: str | Path, **savefig_kwargs) -> Path:
-    """Render ``fig`` as PNG, close it, and write it atomically to ``path``."""
+def new_figure(**kwargs) -> Figure:
+    """A figure outside pyplot's global state, so drawing never touches the user's backend or figures."""
+    return Figure(**kwargs)
+
+
+def save_figure(fig: Figure, path: str | Path, **savefig_kwargs) -> Path:
+    """Render ``fig`` as PNG and write it atomically to ``path``."""
     import io
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", **savefig_kwargs)
-    plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_vs_size(
     path: str | Path, columns: Mapping[str, Series], ylabel: str, title: str = "",
-    stds: Mapping[str, Series] | None = None, percent: bool = True,
+    stds: Mapping[str, Series] | None = None, percent: bool = True, points: Collection[str] = (),
 ) -> Path:
-    """One line per method (a single point shows as a marker), log2 x-axis; written atomically as PNG."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    """One line per method, log2 x-axis; written atomically as PNG.
+
+    Methods named in ``points`` (and any with a single size) are drawn as markers only: FF is a
+    separate model at each size it was trained at, and a line through it would suggest values at
+    sizes no model was trained for.
+    """
+    fig = new_figure(figsize=(6.4, 4.2), dpi=120)
+    ax = fig.subplots()
     scale = 100.0 if percent else 1.0
     for name, col in columns.items():
         sizes = sorted(col)
         values = [col[m] * scale for m in sizes]
         err = [stds[name].get(m, 0.0) * scale for m in sizes] if stds and name in stds else None
-        ax.errorbar(sizes, values, yerr=err, marker="o", markersize=4, capsize=3, label=name,
-                    linestyle="-" if len(sizes) > 1 else "none")
+        ax.errorbar(sizes, values, yerr=err, marker="D" if name in points else "o", capsize=3, label=name,
+                    linestyle="-" if len(sizes) > 1 and name not in points else "none",
+                    markersize=7 if name in points else 4)
     ax.set_xscale("log", base=2)
     all_sizes = sorted({m for col in columns.values() for m in col})
     ax.set_xticks(all_sizes)

@@ -5,6 +5,7 @@ One run is one :mod:`mrl.artifacts` artifact of kind ``training-run``:
     RUN_DIR/manifest.json          sha256 of config.json (and of the eval outputs once written) and,
                                    in its meta, the state of the last complete checkpoint
     RUN_DIR/config.json            TrainConfig (written first)
+    RUN_DIR/classes.json           class names of a streamed image folder (label i = name i)
     RUN_DIR/metrics.jsonl          a log: one line per epoch (loss, val top-1 per size)
     RUN_DIR/checkpoints/model-NNNN.safetensors, optim-NNNN.safetensors
     RUN_DIR/eval.json, logits_{val,test}.npy, labels_{val,test}.npy    (``mrl eval``)
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mrl.artifacts import LOCK_FILE, Manifest, kind_of, read_manifest, write_manifest
+from mrl.artifacts import LOCK_FILE, Manifest, check_overlap, check_writable, kind_of, read_manifest, write_manifest
 from mrl.config import TrainConfig
 from mrl.errors import MRLError
 from mrl.io import load_tensors, read_json, save_npy, save_tensors, sha256_file, write_json
@@ -40,10 +41,14 @@ from mrl.validation import check_int
 KIND = "training-run"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
+CLASSES_FILE = "classes.json"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
 CHECKPOINT_DIR = "checkpoints"
-EVAL_OUTPUTS = ("eval.json", "logits_val.npy", "logits_test.npy", "labels_val.npy", "labels_test.npy")
+EVAL_OUTPUTS = (
+    "eval.json", "logits_val.npy", "logits_test.npy", "labels_val.npy", "labels_test.npy",
+    "logits_widths_val.npy", "logits_widths_test.npy",  # nested-width runs: [W, G, N, C]
+)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _STALE_TMP = re.compile(r"\..+\.tmp")  # io.atomic_file's temp names: ".NAME.RANDOM.tmp"
 
@@ -142,11 +147,31 @@ def load_weights(model: nn.Module, run_dir: str | os.PathLike) -> TrainState:
     return state
 
 
-def start_run(run_dir: str | os.PathLike, config: TrainConfig) -> None:
-    """Write config.json and a manifest with no checkpoint yet (a fresh run)."""
+def _settings_files(run_dir: Path) -> list[str]:
+    """The files fixed when a run starts: config.json, and classes.json for a streamed folder."""
+    return [CONFIG_FILE, *([CLASSES_FILE] if CLASSES_FILE in read_run(run_dir, verify=[]).files else [])]
+
+
+def start_run(run_dir: str | os.PathLike, config: TrainConfig, classes: list[str] | None = None) -> None:
+    """Write config.json (and classes.json) and a manifest with no checkpoint yet (a fresh run)."""
     run_dir = Path(run_dir)
     config.save(run_dir / CONFIG_FILE)
-    write_manifest(run_dir, KIND, [CONFIG_FILE], FORMAT_VERSION, meta={"state": None})
+    files = [CONFIG_FILE]
+    if classes is not None:
+        write_json(run_dir / CLASSES_FILE, list(classes))
+        files.append(CLASSES_FILE)
+    write_manifest(run_dir, KIND, files, FORMAT_VERSION, meta={"state": None})
+
+
+def read_classes(run_dir: str | os.PathLike) -> list[str] | None:
+    """The verified class names of a run on a streamed image folder; None for other data."""
+    if CLASSES_FILE not in read_run(run_dir, verify=[]).files:
+        return None
+    read_run(run_dir, verify=[CLASSES_FILE])
+    classes = read_json(Path(run_dir) / CLASSES_FILE)
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise MRLError(f"{Path(run_dir) / CLASSES_FILE} must hold a list of class names")
+    return classes
 
 
 def clean_stale(run_dir: str | os.PathLike) -> None:
@@ -157,7 +182,13 @@ def clean_stale(run_dir: str | os.PathLike) -> None:
     run_dir = Path(run_dir)
     manifest = read_run(run_dir, verify=[])
     state = read_state(run_dir)
-    keep = set(checkpoint_paths(run_dir, state.epochs_done)) if state is not None else set()
+    current = checkpoint_paths(run_dir, state.epochs_done) if state is not None else ()
+    keep = set(current)
+    # Nothing is removed unless the checkpoint the manifest names is really there: a crafted or
+    # damaged state must not make older files look orphaned.
+    for path, digest in zip(current, (state.model_sha256, state.optimizer_sha256) if state else ()):
+        if path.is_symlink() or not path.is_file() or sha256_file(path) != digest:
+            raise MRLError(f"{path} is missing or does not match the checksum in its manifest; the checkpoint is corrupt")
     folder = _checkpoint_dir(run_dir)
     candidates = [p for p in folder.iterdir() if p.name.endswith((".safetensors", ".tmp"))] if folder.is_dir() else []
     candidates += [run_dir / n for n in EVAL_OUTPUTS if n not in manifest.files]
@@ -181,7 +212,7 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, optimizer: tor
     save_tensors(optim_path, optimizer_tensors(optimizer))
     state = TrainState(epoch, step, sha256_file(model_path), sha256_file(optim_path),
                        optimizer.state_dict()["param_groups"])
-    write_manifest(run_dir, KIND, [CONFIG_FILE], FORMAT_VERSION, meta={"state": asdict(state)})
+    write_manifest(run_dir, KIND, _settings_files(run_dir), FORMAT_VERSION, meta={"state": asdict(state)})
     clean_stale(run_dir)
 
 
@@ -215,9 +246,11 @@ def check_new_run(config: TrainConfig, out: str | os.PathLike, resume: bool) -> 
             diff = {k: (v, config.to_dict()[k]) for k, v in saved.to_dict().items() if config.to_dict()[k] != v}
             raise MRLError(f"cannot resume {out}: its config differs in {sorted(diff)} (saved vs given: {diff})")
         return out
+    # A data set given as a path (or its IDX folder) is an input the run must not land in.
+    check_overlap(out, [p for p in (config.data, config.data_dir) if p is not None and Path(p).exists()])
     if out.exists() and (not out.is_dir() or any(p.name != LOCK_FILE for p in out.iterdir())):
         raise MRLError(f"{out} already exists; pass --resume to continue that run or choose another --out")
-    return out
+    return check_writable(out)
 
 
 def save_eval(run_dir: str | os.PathLike, result: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None) -> None:

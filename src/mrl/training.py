@@ -1,6 +1,7 @@
 """The training loop for MRL, MRL-E and FF runs: single process or DistributedDataParallel.
 
-One run is one directory, laid out and checkpointed by :mod:`mrl.runs`. A checkpoint is written
+One run is one directory, laid out and checkpointed by :mod:`mrl.runs` (a streamed image folder's
+class list is saved with it). A checkpoint is written
 after every epoch and committed by the run's manifest only once both tensor files are on disk, so
 a run killed at any moment resumes from its last complete epoch. Shuffling and
 augmentation draw from a generator seeded by (seed, epoch) and the learning rate is a function of
@@ -9,6 +10,12 @@ the step, so a resumed run ends with the same weights as an uninterrupted one.
 Under ``torchrun`` (WORLD_SIZE > 1) each rank takes an equal shard of every epoch's permutation and
 a per-rank batch of batch_size / world_size; gradients are averaged by DDP (gloo on CPU, nccl on
 GPU). Only rank 0 writes.
+
+Batches come from :mod:`mrl.data.batches` (an in-memory split, or an image folder streamed by
+DataLoader workers); the optimizer, schedule and mixed precision from :mod:`mrl.recipe`.
+
+With nested widths (``TrainConfig.widths``, MatFormer) each step sums the Matryoshka loss of every
+width; metrics.jsonl's losses are then sums over widths and its val top-1 is the full width's.
 """
 
 from __future__ import annotations
@@ -28,13 +35,24 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mrl.config import TrainConfig
-from mrl.data import Dataset, load_dataset
+from mrl.data import Dataset, StreamingDataset, load_dataset
+from mrl.data.batches import eval_batches, training_batches
 from mrl.errors import MRLError
 from mrl.artifacts import lock
 from mrl.io import append_jsonl, read_jsonl
 from mrl.losses import MatryoshkaLoss
-from mrl.models import MatryoshkaClassifier, create_model
-from mrl.runs import METRICS_FILE, check_new_run, clean_stale, restore_checkpoint, save_checkpoint, start_run
+from mrl.models import MatryoshkaClassifier, NestedWidthMLP, create_model
+from mrl.recipe import Precision, lr_at, make_optimizer, step_lr_at
+from mrl.runs import (
+    CLASSES_FILE,
+    METRICS_FILE,
+    check_new_run,
+    clean_stale,
+    read_classes,
+    restore_checkpoint,
+    save_checkpoint,
+    start_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,38 +86,62 @@ def init_distributed(device: torch.device) -> DistEnv:
     return env
 
 
-def build_model(config: TrainConfig, data: Dataset) -> MatryoshkaClassifier:
-    """The backbone named by the config (resnet for images, mlp for vectors) with its heads."""
+def build_model(config: TrainConfig, data: Dataset | StreamingDataset) -> MatryoshkaClassifier:
+    """The backbone named by the config (resnet for images, mlp for vectors) with its heads.
+
+    Image backbones (resnet, resnet50, timm/<name>) refuse images smaller than their total stride.
+    """
     arch = config.arch or ("resnet" if data.kind == "image" else "mlp")
-    if arch == "resnet":
-        if len(data.input_shape) != 3:
-            raise MRLError(f"arch resnet needs images [C, H, W], got inputs of shape {data.input_shape}")
-        backbone = create_model("resnet", in_channels=data.input_shape[0], num_features=config.rep_dim)
+    if arch != "mlp" and (config.widths is not None or config.hidden is not None):
+        raise MRLError("widths and hidden apply to the mlp backbone; pass --arch mlp")
+    hidden = {} if config.hidden is None else {"hidden": config.hidden}
+    if arch == "mlp" and config.widths is not None:
+        backbone = NestedWidthMLP(
+            math.prod(data.input_shape), config.rep_dim, rep_activation=config.rep_activation, **hidden
+        )
+    elif arch == "mlp":
+        backbone = create_model(
+            "mlp", in_features=math.prod(data.input_shape), num_features=config.rep_dim,
+            rep_activation=config.rep_activation, **hidden,
+        )
     else:
-        backbone = create_model("mlp", in_features=math.prod(data.input_shape), num_features=config.rep_dim)
+        if len(data.input_shape) != 3:
+            raise MRLError(f"arch {arch} needs images [C, H, W], got inputs of shape {data.input_shape}")
+        backbone = create_model(arch, in_channels=data.input_shape[0], num_features=config.rep_dim)
+        smallest = getattr(backbone, "min_image_size", 1)
+        if min(data.input_shape[1:]) < smallest:
+            raise MRLError(
+                f"image size {data.input_shape[1]}x{data.input_shape[2]} is too small for arch {arch}, which needs "
+                f"at least {smallest}x{smallest}; raise --image-size"
+            )
     return MatryoshkaClassifier(backbone, data.num_classes, config.nesting, tied=config.tied)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
-    """Random horizontal flip and a random shift of up to ``max_shift`` pixels (zero padding), per batch row."""
-    b = x.shape[0]
-    flip = torch.rand(b, generator=generator) < 0.5
-    x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
-    shifts = torch.randint(-max_shift, max_shift + 1, (b, 2), generator=generator)
-    padded = nn.functional.pad(x, (max_shift,) * 4)
-    h, w = x.shape[-2:]
-    rows = (torch.arange(h).view(1, h) + max_shift + shifts[:, :1]).view(b, 1, h, 1).expand(b, x.shape[1], h, w + 2 * max_shift)
-    out = padded.gather(2, rows)
-    cols = (torch.arange(w).view(1, w) + max_shift + shifts[:, 1:]).view(b, 1, 1, w).expand(b, x.shape[1], h, w)
-    return out.gather(3, cols)
+def check_classes(run_dir: Path, classes: list[str]) -> None:
+    """Refuse to resume a run on a streamed folder whose class list differs from the saved one."""
+    if read_classes(run_dir) != classes:
+        raise MRLError(f"cannot resume {run_dir}: the data's classes differ from the run's {CLASSES_FILE}")
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
-    """Linear warm-up, then cosine decay to 0 (a pure function of the step, so resume is exact)."""
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+@torch.no_grad()
+def val_top1(model: MatryoshkaClassifier, data: Dataset | StreamingDataset, device: torch.device, workers: int,
+             precision: Precision) -> torch.Tensor:
+    """Top-1 accuracy per nesting size [G] on the validation split, streamed in batches."""
+    model.eval()
+    correct = torch.zeros(len(model.nesting), dtype=torch.long)
+    for x, y in eval_batches(data.val, device, workers=workers):
+        with precision.autocast():
+            logits = model(x)
+        correct += (logits.float().argmax(-1).cpu() == y).sum(dim=1)
+    return correct.float() / len(data.val)
+
+
+def param_groups(model: MatryoshkaClassifier, config: TrainConfig) -> list[dict]:
+    """Backbone and heads as two optimizer groups; ``lr_scale`` multiplies the scheduled rate per group."""
+    return [
+        {"params": list(model.backbone.parameters()), "lr_scale": 1.0},
+        {"params": list(model.head.parameters()), "lr_scale": config.head_lr_scale},
+    ]
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -174,76 +216,98 @@ def _train(
     out = Path(out)
     if env.is_main:
         check_new_run(config, out, resume)
-    data = data if data is not None else load_dataset(config.data, config.data_dir, config.max_train)
+    data = data if data is not None else load_dataset(
+        config.data, config.data_dir, config.max_train, image_size=config.image_size
+    )
     if config.nesting[-1] > config.rep_dim:
         raise MRLError(f"nesting size {config.nesting[-1]} is larger than the representation size {config.rep_dim}")
+    per_rank = config.batch_size // env.world_size
+    if per_rank % config.accumulate:
+        raise MRLError(f"the per-process batch {per_rank} must be divisible by accumulate {config.accumulate}")
+    torch.manual_seed(config.seed)
+    model = build_model(config, data).to(device)  # before anything is written: it checks arch and image size
+    batches = training_batches(
+        data.train, per_rank, env.rank, env.world_size, config.seed, config.augment and data.kind == "image",
+        config.workers,
+    )
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if resume:
             clean_stale(out)
+            if isinstance(data, StreamingDataset):
+                check_classes(out, data.classes)
         else:
-            start_run(out, config)
+            start_run(out, config, classes=data.classes if isinstance(data, StreamingDataset) else None)
     if env.world_size > 1:
         dist.barrier()
 
-    torch.manual_seed(config.seed)
-    model = build_model(config, data).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(config.optimizer, param_groups(model, config), config.lr, config.weight_decay, config.momentum)
     start_epoch, step = restore_checkpoint(model, optimizer, out) if resume else (0, 0)
     ddp_model: nn.Module = (
         nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if env.world_size > 1
         else model
     )
-    criterion = MatryoshkaLoss(nesting=config.nesting, weights=config.loss_weights).to(device)
+    forward = torch.compile(ddp_model) if config.compile else ddp_model
+    precision = Precision(config.precision, device)
+    criterion = MatryoshkaLoss(
+        nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), nesting=config.nesting, weights=config.loss_weights
+    ).to(device)
 
-    n = len(data.train)
-    per_rank = config.batch_size // env.world_size
-    shard = n // env.world_size
-    steps_per_epoch = max(1, shard // per_rank)
+    steps_per_epoch = batches.steps_per_epoch
     total_steps = steps_per_epoch * config.epochs
     warmup = int(config.warmup_epochs * steps_per_epoch)
-    use_augment = config.augment and data.kind == "image"
 
     for epoch in range(start_epoch, config.epochs):
         started = time.time()
-        gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-        perm = torch.randperm(n, generator=gen)[: shard * env.world_size]
-        mine = perm[env.rank :: env.world_size]
         ddp_model.train()
         sums = torch.zeros(len(config.nesting))
         bar = tqdm(
-            range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (progress and env.is_main),
-            leave=False, dynamic_ncols=True,
+            batches.epoch(epoch, device), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=not (progress and env.is_main), leave=False, dynamic_ncols=True,
         )
-        for i in bar:
-            idx = mine[i * per_rank : (i + 1) * per_rank]
-            x, y = data.train.x[idx], data.train.y[idx]
-            if use_augment:
-                x = augment(x, gen)
+        for i, (x, y) in enumerate(bar):
+            if config.schedule == "cosine":
+                lr = lr_at(step, total_steps, warmup, config.lr)
+            else:
+                lr = step_lr_at(step, steps_per_epoch, warmup, config.lr, config.lr_step_epochs, config.lr_gamma)
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, warmup, config.lr)
-            logits = ddp_model(x.to(device))
-            per_size = criterion.per_size(logits, y.to(device))
-            loss = (criterion.weights * per_size).sum()
-            if not torch.isfinite(loss):
-                raise MRLError(f"training diverged at epoch {epoch + 1}, step {i}: loss is {loss.item()}; lower --lr")
+                group["lr"] = group["lr_scale"] * lr
+            if config.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            per_size = torch.zeros(len(config.nesting), device=device)
+            for k, (xk, yk) in enumerate(zip(x.chunk(config.accumulate), y.chunk(config.accumulate))):
+                # DDP averages gradients only on the last micro-batch of a step.
+                last = k == config.accumulate - 1
+                sync = ddp_model.no_sync() if env.world_size > 1 and not last else contextlib.nullcontext()
+                with sync:
+                    with precision.autocast():
+                        if config.widths is None:
+                            outputs = [forward(xk)]
+                        else:  # MatFormer: every width's Matryoshka loss in one step
+                            outputs = [forward(xk, width=w) for w in config.widths]
+                    part = sum(criterion.per_size(logits.float(), yk) for logits in outputs)
+                    loss = (criterion.weights * part).sum()
+                    if not torch.isfinite(loss):
+                        raise MRLError(f"training diverged at epoch {epoch + 1}, step {i}: loss is {loss.item()}; lower --lr")
+                    precision.backward(loss / config.accumulate if config.accumulate > 1 else loss)
+                per_size += part.detach() / config.accumulate
+            precision.step(optimizer)
             step += 1
-            sums += per_size.detach().cpu()
+            sums += per_size.cpu()
             if i % 10 == 0:
                 bar.set_postfix_str(" ".join(f"{m}:{v:.3f}" for m, v in zip(config.nesting, (sums / (i + 1)).tolist())))
         if env.is_main:
-            val_logits = predict_logits(model, data.val.x, device)
-            val_top1 = (val_logits.argmax(-1) == data.val.y).float().mean(dim=1)
+            val_acc = val_top1(model, data, device, config.workers, precision)
             mean_losses = (sums / steps_per_epoch).tolist()
             record = {
                 "epoch": epoch + 1,
                 "loss": float(sum(w * v for w, v in zip(criterion.weights.tolist(), mean_losses))),
                 "loss_per_size": {str(m): v for m, v in zip(config.nesting, mean_losses)},
-                "val_top1": {str(m): float(v) for m, v in zip(config.nesting, val_top1)},
+                "val_top1": {str(m): float(v) for m, v in zip(config.nesting, val_acc)},
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": time.time() - started,
             }
@@ -256,7 +320,7 @@ def _train(
             if progress:
                 tqdm.write(
                     f"epoch {epoch + 1}/{config.epochs}  loss {record['loss']:.4f}  val top-1 "
-                    + " ".join(f"{m}:{v:.3f}" for m, v in zip(config.nesting, val_top1.tolist()))
+                    + " ".join(f"{m}:{v:.3f}" for m, v in zip(config.nesting, val_acc.tolist()))
                 )
         if env.world_size > 1:
             dist.barrier()

@@ -9,12 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
-
-from mrl.report import save_figure  # noqa: E402
+from mrl.report import new_figure, save_figure
 
 XY = tuple[Sequence[float], Sequence[float]]
 
@@ -41,7 +36,8 @@ def plot_cost_accuracy(
         >>> out.read_bytes()[:4] == b"\\x89PNG"
         True
     """
-    fig, ax = plt.subplots(figsize=(7.0, 4.6), dpi=120)
+    fig = new_figure(figsize=(7.0, 4.6), dpi=120)
+    ax = fig.subplots()
     for label, (x, y) in curves.items():
         ax.plot(x, [v * 100 for v in y], linewidth=1.6, label=label)
     markers = "osD^v<>pP*"

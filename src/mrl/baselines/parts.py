@@ -21,7 +21,7 @@ from mrl.data import Dataset
 from mrl.errors import MRLError
 from mrl.models import MLP, ResNetSmall
 from mrl.evaluation import topk_accuracy
-from mrl.training import augment
+from mrl.data.batches import augment
 
 
 @dataclass

@@ -144,10 +144,12 @@ def apply_command(adapter_dir: Path, embeddings: Path, out: Path, key: str, m: i
     The output keeps the input's dtype. Embeddings of another dimension than the adapter's are refused.
     """
     from mrl.adapter import MatryoshkaAdapter
+    from mrl.artifacts import prepare_output_file
     from mrl.io import save_npz
 
     if batch_size < 1:
         raise MRLError(f"--batch-size must be a positive integer, got {batch_size}")
+    prepare_output_file(out, inputs=[adapter_dir, embeddings])
     adapter = MatryoshkaAdapter.load(adapter_dir)
     x, arrays = _matrix(embeddings, key)
     arrays[key] = adapter.transform(x, m=m, normalize=normalize, batch_size=batch_size)

@@ -134,9 +134,12 @@ def build(embeddings, out, shortlist_dim, shortlist, encoding, metric, dtype, hn
 def search(index_dir, queries, k, funnel, out, store, nprobe, ef_search, shortlist_margin, backend, qdrant_path, qdrant_url, api_key_file,
            collection, hnsw) -> None:
     """Search INDEX_DIR with the vectors X of QUERIES (.npz); print cost and, with labels, accuracy."""
+    from mrl.artifacts import prepare_output_file
     from mrl.metrics import retrieval_summary
     from mrl.retrieval import FunnelIndex, format_funnel, parse_funnel
 
+    if out:
+        prepare_output_file(out, inputs=[index_dir, queries])
     index = FunnelIndex.load(index_dir, store=store)
     x, y = _load_queries(queries)
     if backend == "qdrant":
@@ -152,6 +155,8 @@ def search(index_dir, queries, k, funnel, out, store, nprobe, ef_search, shortli
         return
     scores, ids, stats = index.search(x, k=k, funnel=None if funnel is None else parse_funnel(funnel), return_stats=True,
                                       nprobe=nprobe, ef_search=ef_search, shortlist_margin=shortlist_margin)
+    if out:  # written before anything is printed, so a failed write is the only output
+        save_npz(out, scores=scores, ids=ids)
     click.echo(f"funnel {format_funnel(stats.funnel)}: {stats.ms_per_query:.3f} ms/query, "
                f"{stats.flops_per_query / 1e6:.3f} MFLOPs/query, {stats.mean_shortlist_length:.1f} candidates "
                f"reranked per query over {stats.n_queries} queries")
@@ -159,7 +164,6 @@ def search(index_dir, queries, k, funnel, out, store, nprobe, ef_search, shortli
         summary = retrieval_summary(ids, y, index.labels, k=k)
         click.echo(", ".join(f"{key} {value:.4f}" for key, value in summary.items()))
     if out:
-        save_npz(out, scores=scores, ids=ids)
         click.echo(f"wrote {out}")
 
 
@@ -191,10 +195,10 @@ def tune(index_dir, queries, k, target_recall, max_queries, shortlists, max_ram_
             specs = default_shortlists(index.dim, index.shortlist_dim) if shortlists.strip() == "auto" else parse_shortlists(shortlists)
         tuner = index.tune(x[:max_queries], k=k, target_recall=target_recall, shortlists=specs, repeats=repeats,
                            max_ram_bytes_per_vector=max_ram_bytes_per_vector, max_ms_per_query=max_ms_per_query)
-        click.echo(tuner.summary())
-        if not tuner.target_met_:
-            click.echo(f"no funnel reached knn_recall@{k} >= {target_recall}; kept the most accurate", err=True)
         index.save(index_dir, overwrite=True)
+    click.echo(tuner.summary())
+    if not tuner.target_met_:
+        click.echo(f"no funnel reached knn_recall@{k} >= {target_recall}; kept the most accurate", err=True)
     chosen = f"{tuner.best_['shortlist']} shortlist, " if specs is not None else ""
     click.echo(f"chose {chosen}{tuner.best_['spec']} (knn_recall@{k} {tuner.best_['knn_recall']:.4f}, "
                f"{tuner.best_['mflops']:.3f} MFLOPs/query, {tuner.best_['ms_per_query']:.3f} ms/query); saved as the default of {index_dir}")
@@ -276,8 +280,10 @@ def info(index_dir, as_json) -> None:
 @click.option("--quantization", type=click.Choice(["none", "int8", "binary"]), default="none", show_default=True,
               help="Qdrant quantization of every named vector.")
 @click.option("--batch", type=click.IntRange(min=1), default=1024, show_default=True, help="Points per upsert.")
+@click.option("--shards", type=click.IntRange(min=1), default=None, help="Shards of a new collection on a Qdrant cluster (with --url).")
+@click.option("--replicas", type=click.IntRange(min=1), default=None, help="Replication factor of a new collection on a Qdrant cluster (with --url).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def export(index_dir, target, qdrant_path, qdrant_url, api_key_file, collection, stages, quantization, batch, quiet) -> None:
+def export(index_dir, target, qdrant_path, qdrant_url, api_key_file, collection, stages, quantization, batch, shards, replicas, quiet) -> None:
     """Export INDEX_DIR to a Qdrant collection: one named vector per stage, ids = row numbers, labels as payload.
 
     Re-running resumes (ids already present are skipped); a collection with another layout is refused.
@@ -290,7 +296,7 @@ def export(index_dir, target, qdrant_path, qdrant_url, api_key_file, collection,
     except ValueError:
         raise MRLError(f"--stages must be comma-separated prefix sizes such as 16,64,2048, got {stages!r}") from None
     result = export_to_qdrant(index_dir, location, collection, stages=sizes, quantization=quantization, batch=batch,
-                              api_key=api_key, progress=not quiet)
+                              api_key=api_key, progress=not quiet, shards=shards, replicas=replicas)
     click.echo(f"exported {result['written']} points to {target} collection {collection} "
                f"({result['skipped']} already present, {result['points']} in all)")
 

@@ -25,7 +25,7 @@ def serve_command(index_dir, host, port, funnel, max_body_mb, token_file, worker
     """
     try:
         from mrl.serve.server import serve
-        import fastapi, uvicorn, prometheus_client  # noqa: F401, E401  (fail here, naming the extra)
+        import fastapi, orjson, prometheus_client, uvicorn  # noqa: F401, E401  (fail here, naming the extra)
     except ImportError as exc:
         raise MRLError(f"mrl serve needs {exc.name}: pip install \"mrl[serve]\"") from None
     serve(index_dir, host=host, port=port, funnel=funnel, max_body_mb=max_body_mb, token_file=token_file, workers=workers,

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mrl.config import MODES, TrainConfig
+from mrl.recipe import OPTIMIZERS, PRECISIONS, SCHEDULES
 from mrl.errors import MRLError
 from mrl.io import save_npz
 
@@ -14,6 +15,11 @@ _OPTION_FIELDS = {
     "data": "data", "data_dir": "data_dir", "mode": "mode", "arch": "arch", "ff_dim": "ff_dim",
     "rep_dim": "rep_dim", "nesting": "nesting", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
     "max_train": "max_train", "seed": "seed", "augment": "augment",
+    "image_size": "image_size", "workers": "workers", "precision": "precision", "channels_last": "channels_last",
+    "compile": "compile", "accumulate": "accumulate", "label_smoothing": "label_smoothing", "optimizer": "optimizer",
+    "momentum": "momentum", "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "schedule": "schedule",
+    "lr_step_epochs": "lr_step_epochs", "lr_gamma": "lr_gamma", "rep_activation": "rep_activation",
+    "head_lr_scale": "head_lr_scale", "widths": "widths",
 }
 
 
@@ -45,21 +51,48 @@ def _config_from_options(ctx: click.Context, params: dict, resume: bool, out: Pa
 
 @click.command("train")
 @click.option("--data", default="fashion-mnist", show_default=True,
-              help="fashion-mnist, mnist, a path to an .npz (X, y) or an image folder (one sub-folder per class).")
+              help="fashion-mnist, mnist, a path to an .npz (X, y) or an image folder (one sub-folder per class; "
+                   "ROOT/train/<class> + ROOT/val/<class> is streamed, ImageNet-style).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Folder with the four IDX files (default for fashion-mnist: /usr/share/datasets/fashion-mnist).")
 @click.option("--mode", type=click.Choice(MODES), default="mrl", show_default=True,
               help="mrl: one head per size; mrl-e: tied heads; ff: a fixed-feature model of --ff-dim dims.")
-@click.option("--arch", default=None, help="Backbone: resnet (default for images) or mlp (default for vectors).")
+@click.option("--arch", default=None,
+              help="Backbone: resnet (default for images), mlp (default for vectors), resnet50, or timm/<name>.")
 @click.option("--ff-dim", type=int, default=None, help="Representation size of an ff run.")
 @click.option("--rep-dim", type=int, default=2048, show_default=True, help="Representation size d.")
 @click.option("--nesting", default=None, help="Comma-separated ascending sizes (default 8,16,...,d).")
+@click.option("--widths", default=None,
+              help="Nested widths of the MLP's hidden layers (MatFormer): ascending fractions ending at 1, e.g. 0.125,0.25,0.5,1.")
 @click.option("--epochs", type=int, default=10, show_default=True, help="Training epochs.")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Global batch size.")
-@click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak AdamW learning rate (cosine schedule).")
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (after warm-up).")
 @click.option("--max-train", type=int, default=None, help="Use at most this many training examples.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (weights, order, augmentation).")
-@click.option("--augment/--no-augment", default=True, show_default=True, help="Flip and shift images while training.")
+@click.option("--augment/--no-augment", default=True, show_default=True,
+              help="Flip and shift in-memory images while training (streamed folders always crop and flip).")
+@click.option("--image-size", type=int, default=None, help="Crop side of a streamed folder's images (default 224).")
+@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader processes decoding a streamed folder.")
+@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True,
+              help="Autocast dtype of the forward pass (fp16 also scales the loss).")
+@click.option("--channels-last", is_flag=True, help="NHWC memory layout (faster convolutions on GPUs).")
+@click.option("--compile", is_flag=True, help="torch.compile the model.")
+@click.option("--accumulate", type=int, default=1, show_default=True,
+              help="Micro-batches per optimizer step (the batch is split; same steps, less memory).")
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True, help="Cross-entropy label smoothing.")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adamw", show_default=True,
+              help="adamw, or sgd with momentum (the paper's ResNet-50 recipe).")
+@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True, help="Weight decay.")
+@click.option("--warmup-epochs", type=float, default=0.5, show_default=True, help="Linear learning-rate warm-up.")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True,
+              help="cosine to 0, or step (x --lr-gamma every --lr-step-epochs).")
+@click.option("--lr-step-epochs", type=int, default=30, show_default=True, help="Step schedule: epochs per step.")
+@click.option("--lr-gamma", type=float, default=0.1, show_default=True, help="Step schedule: factor per step.")
+@click.option("--rep-activation", type=click.Choice(["relu", "none"]), default="relu", show_default=True,
+              help="mlp: the representation's last activation; none drops the ReLU after its BatchNorm.")
+@click.option("--head-lr-scale", type=float, default=1.0, show_default=True,
+              help="Learning rate of the heads relative to --lr.")
 @click.option("--config", type=click.Path(dir_okay=False, exists=True), default=None,
               help="JSON file of settings; flags given on the command line override it.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory to create.")
@@ -85,6 +118,12 @@ def _print_eval(result: dict) -> None:
                "top-5": {int(m): v for m, v in result["top5"].items()},
                "1-NN": {int(m): v for m, v in result["knn1"].items()}}
     click.echo(markdown_table(columns))
+    if "grid" in result:
+        grid = result["grid"]
+        for title, key in (("top-1", "top1"), ("1-NN", "knn1"), ("FLOPs per example", "flops")):
+            click.echo(f"\n{title} per (width, dim)")
+            table = {f"w={w}": {int(m): v for m, v in grid[key][str(w)].items()} for w in grid["widths"]}
+            click.echo(markdown_table(table, percent=key != "flops"))
 
 
 @click.command("eval")
@@ -95,7 +134,8 @@ def eval_command(run_dir: Path, save_logits: bool, quiet: bool) -> None:
     """Evaluate every nesting size of a run on the test set; writes RUN_DIR/eval.json.
 
     Linear top-1 and top-5 use each size's own head; 1-NN searches the train embeddings with the
-    test embeddings (cosine on the L2-normalised prefix).
+    test embeddings (cosine on the L2-normalised prefix). A run trained with --widths also gets the
+    (width x dim) grid of top-1, 1-NN and FLOPs per example.
     """
     from mrl.evaluation import evaluate_run
 
@@ -110,8 +150,10 @@ def eval_command(run_dir: Path, save_logits: bool, quiet: bool) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def embed_command(run_dir: Path, split: str, out: Path, quiet: bool) -> None:
     """Write the representations of one split as an .npz with float32 X [N, d] and int64 y [N]."""
+    from mrl.artifacts import prepare_output_file
     from mrl.evaluation import embed_run
 
+    prepare_output_file(out, inputs=[run_dir])
     x, y = embed_run(run_dir, split, progress=not quiet)
     save_npz(out, X=x, y=y)
     click.echo(f"wrote {out}: X {x.shape} float32, y {y.shape}")
@@ -128,10 +170,14 @@ def embed_command(run_dir: Path, split: str, out: Path, quiet: bool) -> None:
 @click.option("--ff-dims", default="8,32,2048", show_default=True, help="Sizes of the FF baselines to train.")
 @click.option("--epochs", type=int, default=10, show_default=True, help="Epochs per run.")
 @click.option("--max-train", type=int, default=None, help="Use at most this many training examples.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (the first one with --seeds).")
+@click.option("--seeds", type=int, default=1, show_default=True,
+              help="Train every run with this many seeds (seed, seed+1, ...); the report shows mean ± std.")
+@click.option("--rep-activation", type=click.Choice(["relu", "none"]), default="relu", show_default=True,
+              help="mlp: the representation's last activation; none drops the ReLU after its BatchNorm.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo_command(out: Path, data: str, data_dir: str | None, arch: str, rep_dim: int, ff_dims: str, epochs: int,
-                 max_train: int | None, seed: int, quiet: bool) -> None:
+                 max_train: int | None, seed: int, seeds: int, rep_activation: str, quiet: bool) -> None:
     """Train MRL, MRL-E and FF baselines, evaluate every size, and write report.md with plots.
 
     Re-running continues: finished runs are reused and an interrupted one resumes.
@@ -139,7 +185,8 @@ def demo_command(out: Path, data: str, data_dir: str | None, arch: str, rep_dim:
     from mrl.demo import run_demo
 
     run_demo(out, data=data, data_dir=data_dir, arch=arch, rep_dim=rep_dim, ff_dims=ff_dims, epochs=epochs,
-             max_train=max_train, seed=seed, progress=not quiet, echo=click.echo)
+             max_train=max_train, seed=seed, seeds=seeds, rep_activation=rep_activation, progress=not quiet,
+             echo=click.echo)
 
 
 COMMANDS = [train_command, eval_command, embed_command, demo_command]

@@ -10,6 +10,8 @@ Splits (fixed, independent of the training seed, so every run sees the same exam
   with the train mean and std.
 * image folder: ``ROOT/<class>/*.png|jpg`` (or ``ROOT/train/<class>`` and ``ROOT/test/<class>``),
   read with Pillow in grayscale or RGB as the first image is, resized to the first image's size.
+* ImageNet-style folder ``ROOT/train/<class>``, ``ROOT/val/<class>``: streamed, never held in
+  memory (:mod:`mrl.data.image_folder`); val doubles as test unless ``ROOT/test`` exists.
 
 ``--max-train N`` keeps the first N training examples of a seeded permutation.
 """
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 from mrl.data.idx import read_idx
+from mrl.data.image_folder import IMAGE_SUFFIXES, StreamingDataset, is_streaming_folder, load_streaming_folder
 from mrl.errors import MRLError
 from mrl.io import load_npz
 
@@ -35,7 +38,11 @@ IDX_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 DATASETS = ("fashion-mnist", "mnist")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+# Labels index the classifier's output layer: 2**40 would allocate terabytes before failing.
+MAX_CLASSES = 1 << 20
+# A class-folder image is decoded in full; PIL's own limit (~179M pixels) still allows ~0.5 GB per image.
+MAX_IMAGE_PIXELS = 4096 * 4096
 
 
 @dataclass
@@ -89,8 +96,10 @@ def _check(x: np.ndarray, y: np.ndarray, source: str) -> None:
         raise MRLError(f"{source} contains NaN or infinite values")
     if not np.issubdtype(y.dtype, np.integer):
         raise MRLError(f"{source}: labels must be integers, got dtype {y.dtype}")
-    if y.min() < 0:
-        raise MRLError(f"{source}: labels must be non-negative, got {y.min()}")
+    if y.min() < 0 or y.max() >= MAX_CLASSES:
+        raise MRLError(f"{source}: labels must be integers in [0, {MAX_CLASSES}), got {y.min()}..{y.max()}")
+    if np.issubdtype(x.dtype, np.floating) and np.abs(x).max() > np.finfo(np.float32).max:
+        raise MRLError(f"{source}: values up to {np.abs(x).max():.3g} do not fit float32")
 
 
 def _holdout(n: int, size: int, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -189,12 +198,15 @@ def _read_image_folder(root: Path, classes: list[str] | None = None):
             if f.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             try:
-                with Image.open(f) as img:
+                with Image.open(f) as img:  # reads the header only; pixels are decoded below
+                    if img.width * img.height > MAX_IMAGE_PIXELS:
+                        raise MRLError(f"image {f} is {img.width} x {img.height} pixels, more than the "
+                                       f"{MAX_IMAGE_PIXELS} allowed (a decompression bomb?)")
                     if mode is None:
                         mode = "L" if img.mode in ("L", "1", "P", "I", "I;16") else "RGB"
                         size = img.size
                     arr = np.asarray(img.convert(mode).resize(size), dtype=np.float32) / 255.0
-            except (UnidentifiedImageError, OSError) as exc:
+            except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as exc:
                 raise MRLError(f"cannot read image {f}: {exc}") from None
             images.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
             labels.append(label)
@@ -220,7 +232,9 @@ def load_image_folder(root: Path, max_train: int | None = None) -> Dataset:
     return _assemble(root.name, "image", x, y, x_test, y_test, val_size, max_train, per_feature=False)
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, max_train: int | None = None) -> Dataset:
+def load_dataset(
+    name: str, data_dir: str | Path | None = None, max_train: int | None = None, image_size: int | None = None
+) -> Dataset | StreamingDataset:
     """Load a data set by name or path.
 
     Args:
@@ -229,14 +243,21 @@ def load_dataset(name: str, data_dir: str | Path | None = None, max_train: int |
             path to an image folder.
         data_dir: folder with the four IDX files.
         max_train: keep at most this many training examples (seeded).
+        image_size: crop side of a streamed folder (default 224); an error for other data.
     """
+    path = Path(name)
+    if name not in DATASETS and path.is_dir() and is_streaming_folder(path):
+        return load_streaming_folder(path, image_size, max_train, SPLIT_SEED)
+    if image_size is not None:
+        raise MRLError(
+            f"--image-size applies to streamed image folders (ROOT/train/<class>, ROOT/val/<class>), not {name!r}"
+        )
     if name in DATASETS:
         if data_dir is None:
             if name != "fashion-mnist":
                 raise MRLError(f"data set {name!r} needs --data-dir holding its four IDX files")
             data_dir = FASHION_MNIST_DIR
         return load_idx_dataset(name, Path(data_dir), max_train=max_train)
-    path = Path(name)
     if path.suffix == ".npz":
         return load_npz_dataset(path, max_train=max_train)
     if path.is_dir():

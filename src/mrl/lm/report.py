@@ -7,13 +7,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
 import matplotlib.ticker
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from mrl.report import save_figure  # noqa: E402
+from mrl.report import new_figure, save_figure
 
 
 def _ff_by_size(results: dict) -> dict[str, dict]:
@@ -64,7 +60,8 @@ def comparison_table(results: dict, adaptive: dict | None = None) -> str:
 
 def plot_perplexity(results: dict, path: str | os.PathLike) -> Path:
     """PNG of validation perplexity (log scale) vs head size, one line per model family."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = new_figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     ff = _ff_by_size(results)
     for name, r in results.items():
         if r["head"] == "ff":
@@ -90,7 +87,8 @@ def plot_perplexity(results: dict, path: str | os.PathLike) -> Path:
 def plot_adaptive(adaptive: dict, results: dict, path: str | os.PathLike) -> Path:
     """PNG of perplexity and top-1 vs mean output-head multiply-adds per token: the adaptive
     front (test half), each fixed size, and the fitted operating point."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = new_figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     for name, a in adaptive.items():
         curve = sorted(a["curve"], key=lambda p: p["head_macs_per_token"])
         fixed = [a["fixed"][k] for k in sorted(a["fixed"], key=int)]

@@ -13,9 +13,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from mrl.errors import MissingExtraError, MRLError
 
-from mrl.errors import MRLError
+try:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+except ImportError as exc:
+    raise MissingExtraError(f"the Matryoshka LM needs the {exc.name!r} package: pip install 'mrl[lm]'") from exc
 from mrl.io import atomic_write_text
 
 EOT = "<|endoftext|>"

@@ -8,6 +8,9 @@ import torch
 from torch import nn
 
 from mrl.errors import MRLError
+from mrl.validation import check_choice
+
+REP_ACTIVATIONS = ("relu", "none")
 
 
 class MLP(nn.Module):
@@ -21,16 +24,22 @@ class MLP(nn.Module):
         in_features: input size (images are flattened).
         num_features: representation size d.
         hidden: widths of the hidden layers.
+        rep_activation: ``"relu"`` ends with Linear -> BatchNorm -> ReLU (z >= 0); ``"none"`` drops
+            that last ReLU, so a short prefix is no longer all zero for many inputs (a zero prefix
+            has no direction for cosine 1-NN, and its head sees no signal).
 
     Shape:
         [B, in_features] or [B, *image] -> [B, d]
     """
 
-    def __init__(self, in_features: int, num_features: int = 2048, hidden: Sequence[int] = (512, 512)) -> None:
+    def __init__(
+        self, in_features: int, num_features: int = 2048, hidden: Sequence[int] = (512, 512), rep_activation: str = "relu"
+    ) -> None:
         super().__init__()
         for name, value in (("in_features", in_features), ("num_features", num_features)):
             if not isinstance(value, int) or value < 1:
                 raise MRLError(f"{name} must be a positive integer, got {value!r}")
+        check_choice("rep_activation", rep_activation, REP_ACTIVATIONS)
         self.in_features = in_features
         self.num_features = num_features
         layers: list[nn.Module] = []
@@ -39,7 +48,8 @@ class MLP(nn.Module):
             layers += [nn.Linear(width, h), nn.BatchNorm1d(h), nn.ReLU(inplace=True)]
             width = h
         self.body = nn.Sequential(*layers)
-        self.proj = nn.Sequential(nn.Linear(width, num_features), nn.BatchNorm1d(num_features), nn.ReLU(inplace=True))
+        last = [nn.ReLU(inplace=True)] if rep_activation == "relu" else []
+        self.proj = nn.Sequential(nn.Linear(width, num_features), nn.BatchNorm1d(num_features), *last)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)

@@ -142,6 +142,8 @@ class _ClientBackend:
     def __init__(self, client: Any, collection: str) -> None:
         self.models = _import("qdrant_client").models
         self.client, self.collection, self.folder = client, collection, f"collection {collection!r}"
+        self.shard_number: int | None = None
+        self.replication_factor: int | None = None
 
     def read_meta(self) -> dict | None:
         if not self.client.collection_exists(self.collection):
@@ -160,7 +162,8 @@ class _ClientBackend:
         if not self.client.collection_exists(self.collection):
             if not create:
                 raise MRLError(f"{self.folder} does not exist")
-            self.client.create_collection(self.collection, metadata={"mrl": meta}, quantization_config=quantization, vectors_config={
+            self.client.create_collection(self.collection, metadata={"mrl": meta}, quantization_config=quantization,
+                                          shard_number=self.shard_number, replication_factor=self.replication_factor, vectors_config={
                 n: m.VectorParams(size=d, distance=dist, hnsw_config=None if i == 0 else m.HnswConfigDiff(m=0))
                 for i, (n, (d, dist)) in enumerate(expected.items())})
             return
@@ -214,6 +217,28 @@ def _backend(location: Any, collection: str, api_key: str | None = None) -> _Edg
     raise MRLError(f"location must be a folder path, an http(s) URL or a QdrantClient, got {type(location).__name__}")
 
 
+def _check_layout(meta: object, where: object) -> dict:
+    """The stored layout, refused unless every field has the type and range this module writes."""
+
+    def positive_int(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    ok = (
+        isinstance(meta, dict) and meta.get("format") == FORMAT and meta.get("format_version") == FORMAT_VERSION
+        and meta.get("metric") in _DISTANCES and meta.get("quantization") in QUANTIZATIONS
+        and positive_int(meta.get("dim")) and positive_int(meta.get("n_vectors"))
+        and isinstance(meta.get("stages"), list) and meta["stages"] and all(positive_int(d) for d in meta["stages"])
+        and all(a < b for a, b in zip(meta["stages"], meta["stages"][1:])) and meta["stages"][-1] <= meta["dim"]
+    )
+    if not ok:
+        raise MRLError(f"{where} does not hold a readable {FORMAT} v{FORMAT_VERSION} layout")
+    funnel = meta.get("default_funnel")
+    if funnel is not None and not (isinstance(funnel, list) and all(
+            isinstance(s, list) and len(s) == 2 and all(positive_int(v) for v in s) for s in funnel)):
+        raise MRLError(f"{where} holds a malformed default funnel {funnel!r}")
+    return meta
+
+
 def _layout(index: FunnelIndex, index_sha256: str, stages: Sequence[int], quantization: str) -> dict:
     return {
         "format": FORMAT,
@@ -248,6 +273,8 @@ def export_to_qdrant(
     batch: int = 1024,
     api_key: str | None = None,
     progress: bool = False,
+    shards: int | None = None,
+    replicas: int | None = None,
 ) -> dict[str, int]:
     """Copy a saved FunnelIndex into a Qdrant collection: one named vector per stage size.
 
@@ -264,6 +291,8 @@ def export_to_qdrant(
         batch: points per upsert.
         api_key: API key for a URL location.
         progress: show a progress bar (stderr).
+        shards: shard count of a new collection on a Qdrant server (default: the server's).
+        replicas: replication factor of a new collection on a Qdrant server (default: the server's).
 
     Returns:
         ``{"written": ..., "skipped": ..., "points": ...}``: points upserted now, already present, total.
@@ -276,6 +305,13 @@ def export_to_qdrant(
     stages = _check_stages(stages, index)
     meta = _layout(index, sha256_file(Path(index_dir) / "manifest.json"), stages, quantization)
     backend = _backend(location, collection, api_key)
+    if shards is not None or replicas is not None:
+        if not isinstance(backend, _ClientBackend):
+            raise MRLError("shards and replicas apply to a Qdrant server (--url), not to the embedded engine")
+        for name, value in (("shards", shards), ("replicas", replicas)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise MRLError(f"{name} must be a positive integer, got {value!r}")
+        backend.shard_number, backend.replication_factor = shards, replicas
     existing = backend.read_meta()
     if existing is not None:
         differing = [key for key in _LAYOUT_KEYS if existing.get(key) != meta[key]]
@@ -332,8 +368,7 @@ class QdrantFunnel:
         meta = self._backend.read_meta()
         if meta is None:
             raise MRLError(f"{self._backend.folder} does not exist; export an index to it first (mrl index export)")
-        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
-            raise MRLError(f"{self._backend.folder} is not a {FORMAT} v{FORMAT_VERSION} collection")
+        _check_layout(meta, self._backend.folder)
         self._backend.open(meta, create=False)
         self.metric, self.dim, self.stages = meta["metric"], int(meta["dim"]), [int(d) for d in meta["stages"]]
         self.ntotal = int(meta["n_vectors"])

@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mrl.artifacts import kind_of
 from mrl.errors import MRLError
 from mrl.io import sha256_file
 from mrl.retrieval._vectors import check_k
@@ -59,7 +61,10 @@ class _Served:
 
 def _load(path: str | Path, funnel: Funnel | None) -> _Served:
     """Load and verify an index directory; refuse it when the server's fixed funnel does not fit it."""
-    index = FunnelIndex.load(path)
+    found = kind_of(path)
+    if found != "index":  # before reading anything else: a run folder or a stray directory is refused as such
+        raise MRLError(f"{path} is not an mrl index ({f'it is an mrl {found}' if found else 'no readable mrl manifest'})")
+    index = FunnelIndex.load(path)  # verifies every file's sha256
     if funnel is not None:
         validate_funnel(funnel, index.dim, index.shortlist_dim, index.ntotal, 1)
     return _Served(index, str(path), sha256_file(Path(path) / "manifest.json"), index.memory_bytes()["total"] / max(index.ntotal, 1))
@@ -97,9 +102,12 @@ def _json_scores(scores: np.ndarray) -> list[list[float | None]]:
 
 def _json_request(body: bytes) -> tuple[np.ndarray, object, object]:
     try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise _HTTPError(400, f"the body is not valid JSON ({exc.__class__.__name__}: {exc})") from None
+        payload = orjson.loads(body)  # ~10x the stdlib's speed on 2048 floats, which dominated a request
+    except orjson.JSONDecodeError:
+        try:  # the stdlib also reads NaN and Infinity, which then get their own clear refusal
+            payload = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _HTTPError(400, f"the body is not valid JSON ({exc.__class__.__name__}: {exc})") from None
     if not isinstance(payload, dict):
         raise _HTTPError(400, "the body must be a JSON object with \"vectors\" (and optional \"k\", \"funnel\")")
     unknown = sorted(set(payload) - {"vectors", "k", "funnel"})
@@ -128,6 +136,41 @@ def _npy_request(body: bytes, params: dict) -> tuple[np.ndarray, object, object]
     if not isinstance(vectors, np.ndarray) or vectors.dtype != np.float32:
         raise _HTTPError(400, f"the .npy body must hold a float32 array [n, d], got {getattr(vectors, 'dtype', type(vectors).__name__)}")
     return vectors, params.get("k", "10"), params.get("funnel")
+
+
+class _Metrics:
+    """ASGI middleware counting requests by route and status and timing them (lighter than BaseHTTPMiddleware).
+
+    It also turns an unhandled exception (a bug) into a logged JSON 500 on a connection that stays usable.
+    """
+
+    def __init__(self, app, requests_total: Counter, latency: Histogram) -> None:
+        self.app, self.requests_total, self.latency = app, requests_total, latency
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = scope["path"] if scope["path"] in _ROUTES else "other"  # bounded label values
+        status, started = 500, False
+
+        async def send_recording(message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+            await send(message)
+
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_recording)
+        except Exception:
+            logger.exception("unhandled error on %s", scope["path"])
+            if started:
+                raise  # half a response is out: only closing the connection is left
+            await _error(500, "internal error")(scope, receive, send)
+        finally:
+            self.latency.labels(route).observe(time.perf_counter() - start)
+            self.requests_total.labels(route, str(status)).inc()
 
 
 def create_app(
@@ -171,18 +214,7 @@ def create_app(
 
     app = FastAPI(title="mrl funnel search", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.middleware("http")
-    async def record(request: Request, call_next):
-        route = request.url.path if request.url.path in _ROUTES else "other"  # bounded label values
-        start = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception:  # a bug: log it, answer JSON, keep serving
-            logger.exception("unhandled error on %s", request.url.path)
-            response = _error(500, "internal error")
-        latency.labels(route).observe(time.perf_counter() - start)
-        requests_total.labels(route, str(response.status_code)).inc()
-        return response
+    app.add_middleware(_Metrics, requests_total=requests_total, latency=latency)
 
     @app.exception_handler(_HTTPError)
     async def http_error(request: Request, exc: _HTTPError) -> JSONResponse:
@@ -233,12 +265,12 @@ def create_app(
 
         scores, ids, seconds = await asyncio.get_running_loop().run_in_executor(executor, run)
         queries_total.inc(len(vectors))
-        return JSONResponse({
+        return Response(orjson.dumps({
             "ids": ids.tolist(),
             "scores": _json_scores(scores),
             "funnel": format_funnel(chosen),
             "took_ms": 1000.0 * seconds,
-        })
+        }), media_type="application/json")
 
     @app.get("/health")
     async def health() -> dict:
