@@ -69,6 +69,7 @@ def _timed(fn) -> tuple[float, object]:
 def faiss_baselines(vectors: np.ndarray, args) -> list[dict]:
     """Build each FAISS baseline on the full vectors; return methods with search(q) -> ids."""
     n, d = vectors.shape
+    wanted = {name.strip() for name in args.baselines.split(",")}
     nlist = max(1, min(n // 39, int(4 * np.sqrt(n))))
     train = vectors[np.random.default_rng(0).choice(n, min(n, args.train_size), replace=False)]
     methods = []
@@ -79,19 +80,19 @@ def faiss_baselines(vectors: np.ndarray, args) -> list[dict]:
     flat = faiss.IndexFlatIP(d)
     build, _ = _timed(lambda: flat.add(vectors))
     add("FAISS IndexFlatIP (exact)", flat, 4 * d, build)
-    if "hnsw" in args.baselines and n <= args.hnsw_full_n:
+    if "hnsw" in wanted and n <= args.hnsw_full_n:
         hnsw = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = 40
         build, _ = _timed(lambda: hnsw.add(vectors))
         ram = 4 * d + hnsw.hnsw.neighbors.size() * 4 / n + 8
         for ef in (64, 256):
             add(f"FAISS HNSWFlat32 ef={ef}", hnsw, ram, build, faiss.SearchParametersHNSW(efSearch=ef))
-    if "ivf" in args.baselines:
+    if "ivf" in wanted:
         ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         build, _ = _timed(lambda: (ivf.train(train), ivf.add(vectors)))
         for nprobe in (8, 32):
             add(f"FAISS IVF{nlist},Flat nprobe={nprobe}", ivf, 4 * d + 8, build, faiss.SearchParametersIVF(nprobe=nprobe))
-    for opq in [False] * ("ivfpq" in args.baselines) + [True] * ("opq" in args.baselines):
+    for opq in [False] * ("ivfpq" in wanted) + [True] * ("opq" in wanted):
         key = f"{'OPQ' + str(args.pq_bytes) + ',' if opq else ''}IVF{nlist},PQ{args.pq_bytes}np"  # np: no polysemous training
         index = faiss.index_factory(d, key, faiss.METRIC_INNER_PRODUCT)
         if opq:
@@ -99,11 +100,11 @@ def faiss_baselines(vectors: np.ndarray, args) -> list[dict]:
         build, _ = _timed(lambda index=index: (index.train(train), index.add(vectors)))
         for nprobe in (16, 64):
             add(f"FAISS {key} nprobe={nprobe}", index, args.pq_bytes + 8, build, faiss.SearchParametersIVF(nprobe=nprobe))
-    if "sq8" in args.baselines:
+    if "sq8" in wanted:
         sq = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
         build, _ = _timed(lambda: (sq.train(train), sq.add(vectors)))
         add("FAISS SQ8", sq, d, build)
-    if "binary" in args.baselines and d % 8 == 0:
+    if "binary" in wanted and d % 8 == 0:
         binary = faiss.IndexBinaryFlat(d)
         build, _ = _timed(lambda: binary.add(np.packbits(vectors > 0, axis=1)))
         # The classic recipe: Hamming top-200 on sign bits, then float re-score (float vectors kept in RAM).
