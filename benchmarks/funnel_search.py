@@ -188,8 +188,8 @@ def speed_rows(vectors: np.ndarray, queries: np.ndarray, tune_queries: np.ndarra
             "speedup_vs_exact": exact_ms / ms,
         }
         if "index" in method:
-            method["index"].search(queries, K, method["funnel"])
-            row["mflops"] = method["index"].last_search["flops_per_query"] / 1e6
+            _, _, stats = method["index"].search(queries, K, method["funnel"], return_stats=True)
+            row["mflops"] = stats.flops_per_query / 1e6
         elif name == exact_name:
             row["mflops"] = n * dim / 1e6
         rows.append(row)

@@ -40,7 +40,7 @@ def test_build_search_writes_exact_results_with_whole_shortlist(embeddings):
     idx = embeddings / "idx"
     result = run("index", "build", embeddings / "db.npz", "--out", idx, "--shortlist-dim", 8, "--quiet")
     assert result.exit_code == 0, result.output
-    assert "600 x 64 float32, flat shortlist on 8 dims" in result.output
+    assert "600 x 64 float32, flat float32 shortlist on 8 dims" in result.output
     assert sorted(p.name for p in idx.iterdir()) == ["labels.npy", "manifest.json", "shortlist.faiss", "vectors.npy"]
     result = run("index", "search", idx, embeddings / "q.npz", "--k", 5, "--funnel", "8:600,64:5", "--out", embeddings / "r.npz")
     assert result.exit_code == 0, result.output
@@ -57,7 +57,7 @@ def test_build_hnsw_float16(embeddings):
     result = run("index", "build", embeddings / "db.npz", "--out", idx, "--shortlist", "hnsw", "--dtype", "float16",
                  "--metric", "l2", "--hnsw-m", 8, "--quiet")
     assert result.exit_code == 0, result.output
-    manifest = json.loads((idx / "manifest.json").read_text())
+    manifest = json.loads((idx / "manifest.json").read_text())["meta"]["fields"]
     assert (manifest["shortlist"], manifest["dtype"], manifest["metric"], manifest["hnsw_m"]) == ("hnsw", "float16", "l2", 8)
 
 

@@ -100,11 +100,11 @@ def test_multistage_funnel_matches_per_query_loop(metric, middle, dtype):
     db = db.astype(dtype).astype(np.float32)  # the reference sees exactly the stored values
     funnel = [(DS, 120), (middle, 40), (D, 10)]
     index = FunnelIndex(db, metric=metric, shortlist_dim=DS, dtype=dtype)
-    _, ids = index.search(queries, k=5, funnel=funnel)
+    _, ids, stats = index.search(queries, k=5, funnel=funnel, return_stats=True)
     ref = _funnel_reference(db, queries, funnel, metric, 5)
     # continuous random data has no ties, so the ids agree exactly
     np.testing.assert_array_equal(ids, ref)
-    assert index.last_search["flops_per_query"] == N * DS + 120 * middle + 40 * D
+    assert stats.flops_per_query == N * DS + 120 * middle + 40 * D
 
 
 def test_float16_storage_halves_memory_and_keeps_results():
@@ -120,12 +120,13 @@ def test_float16_storage_halves_memory_and_keeps_results():
 def test_hnsw_shortlist_recovers_exact_neighbours_and_measures_cost():
     db, queries = _data(5)
     index = FunnelIndex(db, shortlist_dim=DS, shortlist="hnsw", hnsw_m=16, ef_search=200)
-    _, ids = index.search(queries, k=10, funnel=[(DS, 200), (D, 10)])
+    _, ids, stats = index.search(queries, k=10, funnel=[(DS, 200), (D, 10)], return_stats=True)
     _, flat_ids = FunnelIndex(db, shortlist_dim=DS).search(queries, k=10, funnel=[(DS, 200), (D, 10)])
     assert (ids == flat_ids).mean() > 0.95
-    distances = index.last_search["shortlist_distances"]
+    distances = stats.shortlist_distances
     assert 0 < distances
-    assert index.flops_per_query([(DS, 200), (D, 10)]) == pytest.approx(distances * DS + 200 * D)
+    assert index.flops_per_query([(DS, 200), (D, 10)], distances) == pytest.approx(distances * DS + 200 * D)
+    assert stats.flops_per_query == pytest.approx(distances * DS + 200 * D)
 
 
 def test_add_appends_with_continuing_ids():
@@ -167,7 +168,8 @@ def test_save_load_round_trip(tmp_path, shortlist):
     scores, ids = index.search(queries, k=10)
     index.save(tmp_path / "idx")
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
-    assert manifest["format"] == "mrl-funnel-index" and set(manifest["files"]) == {"vectors.npy", "shortlist.faiss", "labels.npy"}
+    assert manifest["kind"] == "index" and set(manifest["files"]) == {"vectors.npy", "shortlist.faiss", "labels.npy"}
+    assert (manifest["meta"]["fields"]["shortlist"], manifest["meta"]["fields"]["metric"]) == (shortlist, "l2")
     for mmap in (False, True):  # float16 here; float32 memory maps are covered below
         loaded = FunnelIndex.load(tmp_path / "idx", mmap=mmap)
         assert loaded.funnel == [(DS, 64), (D, 10)] and loaded.metric == "l2" and loaded.dtype == "float16"
@@ -199,7 +201,7 @@ def test_flipped_byte_is_detected(tmp_path, name):
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0x01
     path.write_bytes(bytes(raw))
-    with pytest.raises(MRLError, match=f"{name} is corrupt: its sha256 does not match"):
+    with pytest.raises(MRLError, match=f"{name} does not match the sha256 in its manifest.json; it was changed or is corrupt"):
         FunnelIndex.load(tmp_path / "idx")
 
 
@@ -285,12 +287,12 @@ def test_evaluate_configurations_rows():
         (lambda ix, q: FunnelIndex(np.full((3, 4), np.nan, np.float32)), r"vectors row 0 holds NaN"),
         (lambda ix, q: FunnelIndex(q, shortlist_dim=64), r"shortlist_dim must be an integer in \[1, 32\], got 64"),
         (lambda ix, q: FunnelIndex(q, metric="dot"), r"metric must be one of \['cosine', 'ip', 'l2'\], got 'dot'"),
-        (lambda ix, q: FunnelIndex(q, shortlist="ivf"), r"shortlist must be one of \['flat', 'hnsw'\], got 'ivf'"),
+        (lambda ix, q: FunnelIndex(q, shortlist="lsh"), r"shortlist must be one of \['flat', 'hnsw', 'ivf'\], got 'lsh'"),
         (lambda ix, q: FunnelIndex(q, dtype="int8"), r"dtype must be one of"),
         (lambda ix, q: FunnelIndex(q[0]), r"vectors must be a 2-D array"),
         (lambda ix, q: FunnelIndex(q, labels=np.zeros(3, dtype=int)), r"labels must be an integer array of shape \(25,\)"),
         (lambda ix, q: parse_funnel("16-200"), r"dim:shortlist_length pairs"),
-        (lambda ix, q: FunnelIndex(q, shortlist="hnsw").flops_per_query([(16, 10)]), r"run search\(\) first"),
+        (lambda ix, q: FunnelIndex(q, shortlist="hnsw").flops_per_query([(16, 10)]), r"hnsw shortlist's cost is measured: pass shortlist_distances"),
     ],
 )
 def test_errors(call, match):

@@ -78,8 +78,10 @@ def index_group() -> None:
 @click.argument("embeddings", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", required=True, type=click.Path(), help="Index directory to create.")
 @click.option("--shortlist-dim", type=int, callback=click_check(check_int, min=1, max=1 << 16), default=16, show_default=True, help="Prefix size indexed by FAISS for the shortlist.")
-@click.option("--shortlist", type=click.Choice(["flat", "hnsw"]), default="flat", show_default=True,
-              help="flat: exact search over the prefix; hnsw: approximate graph search.")
+@click.option("--shortlist", type=click.Choice(["flat", "hnsw", "ivf"]), default="flat", show_default=True,
+              help="flat: scan every prefix; hnsw: graph search; ivf: inverted lists (AdANNS-IVF with --coarse-dim).")
+@click.option("--encoding", type=click.Choice(["float32", "float16", "int8", "binary", "pq"]), default="float32", show_default=True,
+              help="Codes of the shortlist prefix: float, scalar-quantised (float16, int8), sign bits (binary, Hamming) or product-quantised.")
 @click.option("--metric", type=click.Choice(["cosine", "ip", "l2"]), default="cosine", show_default=True,
               help="cosine normalises every prefix; ip is the raw inner product; l2 the squared distance.")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
@@ -87,9 +89,16 @@ def index_group() -> None:
 @click.option("--hnsw-m", type=int, callback=click_check(check_int, min=2, max=1024), default=32, show_default=True, help="HNSW graph degree M.")
 @click.option("--ef-construction", type=int, callback=click_check(check_int, min=1, max=1 << 20), default=80, show_default=True, help="HNSW build beam width.")
 @click.option("--ef-search", type=int, callback=click_check(check_int, min=1, max=1 << 20), default=128, show_default=True, help="HNSW search beam width.")
+@click.option("--coarse-dim", type=int, default=None, help="ivf: prefix the lists are clustered and probed on [default: --shortlist-dim].")
+@click.option("--nlist", type=int, default=None, help="ivf: number of lists [default: about 4 sqrt(N)].")
+@click.option("--nprobe", type=int, callback=click_check(check_int, min=1, max=1 << 20), default=16, show_default=True, help="ivf: lists probed per query.")
+@click.option("--pq-m", type=int, default=None, help="pq: sub-quantisers, dividing --shortlist-dim [default: half of it].")
+@click.option("--pq-nbits", type=int, callback=click_check(check_int, min=1, max=16), default=8, show_default=True, help="pq: bits per sub-quantiser code.")
+@click.option("--opq", is_flag=True, help="pq: learn an OPQ rotation first (flat and hnsw shortlists).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing index directory.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def build(embeddings, out, shortlist_dim, shortlist, metric, dtype, hnsw_m, ef_construction, ef_search, overwrite, quiet) -> None:
+def build(embeddings, out, shortlist_dim, shortlist, encoding, metric, dtype, hnsw_m, ef_construction, ef_search, coarse_dim, nlist,
+          nprobe, pq_m, pq_nbits, opq, overwrite, quiet) -> None:
     """Build a funnel index from EMBEDDINGS (.npz with X and optional labels y) and save it to --out."""
     from mrl.artifacts import lock, prepare_output
     from mrl.retrieval import FunnelIndex
@@ -97,12 +106,14 @@ def build(embeddings, out, shortlist_dim, shortlist, metric, dtype, hnsw_m, ef_c
     prepare_output(out, "index", overwrite, inputs=[embeddings])
     vectors, labels = _load_queries(embeddings, dtype)
     index = FunnelIndex(vectors, metric=metric, shortlist_dim=shortlist_dim, shortlist=shortlist, hnsw_m=hnsw_m,
-                        ef_construction=ef_construction, ef_search=ef_search, dtype=dtype, labels=labels, progress=not quiet)
+                        ef_construction=ef_construction, ef_search=ef_search, dtype=dtype, labels=labels, progress=not quiet,
+                        encoding=encoding, coarse_dim=coarse_dim, nlist=nlist, nprobe=nprobe, pq_m=pq_m, pq_nbits=pq_nbits, opq=opq)
     with lock(out):
         index.save(out, overwrite=True)  # prepare_output allowed replacing it; the lock made the folder
     memory = index.memory_bytes()
-    click.echo(f"wrote {out}: {index.ntotal} x {index.dim} {dtype}, {shortlist} shortlist on {shortlist_dim} dims, "
-               f"{memory['total'] / 2**20:.1f} MiB")
+    click.echo(f"wrote {out}: {index.ntotal} x {index.dim} {dtype}, {shortlist} {encoding} shortlist on {shortlist_dim} dims, "
+               f"{memory['total'] / 2**20:.1f} MiB ({memory['shortlist'] / index.ntotal:.1f} shortlist bytes per vector), "
+               f"built in {index.build_seconds:.1f} s")
 
 
 @index_group.command("search")
@@ -111,9 +122,17 @@ def build(embeddings, out, shortlist_dim, shortlist, metric, dtype, hnsw_m, ef_c
 @click.option("--k", type=int, callback=click_check(check_int, min=1, max=1 << 20), default=10, show_default=True, help="Results per query.")
 @click.option("--funnel", default=None, help="Stages as dim:shortlist_length pairs, e.g. 16:200,2048:10 (default: tuned or d1:200,D:k).")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write scores [Q, k] and ids [Q, k] to this .npz.")
-@click.option("--mmap", is_flag=True, help="Memory-map the stored vectors instead of reading them into memory.")
+@click.option("--store", type=click.Choice(["memory", "mmap"]), default="memory", show_default=True,
+              help="memory: read the full vectors; mmap: map them from disk, reading only the rows reranked.")
+@click.option("--nprobe", type=int, callback=click_check(check_int, min=1, max=1 << 20), default=None,
+              help="ivf: lists probed per query [default: the index's].")
+@click.option("--ef-search", type=int, callback=click_check(check_int, min=1, max=1 << 20), default=None,
+              help="hnsw: search beam width [default: the index's].")
+@click.option("--shortlist-margin", type=float, default=None,
+              help="Adaptive depth: rerank only stage-1 candidates scoring within this margin of the k-th best.")
 @_backend_options
-def search(index_dir, queries, k, funnel, out, mmap, backend, qdrant_path, qdrant_url, api_key_file, collection, hnsw) -> None:
+def search(index_dir, queries, k, funnel, out, store, nprobe, ef_search, shortlist_margin, backend, qdrant_path, qdrant_url, api_key_file,
+           collection, hnsw) -> None:
     """Search INDEX_DIR with the vectors X of QUERIES (.npz); print cost and, with labels, accuracy."""
     from mrl.artifacts import prepare_output_file
     from mrl.metrics import retrieval_summary
@@ -121,7 +140,7 @@ def search(index_dir, queries, k, funnel, out, mmap, backend, qdrant_path, qdran
 
     if out:
         prepare_output_file(out, inputs=[index_dir, queries])
-    index = FunnelIndex.load(index_dir, mmap=mmap)
+    index = FunnelIndex.load(index_dir, store=store)
     x, y = _load_queries(queries)
     if backend == "qdrant":
         with _open_qdrant(qdrant_path, qdrant_url, api_key_file, collection) as qdrant:
@@ -134,12 +153,13 @@ def search(index_dir, queries, k, funnel, out, mmap, backend, qdrant_path, qdran
             save_npz(out, scores=scores, ids=ids)
             click.echo(f"wrote {out}")
         return
-    scores, ids = index.search(x, k=k, funnel=None if funnel is None else parse_funnel(funnel))
-    stats = index.last_search
+    scores, ids, stats = index.search(x, k=k, funnel=None if funnel is None else parse_funnel(funnel), return_stats=True,
+                                      nprobe=nprobe, ef_search=ef_search, shortlist_margin=shortlist_margin)
     if out:  # written before anything is printed, so a failed write is the only output
         save_npz(out, scores=scores, ids=ids)
-    click.echo(f"funnel {format_funnel(stats['funnel'])}: {stats['ms_per_query']:.3f} ms/query, "
-               f"{stats['flops_per_query'] / 1e6:.3f} MFLOPs/query over {stats['n_queries']} queries")
+    click.echo(f"funnel {format_funnel(stats.funnel)}: {stats.ms_per_query:.3f} ms/query, "
+               f"{stats.flops_per_query / 1e6:.3f} MFLOPs/query, {stats.mean_shortlist_length:.1f} candidates "
+               f"reranked per query over {stats.n_queries} queries")
     if y is not None and index.labels is not None:
         summary = retrieval_summary(ids, y, index.labels, k=k)
         click.echo(", ".join(f"{key} {value:.4f}" for key, value in summary.items()))
@@ -153,21 +173,35 @@ def search(index_dir, queries, k, funnel, out, mmap, backend, qdrant_path, qdran
 @click.option("--k", type=int, callback=click_check(check_int, min=1, max=1 << 20), default=10, show_default=True, help="Results per query compared with exact search.")
 @click.option("--target-recall", type=float, callback=click_check(check_float, min=0, max=1), default=0.99, show_default=True, help="Required kNN-recall@k against exact full-dim search.")
 @click.option("--max-queries", type=int, callback=click_check(check_int, min=1), default=1000, show_default=True, help="Tune on at most this many queries (the first ones).")
-def tune(index_dir, queries, k, target_recall, max_queries) -> None:
-    """Pick the cheapest funnel meeting --target-recall on QUERIES and store it as the index's default."""
+@click.option("--shortlists", default=None,
+              help="Also choose the stage-1 structure among these ';'-separated kind:encoding:dim[:coarse_dim] entries "
+                   "(e.g. 'flat:binary:64;hnsw:float32:16;ivf:int8:32:16'), or 'auto' for a default grid.")
+@click.option("--max-ram-bytes-per-vector", type=float, default=None, help="RAM budget per vector (with --shortlists).")
+@click.option("--max-ms-per-query", type=float, default=None, help="Latency budget (with --shortlists).")
+@click.option("--repeats", type=int, callback=click_check(check_int, min=1, max=1000), default=3, show_default=True,
+              help="Timed runs per point after a warm-up (median).")
+@click.option("--store", type=click.Choice(["memory", "mmap"]), default="memory", show_default=True,
+              help="Where the full vectors live while tuning; RAM per vector counts them only with memory.")
+def tune(index_dir, queries, k, target_recall, max_queries, shortlists, max_ram_bytes_per_vector, max_ms_per_query, repeats, store) -> None:
+    """Pick the cheapest funnel meeting --target-recall on QUERIES (and with --shortlists the structure); save it as the default."""
     from mrl.artifacts import lock
-    from mrl.retrieval import FunnelIndex
+    from mrl.retrieval import FunnelIndex, default_shortlists, parse_shortlists
 
     with lock(index_dir):
-        index = FunnelIndex.load(index_dir)
+        index = FunnelIndex.load(index_dir, store=store)
         x, _ = _load_queries(queries)
-        tuner = index.tune(x[:max_queries], k=k, target_recall=target_recall)
+        specs = None
+        if shortlists is not None:
+            specs = default_shortlists(index.dim, index.shortlist_dim) if shortlists.strip() == "auto" else parse_shortlists(shortlists)
+        tuner = index.tune(x[:max_queries], k=k, target_recall=target_recall, shortlists=specs, repeats=repeats,
+                           max_ram_bytes_per_vector=max_ram_bytes_per_vector, max_ms_per_query=max_ms_per_query)
         index.save(index_dir, overwrite=True)
     click.echo(tuner.summary())
     if not tuner.target_met_:
         click.echo(f"no funnel reached knn_recall@{k} >= {target_recall}; kept the most accurate", err=True)
-    click.echo(f"chose {tuner.best_['spec']} (knn_recall@{k} {tuner.best_['knn_recall']:.4f}, "
-               f"{tuner.best_['mflops']:.3f} MFLOPs/query); saved as the default of {index_dir}")
+    chosen = f"{tuner.best_['shortlist']} shortlist, " if specs is not None else ""
+    click.echo(f"chose {chosen}{tuner.best_['spec']} (knn_recall@{k} {tuner.best_['knn_recall']:.4f}, "
+               f"{tuner.best_['mflops']:.3f} MFLOPs/query, {tuner.best_['ms_per_query']:.3f} ms/query); saved as the default of {index_dir}")
 
 
 @index_group.command("evaluate")
@@ -208,6 +242,30 @@ def evaluate(index_dir, queries, funnels, k, out_dir, backend, qdrant_path, qdra
             plot_accuracy_vs_flops(tmp / f"map{k}_vs_mflops.png", rows, metric=f"map@{k}",
                                    title=f"mAP@{k} vs cost ({Path(index_dir).name})")
     click.echo(f"wrote {out}")
+
+
+@index_group.command("info")
+@click.argument("index_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of lines.")
+def info(index_dir, as_json) -> None:
+    """Describe INDEX_DIR: size, shortlist settings, RAM and disk bytes per vector, build time, default funnel."""
+    import json
+
+    from mrl.retrieval import FunnelIndex
+
+    index = FunnelIndex.load(index_dir, store="mmap")
+    facts = index.describe()
+    facts.pop("store")
+    facts.pop("ram_bytes_per_vector")  # of the mmap store opened here; both stores are listed below
+    facts["ram_bytes_per_vector_memory_store"] = facts["shortlist_bytes_per_vector"] + facts["vector_bytes_per_vector"]
+    facts["ram_bytes_per_vector_mmap_store"] = facts["shortlist_bytes_per_vector"]
+    disk = sum(p.stat().st_size for p in Path(index_dir).iterdir() if p.is_file() and not p.is_symlink())
+    facts["disk_bytes_per_vector"] = disk / max(index.ntotal, 1)
+    if as_json:
+        click.echo(json.dumps(facts))
+        return
+    for key, value in facts.items():
+        click.echo(f"{key}: {value:.1f}" if isinstance(value, float) else f"{key}: {value}")
 
 
 @index_group.command("export")

@@ -39,8 +39,14 @@ def check_vectors(vectors: object, name: str, dim: int | None = None) -> np.ndar
         raise MRLError(f"{name} has dimension {array.shape[1]} but the index holds {dim}-dim vectors")
     for start in range(0, array.shape[0], _CHUNK_ROWS):
         block = array[start : start + _CHUNK_ROWS]
-        if not np.isfinite(block).all():
-            row = start + int(np.nonzero(~np.isfinite(block).all(axis=1))[0][0])
+        if array.dtype == np.float16:
+            # NaN and inf are the float16 values whose 5 exponent bits are all set; integer ops on
+            # the bits run several times faster than numpy's float16 isfinite.
+            bad = (block.view(np.uint16) & np.uint16(0x7C00)) == np.uint16(0x7C00)
+        else:
+            bad = ~np.isfinite(block)
+        if bad.any():
+            row = start + int(np.nonzero(bad.any(axis=1))[0][0])
             raise MRLError(f"{name} row {row} holds NaN or infinite values")
     return array
 

@@ -33,9 +33,8 @@ def run_configuration(index: FunnelIndex, queries: np.ndarray, k: int, config: s
         _, ids = exact_search(index.vectors, queries, k, metric=index.metric, dim=dim)
         seconds = time.perf_counter() - start
         return ids, 1000.0 * seconds / max(len(queries), 1), funnel_flops([(dim, k)], index.ntotal)
-    _, ids = index.search(queries, k, parse_funnel(config))
-    stats = index.last_search
-    return ids, stats["ms_per_query"], stats["flops_per_query"]
+    _, ids, stats = index.search(queries, k, parse_funnel(config), return_stats=True)
+    return ids, stats.ms_per_query, stats.flops_per_query
 
 
 def _parse_dim(config: str, dim: int) -> int:

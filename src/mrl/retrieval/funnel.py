@@ -5,9 +5,10 @@ appendix G): shortlist candidates with a short prefix z[:d_1] of every database 
 the survivors with longer prefixes d_2 < ... < d_L while the shortlist shrinks, e.g. 16 -> 2048 with
 200 candidates, or the cascade 16 -> 32 -> 64 -> 128 -> 2048 with 800, 400, 200, 50, 10. The
 official code loops over queries in Python and vector databases keep each prefix as a separate
-vector; here the full vectors are stored once (float32, or float16 to halve memory), FAISS indexes
-only the shortlist prefix, and each rerank stage is one gather plus one batched product over a
-block of queries.
+vector; here the full vectors are stored once (float32, or float16 to halve memory; in memory or
+memory-mapped from disk, :mod:`mrl.retrieval.store`), FAISS indexes only the shortlist prefix
+(flat, HNSW or AdANNS-IVF, float or quantised, :mod:`mrl.retrieval.shortlist`), and each rerank
+stage is one gather plus one batched product over a block of queries.
 
 With ``metric="cosine"`` every stage L2-normalises the prefixes it compares (the paper's retrieval
 normalises each truncated representation), so a stage score is the cosine of the two prefixes.
@@ -15,35 +16,31 @@ normalises each truncated representation), so a stage score is the cosine of the
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from mrl.errors import MRLError
-from mrl.artifacts import safe_name
-from mrl.io import atomic_directory, atomic_write_bytes, load_npy, read_json, save_npy, sha256_file, write_json
-from mrl.nesting import PREFIX_NORM_FLOOR
-from mrl.retrieval._vectors import check_k, check_metric, check_vectors, faiss_metric, prefix
+from mrl.io import atomic_directory, atomic_write_bytes, load_npy, save_npy
+from mrl.retrieval import index_format
+from mrl.retrieval._vectors import check_k, check_metric, check_vectors
 from mrl.retrieval.costs import funnel_flops
+from mrl.retrieval.shortlist import Shortlist, ShortlistSpec
+from mrl.retrieval.store import DTYPES, STORES, VectorStore
 
 if TYPE_CHECKING:
-    from mrl.retrieval.tuning import FunnelTuner
+    from mrl.retrieval.tuning import FunnelTuner, IndexTuner
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "mrl-funnel-index"
-FORMAT_VERSION = 1
-SHORTLISTS = ("flat", "hnsw")
-DTYPES = {"float32": np.float32, "float16": np.float16}
 DEFAULT_SHORTLIST_LENGTH = 200  # the paper's 16 -> 2048 funnel reranks 200 candidates
-_RERANK_BLOCK = 1 << 24  # gathered floats per block of queries (64 MB in float32)
 
 Funnel = list[tuple[int, int]]
 
@@ -80,12 +77,15 @@ def format_funnel(funnel: Sequence[tuple[int, int]]) -> str:
     return ",".join(f"{d}:{n}" for d, n in funnel)
 
 
-def validate_funnel(funnel: Sequence[Sequence[int]], dim: int, shortlist_dim: int, n_database: int, k: int) -> Funnel:
+def validate_funnel(
+    funnel: Sequence[Sequence[int]], dim: int, shortlist_dim: int, n_database: int, k: int, rescore_first: bool = False
+) -> Funnel:
     """Check a funnel against an index and a k; return it as a list of int pairs.
 
     Rules: stage 1 uses the index's ``shortlist_dim`` (FAISS holds only that prefix); dims strictly
-    ascend and stay <= ``dim``; shortlist lengths never grow; the first is at most ``n_database``
-    and the last at least ``k``.
+    ascend and stay <= ``dim``, except that with ``rescore_first`` (a quantised shortlist) stage 2
+    may re-score the shortlist in float on the same prefix; shortlist lengths never grow; the
+    first is at most ``n_database`` and the last at least ``k``.
 
     Example:
         >>> validate_funnel([(16, 200), (2048, 10)], dim=2048, shortlist_dim=16, n_database=1000, k=10)
@@ -107,7 +107,8 @@ def validate_funnel(funnel: Sequence[Sequence[int]], dim: int, shortlist_dim: in
     lengths = [n for _, n in stages]
     if dims[0] != shortlist_dim:
         raise MRLError(f"funnel must start at the shortlist dim {shortlist_dim} (FAISS holds only that prefix), got {dims[0]} in {format_funnel(stages)}")
-    if any(b <= a for a, b in zip(dims, dims[1:])):
+    steps = list(zip(dims, dims[1:]))
+    if any(b <= a for a, b in steps[1:]) or (steps and (steps[0][1] < steps[0][0] if rescore_first else steps[0][1] <= steps[0][0])):
         raise MRLError(f"funnel stage dims must be strictly ascending, got {dims}")
     if dims[-1] > dim:
         raise MRLError(f"funnel stage dim {dims[-1]} is larger than the vectors' dimension {dim}")
@@ -120,25 +121,61 @@ def validate_funnel(funnel: Sequence[Sequence[int]], dim: int, shortlist_dim: in
     return stages
 
 
+@dataclass(frozen=True)
+class SearchStats:
+    """What one :meth:`FunnelIndex.search` cost.
+
+    Attributes:
+        funnel: the stages run.
+        n_queries: Q.
+        seconds: wall-clock of the whole search; ms_per_query: the same per query, in ms.
+        stage_seconds: wall-clock of each stage (stage 1 first).
+        shortlist_distances: mean distance computations of stage 1 per query (N for flat).
+        mean_shortlist_length: mean stage-1 candidates passed on per query (n_1 unless a
+            ``shortlist_margin`` cut some).
+        flops_per_query: theoretical cost (:func:`mrl.retrieval.costs.funnel_flops`) with the
+            measured distances and shortlist length.
+    """
+
+    funnel: Funnel
+    n_queries: int
+    seconds: float
+    ms_per_query: float
+    stage_seconds: list[float]
+    shortlist_distances: float
+    mean_shortlist_length: float
+    flops_per_query: float
+
+
 class FunnelIndex:
-    """Full vectors stored once plus a FAISS index over their first ``shortlist_dim`` coordinates.
+    """Full vectors stored once plus a FAISS structure over their first ``shortlist_dim`` coordinates.
 
     Args:
         vectors: [N, D] float database vectors. Kept without a copy when already C-contiguous of
             the storage dtype (do not modify them afterwards).
         metric: ``"cosine"`` (each prefix L2-normalised), ``"ip"`` or ``"l2"`` (squared distance).
         shortlist_dim: prefix size d_1 indexed by FAISS.
-        shortlist: ``"flat"`` (exact search over the prefix) or ``"hnsw"`` (IndexHNSWFlat).
+        shortlist: ``"flat"`` (scan every prefix), ``"hnsw"`` (graph) or ``"ivf"`` (AdANNS-IVF).
         hnsw_m: HNSW graph degree M.
         ef_construction: HNSW build beam width.
         ef_search: HNSW search beam width (raised to the first shortlist length when smaller).
         dtype: storage of the full vectors, ``"float32"`` or ``"float16"``.
         labels: optional int [N] labels kept beside the vectors (for evaluation).
-        progress: show a progress bar (stderr) while the shortlist index is built.
+        progress: show a progress bar (stderr) while the shortlist is filled.
+        encoding: the shortlist's codes: ``"float32"``, ``"float16"``, ``"int8"`` (SQ8),
+            ``"binary"`` (sign bits, Hamming) or ``"pq"``.
+        coarse_dim: ivf: prefix the lists are clustered and probed on (default ``shortlist_dim``).
+        nlist: ivf: number of lists (default about 4 sqrt(N)). nprobe: ivf: lists probed by default.
+        pq_m: pq: sub-quantisers (must divide ``shortlist_dim``). pq_nbits: bits per code. opq: OPQ rotation.
+        seed: seed of the quantisers' training sample and k-means.
+
+    See :class:`~mrl.retrieval.shortlist.ShortlistSpec` for the structures behind each choice.
 
     Attributes:
         funnel: the default funnel of :meth:`search` (set by :meth:`tune`), or None.
-        last_search: wall-clock and cost of the latest :meth:`search`.
+        spec: the resolved :class:`~mrl.retrieval.shortlist.ShortlistSpec`.
+        store: ``"memory"`` or ``"mmap"`` (see :meth:`load`).
+        build_seconds: wall-clock of building the shortlist structure.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -147,6 +184,9 @@ class FunnelIndex:
         >>> scores, ids = index.search(db[:3], k=5, funnel=[(8, 50), (64, 5)])
         >>> ids[:, 0].tolist()
         [0, 1, 2]
+        >>> _, _, stats = index.search(db[:3], k=5, funnel=[(8, 50), (64, 5)], return_stats=True)
+        >>> stats.flops_per_query == 500 * 8 + 50 * 64
+        True
     """
 
     def __init__(
@@ -161,32 +201,35 @@ class FunnelIndex:
         dtype: str = "float32",
         labels: np.ndarray | None = None,
         progress: bool = False,
+        *,
+        encoding: str = "float32",
+        coarse_dim: int | None = None,
+        nlist: int | None = None,
+        nprobe: int = 16,
+        pq_m: int | None = None,
+        pq_nbits: int = 8,
+        opq: bool = False,
+        seed: int = 0,
     ) -> None:
         self.metric = check_metric(metric)
-        if shortlist not in SHORTLISTS:
-            raise MRLError(f"shortlist must be one of {list(SHORTLISTS)}, got {shortlist!r}")
         if dtype not in DTYPES:
             raise MRLError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
-        for name, value in (("hnsw_m", hnsw_m), ("ef_construction", ef_construction), ("ef_search", ef_search)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise MRLError(f"{name} must be a positive integer, got {value!r}")
         vectors = check_vectors(vectors, "vectors")
-        dim = vectors.shape[1]
-        if isinstance(shortlist_dim, bool) or not isinstance(shortlist_dim, (int, np.integer)) or not 1 <= shortlist_dim <= dim:
-            raise MRLError(f"shortlist_dim must be an integer in [1, {dim}], got {shortlist_dim!r}")
-        self.shortlist_dim = int(shortlist_dim)
-        self.shortlist = shortlist
-        self.hnsw_m, self.ef_construction, self.ef_search = int(hnsw_m), int(ef_construction), int(ef_search)
-        self.dtype = dtype
+        if isinstance(shortlist_dim, bool) or not isinstance(shortlist_dim, (int, np.integer)):
+            raise MRLError(f"shortlist_dim must be an integer in [1, {vectors.shape[1]}], got {shortlist_dim!r}")
+        spec = ShortlistSpec(
+            kind=shortlist, encoding=encoding, dim=int(shortlist_dim), coarse_dim=coarse_dim, nlist=nlist, nprobe=nprobe,
+            hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, pq_m=pq_m, pq_nbits=pq_nbits, opq=opq,
+        )
+        spec.resolved(vectors.shape[0], vectors.shape[1], self.metric)  # every argument checked before any work
+        labels = self._check_labels(labels, vectors.shape[0])
         self.funnel: Funnel | None = None
-        self.last_search: dict | None = None
-        self._vectors = np.ascontiguousarray(vectors, dtype=DTYPES[dtype])
-        self._labels = self._check_labels(labels, self._vectors.shape[0])
-        self._sq_norms: dict[int, np.ndarray] = {}
-        self._index = self._new_shortlist_index()
-        self._add_to_shortlist(self._vectors, progress=progress)
-
-    # -- construction ---------------------------------------------------------------------------
+        self._store = VectorStore(np.ascontiguousarray(vectors, dtype=DTYPES[dtype]), "memory")
+        self._labels = labels
+        start = time.perf_counter()
+        self._shortlist = Shortlist.build(self._store.array, spec, self.metric, seed=seed, progress=progress)
+        self.build_seconds = time.perf_counter() - start
+        self._shortlist_bytes: int | None = None
 
     @staticmethod
     def _check_labels(labels: np.ndarray | None, n: int) -> np.ndarray | None:
@@ -197,46 +240,73 @@ class FunnelIndex:
             raise MRLError(f"labels must be an integer array of shape ({n},), got {labels.dtype} {labels.shape}")
         return labels.astype(np.int64, copy=False)
 
-    def _new_shortlist_index(self) -> faiss.Index:
-        if self.shortlist == "flat":
-            return faiss.IndexFlatL2(self.shortlist_dim) if self.metric == "l2" else faiss.IndexFlatIP(self.shortlist_dim)
-        index = faiss.IndexHNSWFlat(self.shortlist_dim, self.hnsw_m, faiss_metric(self.metric))
-        index.hnsw.efConstruction = self.ef_construction
-        return index
-
-    def _add_to_shortlist(self, vectors: np.ndarray, block: int = 65536, progress: bool = False) -> None:
-        starts = range(0, vectors.shape[0], block)
-        for start in tqdm(starts, desc=f"indexing {self.shortlist_dim}-dim prefixes", unit="block", disable=not progress):
-            self._index.add(prefix(vectors[start : start + block], self.shortlist_dim, self.metric))
-
     def add(self, vectors: np.ndarray, labels: np.ndarray | None = None) -> None:
         """Append vectors [n, D] (and their labels when the index has labels); ids continue from ``ntotal``."""
+        if self.store == "mmap":
+            raise MRLError("a memory-mapped index is read-only; load it with store='memory' to add vectors")
         vectors = check_vectors(vectors, "vectors", dim=self.dim)
         if (labels is None) != (self._labels is None):
             raise MRLError("labels must be given to add() exactly when the index holds labels")
         labels = self._check_labels(labels, vectors.shape[0])
-        self._vectors = np.concatenate([self._vectors, vectors.astype(self._vectors.dtype, copy=False)])
+        self._shortlist.add(vectors)
+        self._store.append(vectors)
         if labels is not None:
             self._labels = np.concatenate([self._labels, labels])
-        self._sq_norms.clear()
-        self._add_to_shortlist(vectors)
+        self._shortlist_bytes = None
 
     # -- properties -------------------------------------------------------------------------------
 
     @property
+    def spec(self) -> ShortlistSpec:
+        return self._shortlist.spec
+
+    @property
+    def shortlist(self) -> str:
+        """The shortlist kind: flat, hnsw or ivf."""
+        return self.spec.kind
+
+    @property
+    def shortlist_dim(self) -> int:
+        return self.spec.dim
+
+    @property
+    def encoding(self) -> str:
+        return self.spec.encoding
+
+    @property
+    def hnsw_m(self) -> int:
+        return self.spec.hnsw_m
+
+    @property
+    def ef_construction(self) -> int:
+        return self.spec.ef_construction
+
+    @property
+    def ef_search(self) -> int:
+        return self.spec.ef_search
+
+    @property
+    def dtype(self) -> str:
+        return self._store.dtype
+
+    @property
+    def store(self) -> str:
+        return self._store.store
+
+    @property
     def ntotal(self) -> int:
         """Number of stored vectors N."""
-        return int(self._vectors.shape[0])
+        return int(self._store.array.shape[0])
 
     @property
     def dim(self) -> int:
         """Dimension D of the stored vectors."""
-        return int(self._vectors.shape[1])
+        return int(self._store.array.shape[1])
 
     @property
     def vectors(self) -> np.ndarray:
-        """The stored full vectors [N, D] (read-only view)."""
-        view = self._vectors.view()
+        """The stored full vectors [N, D] (read-only view; a memory map for the mmap store)."""
+        view = self._store.array.view()
         view.flags.writeable = False
         return view
 
@@ -245,11 +315,29 @@ class FunnelIndex:
         """The stored labels [N], or None."""
         return self._labels
 
+    def shortlist_vectors(self) -> np.ndarray:
+        """What the shortlist stores per id (:meth:`~mrl.retrieval.shortlist.Shortlist.stored`): sign bits or decoded prefixes."""
+        return self._shortlist.stored()
+
     def memory_bytes(self) -> dict[str, int]:
-        """Bytes held: full vectors, FAISS shortlist index (prefix copy plus any graph), and total."""
-        vectors = int(self._vectors.nbytes)
-        shortlist = int(faiss.serialize_index(self._index).nbytes) if self.shortlist == "hnsw" else self.ntotal * self.shortlist_dim * 4
-        return {"vectors": vectors, "shortlist": shortlist, "total": vectors + shortlist}
+        """Bytes held in RAM: full vectors (0 when memory-mapped), shortlist structure, total."""
+        if self._shortlist_bytes is None:
+            self._shortlist_bytes = self._shortlist.nbytes()
+        vectors = self._store.ram_bytes()
+        return {"vectors": vectors, "shortlist": self._shortlist_bytes, "total": vectors + self._shortlist_bytes}
+
+    def describe(self) -> dict:
+        """Sizes and settings: n, d, shortlist, RAM bytes per vector, build seconds, default funnel."""
+        memory = self.memory_bytes()
+        return {
+            "n_vectors": self.ntotal, "dim": self.dim, "metric": self.metric, "dtype": self.dtype, "store": self.store,
+            **{f"shortlist_{key}" if key in ("kind", "dim") else key: value for key, value in dataclasses.asdict(self.spec).items()},
+            "ram_bytes_per_vector": memory["total"] / max(self.ntotal, 1),
+            "shortlist_bytes_per_vector": memory["shortlist"] / max(self.ntotal, 1),
+            "vector_bytes_per_vector": self.dim * np.dtype(self.dtype).itemsize,
+            "build_seconds": self.build_seconds,
+            "funnel": None if self.funnel is None else format_funnel(self.funnel),
+        }
 
     def default_funnel(self, k: int) -> Funnel:
         """The tuned funnel when it keeps >= k results, else ``[(d_1, max(200, k)), (D, k)]`` clipped to N.
@@ -264,123 +352,95 @@ class FunnelIndex:
 
     # -- search -----------------------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray, k: int = 10, funnel: Sequence[tuple[int, int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        funnel: Sequence[tuple[int, int]] | None = None,
+        *,
+        return_stats: bool = False,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        shortlist_margin: float | None = None,
+    ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, SearchStats]:
         """Top-k of each query through the funnel.
 
         Args:
             queries: [Q, D] float queries.
             k: results per query, at most N and at most the last stage's shortlist length.
-            funnel: [(d_1, n_1), ..., (d_L, n_L)]: FAISS returns n_1 candidates by the d_1-prefix,
-                stage i keeps the best n_i of the previous survivors by the d_i-prefix. Default:
-                :meth:`default_funnel`.
+            funnel: [(d_1, n_1), ..., (d_L, n_L)]: the shortlist returns n_1 candidates by the
+                d_1-prefix, stage i keeps the best n_i of the previous survivors by the d_i-prefix
+                (with a quantised shortlist, stage 2 may re-score in float on d_1 itself).
+                Default: :meth:`default_funnel`.
+            return_stats: also return a :class:`SearchStats`.
+            nprobe: ivf lists probed (default: the index's). ef_search: HNSW beam (default: the index's).
+            shortlist_margin: adaptive shortlist depth: keep only the stage-1 candidates whose
+                score is within this margin of the k-th best (at least k, at most n_1), so a query
+                whose top k stand clear of the rest reranks fewer candidates.
 
         Returns:
-            (scores, ids): float32 [Q, k] best first (cosine or inner product of the last stage's
-            prefixes, descending; squared L2 distance, ascending, for ``"l2"``) and int64 [Q, k]
-            ids (-1 where an HNSW shortlist found fewer candidates).
+            (scores, ids[, stats]): float32 [Q, k] best first (cosine or inner product of the last
+            stage's float prefixes, descending; squared L2 distance, ascending, for ``"l2"``) and
+            int64 [Q, k] ids (-1 where an approximate shortlist found fewer candidates).
         """
         queries = check_vectors(queries, "queries", dim=self.dim)
         k = check_k(k, self.ntotal)
-        funnel = validate_funnel(self.default_funnel(k) if funnel is None else funnel, self.dim, self.shortlist_dim, self.ntotal, k)
+        funnel = validate_funnel(self.default_funnel(k) if funnel is None else funnel, self.dim, self.shortlist_dim, self.ntotal, k,
+                                 rescore_first=self.encoding != "float32")
+        if shortlist_margin is not None and (isinstance(shortlist_margin, bool) or not isinstance(shortlist_margin, (int, float))
+                                             or not shortlist_margin >= 0):
+            raise MRLError(f"shortlist_margin must be a number >= 0, got {shortlist_margin!r}")
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        stage_seconds = []
         start = time.perf_counter()
         first_dim, first_length = funnel[0]
-        if self.shortlist == "hnsw":
-            self._index.hnsw.efSearch = max(self.ef_search, first_length)
-            faiss.cvar.hnsw_stats.reset()
-        scores, ids = self._index.search(prefix(queries, first_dim, self.metric), first_length)
-        distances = faiss.cvar.hnsw_stats.ndis / max(len(queries), 1) if self.shortlist == "hnsw" else float(self.ntotal)
-        if self.metric == "l2":
-            scores = -scores  # larger is better inside the funnel
-        stage_seconds.append(time.perf_counter() - start)
-        for stage_dim, length in funnel[1:]:
+        scores, ids, distances = self._shortlist.search(queries, first_length, nprobe=nprobe, ef_search=ef_search)
+        if shortlist_margin is not None:
+            scores, ids = _margin_cut(scores, ids, k, float(shortlist_margin))
+        mean_length = float((ids >= 0).sum(axis=1).mean()) if len(ids) else 0.0
+        stage_seconds = [time.perf_counter() - start]
+        stages = list(funnel[1:])
+        if not stages and self.encoding != "float32":
+            stages = [(first_dim, k)]  # return float scores, not the codes' approximations
+        for stage_dim, length in stages:
             t = time.perf_counter()
             scores, ids = self._rerank(queries, ids, stage_dim, length)
             stage_seconds.append(time.perf_counter() - t)
         scores, ids = np.ascontiguousarray(scores[:, :k]), np.ascontiguousarray(ids[:, :k])
         if self.metric == "l2":
             scores = -scores
+        if not return_stats:
+            return scores, ids
         seconds = time.perf_counter() - start
-        self.last_search = {
-            "funnel": funnel,
-            "n_queries": int(len(queries)),
-            "seconds": seconds,
-            "ms_per_query": 1000.0 * seconds / max(len(queries), 1),
-            "stage_seconds": stage_seconds,
-            "shortlist_distances": distances,
-            "flops_per_query": funnel_flops(funnel, self.ntotal, distances),
-        }
-        return scores, ids
-
-    def _prefix_sq_norms(self, dim: int) -> np.ndarray:
-        """Squared L2 norms [N] of every stored prefix z[:dim], computed once per dim and cached."""
-        cached = self._sq_norms.get(dim)
-        if cached is None:
-            cached = np.empty(self.ntotal, dtype=np.float32)
-            block = max(1, _RERANK_BLOCK // dim)
-            for start in range(0, self.ntotal, block):
-                part = self._vectors[start : start + block, :dim].astype(np.float32)
-                cached[start : start + block] = np.einsum("nd,nd->n", part, part)
-            self._sq_norms[dim] = cached
-        return cached
+        stats = SearchStats(
+            funnel=funnel, n_queries=int(len(queries)), seconds=seconds, ms_per_query=1000.0 * seconds / max(len(queries), 1),
+            stage_seconds=stage_seconds, shortlist_distances=distances, mean_shortlist_length=mean_length,
+            flops_per_query=funnel_flops([(first_dim, mean_length), *funnel[1:]], self.ntotal, distances),
+        )
+        return scores, ids, stats
 
     def _rerank(self, queries: np.ndarray, ids: np.ndarray, dim: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """Keep the best ``length`` of the candidate ``ids`` [Q, K] by their ``dim``-prefix scores."""
-        valid = ids >= 0
-        q = np.ascontiguousarray(queries[:, :dim])
-        dots = self._candidate_dots(q, ids, valid, dim)
-        if self.metric == "cosine":
-            sq = self._prefix_sq_norms(dim)[np.where(valid, ids, 0)]
-            q_norms = np.linalg.norm(q, axis=1, keepdims=True)
-            scores = dots / (np.sqrt(sq).clip(min=PREFIX_NORM_FLOOR) * q_norms.clip(min=PREFIX_NORM_FLOOR))
-        elif self.metric == "l2":
-            sq = self._prefix_sq_norms(dim)[np.where(valid, ids, 0)]
-            scores = 2 * dots - sq - np.einsum("qd,qd->q", q, q)[:, None]  # minus the squared distance
-        else:
-            scores = dots
-        scores = np.where(valid, scores, -np.inf).astype(np.float32, copy=False)
-        top = torch.topk(torch.from_numpy(scores), length, dim=1)
+        """Keep the best ``length`` of the candidate ``ids`` [Q, K] by their float ``dim``-prefix scores."""
+        scores = self._store.scores(np.ascontiguousarray(queries[:, :dim]), ids, dim, self.metric)
+        top = torch.topk(torch.from_numpy(scores), min(length, ids.shape[1]), dim=1)
         out_scores = top.values.numpy()
         out_ids = np.take_along_axis(ids, top.indices.numpy(), axis=1)
         out_ids[~np.isfinite(out_scores)] = -1
+        if out_ids.shape[1] < length:  # an adaptive cut left fewer candidates than this stage keeps
+            pad = length - out_ids.shape[1]
+            out_scores = np.pad(out_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            out_ids = np.pad(out_ids, ((0, 0), (0, pad)), constant_values=-1)
         return out_scores, out_ids
-
-    def _candidate_dots(self, q: np.ndarray, ids: np.ndarray, valid: np.ndarray, dim: int) -> np.ndarray:
-        """Inner products [Q, K] of each query prefix q [Q, dim] with the ``dim``-prefixes of its candidates."""
-        n_queries, n_candidates = ids.shape
-        safe_ids = np.where(valid, ids, 0)
-        if self._vectors.dtype == np.float32 and self.dim % dim == 0 and self._vectors.flags.c_contiguous:
-            # Fused gather + dot in FAISS: viewing the [N, D] table as [N * D/dim, dim] rows makes the
-            # dim-prefix of vector i row i * D/dim, so no [Q, K, dim] copy is ever built.
-            table = np.asarray(self._vectors).reshape(-1, dim)
-            rows = np.ascontiguousarray(safe_ids * (self.dim // dim), dtype=np.int64)
-            out = np.empty((n_queries, n_candidates), dtype=np.float32)
-            faiss.fvec_inner_products_by_idx(
-                faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(table), faiss.swig_ptr(rows), dim, n_queries, n_candidates
-            )
-            return out
-        # General path (float16 storage, or dim not dividing D): gather a block of queries'
-        # candidates [B, K, dim] in float32, then one batched product.
-        out = np.empty((n_queries, n_candidates), dtype=np.float32)
-        table = np.asarray(self._vectors)[:, :dim]
-        block = max(1, _RERANK_BLOCK // (n_candidates * dim))
-        for start in range(0, n_queries, block):
-            gathered = torch.from_numpy(table[safe_ids[start : start + block]].astype(np.float32, copy=False))
-            out[start : start + block] = torch.einsum("qkd,qd->qk", gathered, torch.from_numpy(q[start : start + block])).numpy()
-        return out
 
     def flops_per_query(self, funnel: Sequence[tuple[int, int]], shortlist_distances: float | None = None) -> float:
         """Theoretical FLOPs per query (:func:`mrl.retrieval.costs.funnel_flops`).
 
-        A flat shortlist compares each query with all N prefixes. For HNSW pass the distance count,
-        or leave it None to use the count measured by the latest :meth:`search`.
+        A flat shortlist compares each query with all N prefixes. HNSW and ivf shortlists' cost is
+        measured: pass ``shortlist_distances`` (``SearchStats.shortlist_distances`` of a search).
         """
-        funnel = validate_funnel(funnel, self.dim, self.shortlist_dim, self.ntotal, 1)
-        if shortlist_distances is None and self.shortlist == "hnsw":
-            if self.last_search is None:
-                raise MRLError("an HNSW shortlist's cost is measured: run search() first or pass shortlist_distances")
-            shortlist_distances = self.last_search["shortlist_distances"]
+        funnel = validate_funnel(funnel, self.dim, self.shortlist_dim, self.ntotal, 1, rescore_first=self.encoding != "float32")
+        if shortlist_distances is None and self.shortlist != "flat":
+            raise MRLError(f"an {self.shortlist} shortlist's cost is measured: pass shortlist_distances "
+                           "(SearchStats.shortlist_distances from search(..., return_stats=True))")
         return funnel_flops(funnel, self.ntotal, shortlist_distances)
 
     def tune(
@@ -390,110 +450,137 @@ class FunnelIndex:
         target_recall: float = 0.99,
         candidates: Sequence[Sequence[tuple[int, int]]] | None = None,
         exact_ids: np.ndarray | None = None,
-    ) -> FunnelTuner:
-        """Pick the cheapest funnel whose kNN-recall@k against exact search meets ``target_recall``.
+        *,
+        shortlists: Sequence[ShortlistSpec] | None = None,
+        max_ram_bytes_per_vector: float | None = None,
+        max_ms_per_query: float | None = None,
+        repeats: int = 1,
+    ) -> FunnelTuner | IndexTuner:
+        """Pick a funnel (and, given ``shortlists``, the stage-1 structure) meeting ``target_recall``.
 
-        Sets :attr:`funnel` to the choice (used by :meth:`search` when no funnel is given, and
-        saved by :meth:`save`) and returns the fitted :class:`~mrl.retrieval.tuning.FunnelTuner`,
-        whose ``results_`` give every candidate's measured recall, FLOPs and wall-clock.
-        ``exact_ids`` [Q, >= k] may pass precomputed exact full-dim results for the sample.
+        Without ``shortlists``: the cheapest funnel (FLOPs) whose kNN-recall@k against exact
+        search meets the target, on this index's structure; returns the fitted
+        :class:`~mrl.retrieval.tuning.FunnelTuner`. With ``shortlists`` (a list of
+        :class:`~mrl.retrieval.shortlist.ShortlistSpec`): every structure is built over the
+        stored vectors and searched with several nprobe / ef and funnels; the fastest point
+        meeting the target within ``max_ram_bytes_per_vector`` and ``max_ms_per_query`` replaces
+        this index's shortlist, and the fitted :class:`~mrl.retrieval.tuning.IndexTuner` (with its
+        Pareto set) is returned. Either way :attr:`funnel` becomes the choice (used by
+        :meth:`search` when no funnel is given, and saved by :meth:`save`). ``exact_ids`` [Q, >= k]
+        may pass precomputed exact full-dim results for the sample; ``repeats`` timed runs per point.
         """
-        from mrl.retrieval.tuning import FunnelTuner
+        from mrl.retrieval.tuning import FunnelTuner, IndexTuner
 
-        tuner = FunnelTuner(k=k, target_recall=target_recall, candidates=candidates).fit(self, sample_queries, exact_ids)
+        if shortlists is None:
+            if max_ram_bytes_per_vector is not None or max_ms_per_query is not None:
+                raise MRLError("budgets choose between structures: pass shortlists to tune with max_ram_bytes_per_vector or max_ms_per_query")
+            tuner = FunnelTuner(k=k, target_recall=target_recall, candidates=candidates, repeats=repeats).fit(self, sample_queries, exact_ids)
+            self.funnel = list(tuner.best_funnel_)
+            return tuner
+        tuner = IndexTuner(k=k, target_recall=target_recall, shortlists=shortlists, max_ram_bytes_per_vector=max_ram_bytes_per_vector,
+                           max_ms_per_query=max_ms_per_query, repeats=repeats, candidates=candidates).fit(self, sample_queries, exact_ids)
+        best, shortlist = tuner.best_, tuner.best_shortlist_
+        breadth = {key: best[key] for key in ("nprobe", "ef_search") if best[key] is not None}
+        shortlist.spec = dataclasses.replace(shortlist.spec, **breadth)
+        self._shortlist, self._shortlist_bytes = shortlist, None
+        self.build_seconds = best["build_seconds"]
         self.funnel = list(tuner.best_funnel_)
         return tuner
 
     # -- persistence ------------------------------------------------------------------------------
 
-    def _manifest(self) -> dict:
+    def _fields(self) -> dict:
+        spec = self.spec
         return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "n_vectors": self.ntotal,
-            "dim": self.dim,
-            "dtype": self.dtype,
-            "metric": self.metric,
-            "shortlist_dim": self.shortlist_dim,
-            "shortlist": self.shortlist,
-            "hnsw_m": self.hnsw_m,
-            "ef_construction": self.ef_construction,
-            "ef_search": self.ef_search,
-            "funnel": None if self.funnel is None else [list(s) for s in self.funnel],
-            "files": {},
+            "n_vectors": self.ntotal, "dim": self.dim, "dtype": self.dtype, "metric": self.metric,
+            "shortlist": spec.kind, "encoding": spec.encoding, "shortlist_dim": spec.dim, "coarse_dim": spec.coarse_dim,
+            "nlist": spec.nlist, "nprobe": spec.nprobe, "hnsw_m": spec.hnsw_m, "ef_construction": spec.ef_construction,
+            "ef_search": spec.ef_search, "pq_m": spec.pq_m, "pq_nbits": spec.pq_nbits, "opq": spec.opq,
+            "mips_norm": self._shortlist.mips_norm, "funnel": None if self.funnel is None else [list(s) for s in self.funnel],
+            "build_seconds": float(self.build_seconds), "has_labels": self._labels is not None,
         }
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write the index to directory ``path`` atomically (built in a temp dir, then renamed).
 
-        Files: ``vectors.npy``, ``shortlist.faiss``, ``labels.npy`` (when labels exist) and
-        ``manifest.json`` (format, version, sizes, settings, tuned funnel, sha256 of each file).
+        Files (:mod:`mrl.retrieval.index_format`): ``vectors.npy``, ``shortlist.faiss``,
+        ``coarse.faiss`` (ivf), ``labels.npy`` (when labels exist) and ``manifest.json`` (settings,
+        tuned funnel, sha256 of each file and of the manifest itself).
         """
-        manifest = self._manifest()
+        fields = self._fields()
+        blobs = self._shortlist.to_bytes()
         with atomic_directory(path, overwrite=overwrite) as tmp:
-            save_npy(tmp / "vectors.npy", self._vectors)
-            atomic_write_bytes(tmp / "shortlist.faiss", faiss.serialize_index(self._index).tobytes())
+            save_npy(tmp / index_format.VECTORS, self._store.array)
+            atomic_write_bytes(tmp / index_format.SHORTLIST, blobs["shortlist"])
+            if "coarse" in blobs:
+                atomic_write_bytes(tmp / index_format.COARSE, blobs["coarse"])
             if self._labels is not None:
-                save_npy(tmp / "labels.npy", self._labels)
-            for name in sorted(p.name for p in tmp.iterdir()):
-                manifest["files"][name] = {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
-            write_json(tmp / "manifest.json", manifest)
+                save_npy(tmp / index_format.LABELS, self._labels)
+            index_format.write_manifest(tmp, fields)
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path, mmap: bool = False) -> FunnelIndex:
-        """Read an index written by :meth:`save`, verifying every file's sha256 first.
+    def load(cls, path: str | Path, mmap: bool = False, store: str | None = None) -> FunnelIndex:
+        """Read an index written by :meth:`save`, verifying the manifest and every file's sha256 first.
 
         Args:
             path: the index directory.
-            mmap: memory-map the full vectors instead of reading them (read-only, loads lazily).
+            mmap: shorthand for ``store="mmap"``.
+            store: ``"memory"`` (read the full vectors) or ``"mmap"`` (map ``vectors.npy``
+                read-only; rerank stages read only their candidates' rows).
 
         Raises:
-            MRLError: missing or foreign directory, newer format, missing or corrupt file, or sizes
-                that disagree with the manifest.
+            MRLError: missing or foreign directory, other format, edited manifest, missing, extra,
+                linked or corrupt file, or contents that disagree with the manifest.
         """
+        store = store or ("mmap" if mmap else "memory")
+        if store not in STORES:
+            raise MRLError(f"store must be one of {list(STORES)}, got {store!r}")
         path = Path(path)
-        if not path.is_dir():
-            raise MRLError(f"index directory not found: {path}")
-        if not (path / "manifest.json").is_file():
-            raise MRLError(f"{path} is not a funnel index (no manifest.json)")
-        manifest = read_json(path / "manifest.json")
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise MRLError(f"{path}/manifest.json is not a {FORMAT} manifest (format={manifest.get('format') if isinstance(manifest, dict) else None!r})")
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise MRLError(f"{path} has format version {manifest.get('format_version')!r}; this mrl reads version {FORMAT_VERSION}")
-        files = manifest.get("files", {})
-        for name in ("vectors.npy", "shortlist.faiss"):
-            if name not in files:
-                raise MRLError(f"{path}/manifest.json lists no {name}")
-        for name, entry in files.items():
-            file = path / safe_name(name)  # never follow a path read from the manifest
-            if file.is_symlink():
-                raise MRLError(f"{file} is a symlink; refusing to read it")
-            if not file.is_file():
-                raise MRLError(f"{path} is missing {name}, listed in its manifest")
-            if sha256_file(file) != entry.get("sha256"):
-                raise MRLError(f"{file} is corrupt: its sha256 does not match the manifest")
-        vectors = load_npy(path / "vectors.npy", mmap=mmap)
-        expected = (manifest["n_vectors"], manifest["dim"])
-        if vectors.shape != expected or vectors.dtype != DTYPES.get(manifest["dtype"]):
-            raise MRLError(f"{path}/vectors.npy holds {vectors.dtype} {vectors.shape}, the manifest says {manifest['dtype']} {expected}")
-        index = faiss.deserialize_index(np.frombuffer((path / "shortlist.faiss").read_bytes(), dtype=np.uint8))
-        if index.ntotal != manifest["n_vectors"] or index.d != manifest["shortlist_dim"]:
-            raise MRLError(f"{path}/shortlist.faiss holds {index.ntotal} vectors of {index.d} dims, the manifest says {manifest['n_vectors']} of {manifest['shortlist_dim']}")
-        labels = load_npy(path / "labels.npy") if "labels.npy" in files else None
+        fields = index_format.read_manifest(path)
+        vectors = load_npy(path / index_format.VECTORS, mmap=store == "mmap")
+        expected = (fields["n_vectors"], fields["dim"])
+        if vectors.shape != expected or vectors.dtype != DTYPES[fields["dtype"]] or not vectors.flags.c_contiguous:
+            raise MRLError(f"{path}/{index_format.VECTORS} holds {vectors.dtype} {vectors.shape}, the manifest says {fields['dtype']} {expected}")
+        spec = ShortlistSpec(**{key: fields[key] for key in ("encoding", "coarse_dim", "nlist", "nprobe", "hnsw_m", "ef_construction",
+                                                              "ef_search", "pq_m", "pq_nbits", "opq")},
+                             kind=fields["shortlist"], dim=fields["shortlist_dim"])
+        if spec.resolved(fields["n_vectors"], fields["dim"], fields["metric"]) != spec:
+            raise MRLError(f"{path}/{index_format.MANIFEST} holds incomplete shortlist settings")
+        blobs = {"shortlist": (path / index_format.SHORTLIST).read_bytes()}
+        if spec.kind == "ivf":
+            blobs["coarse"] = (path / index_format.COARSE).read_bytes()
+        shortlist = Shortlist.from_bytes(spec, fields["metric"], blobs, fields["mips_norm"])
+        shortlist.check_loaded(fields["n_vectors"])
+        if (fields["mips_norm"] is not None) != (spec.kind == "hnsw" and fields["metric"] == "ip" and spec.encoding != "binary"):
+            raise MRLError(f"{path}/{index_format.MANIFEST} has a mips_norm that does not fit its shortlist")
+        labels = load_npy(path / index_format.LABELS) if fields["has_labels"] else None
         self = cls.__new__(cls)
-        self.metric, self.shortlist_dim, self.shortlist = manifest["metric"], manifest["shortlist_dim"], manifest["shortlist"]
-        self.hnsw_m, self.ef_construction, self.ef_search = manifest["hnsw_m"], manifest["ef_construction"], manifest["ef_search"]
-        self.dtype = manifest["dtype"]
-        self.funnel = None if manifest["funnel"] is None else [tuple(s) for s in manifest["funnel"]]
-        self.last_search = None
-        self._vectors, self._index, self._sq_norms = vectors, index, {}
+        self.metric = fields["metric"]
+        self.funnel = None
+        if fields["funnel"] is not None:
+            self.funnel = validate_funnel(fields["funnel"], fields["dim"], spec.dim, fields["n_vectors"], 1,
+                                          rescore_first=spec.encoding != "float32")
+        self.build_seconds = float(fields["build_seconds"])
+        self._store = VectorStore(vectors, store)
+        self._shortlist, self._shortlist_bytes = shortlist, None
         self._labels = cls._check_labels(labels, vectors.shape[0])
         return self
 
     def __repr__(self) -> str:
         return (
-            f"FunnelIndex(ntotal={self.ntotal}, dim={self.dim}, metric={self.metric!r}, "
-            f"shortlist_dim={self.shortlist_dim}, shortlist={self.shortlist!r}, dtype={self.dtype!r})"
+            f"FunnelIndex(ntotal={self.ntotal}, dim={self.dim}, metric={self.metric!r}, shortlist_dim={self.shortlist_dim}, "
+            f"shortlist={self.shortlist!r}, encoding={self.encoding!r}, dtype={self.dtype!r}, store={self.store!r})"
         )
+
+
+def _margin_cut(scores: np.ndarray, ids: np.ndarray, k: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """Drop stage-1 candidates scoring below (k-th best - margin); columns no query keeps are trimmed.
+
+    Scores [Q, n_1] arrive best first, so each query's kept candidates are a prefix of its row.
+    """
+    keep = scores >= (scores[:, k - 1 : k] - margin)
+    keep[:, :k] = True
+    width = max(k, int(keep.sum(axis=1).max())) if len(keep) else k
+    ids = np.where(keep, ids, -1)[:, :width]
+    return np.where(keep, scores, -np.inf)[:, :width], ids

@@ -11,6 +11,7 @@ recall reaches the target, in the scikit-learn style: parameters in ``__init__``
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -20,6 +21,7 @@ from mrl.errors import MRLError, NotFittedError
 from mrl.metrics import knn_recall_at_k
 from mrl.retrieval.funnel import Funnel, format_funnel, validate_funnel
 from mrl.retrieval.ground_truth import exact_search
+from mrl.retrieval.shortlist import ShortlistSpec
 
 if TYPE_CHECKING:
     from mrl.retrieval.funnel import FunnelIndex
@@ -75,6 +77,8 @@ class FunnelTuner:
         k: results per query compared with exact search.
         target_recall: required mean kNN-recall@k against exact full-dim search, in (0, 1].
         candidates: funnels to try (default :func:`candidate_funnels`).
+        repeats: timed searches per candidate after one warm-up; ms_per_query is their median.
+        search_options: keyword arguments passed to every search (``nprobe``, ``ef_search``).
 
     Attributes:
         exact_ids_: int [Q, k] exact full-dim results for the sample.
@@ -93,10 +97,15 @@ class FunnelTuner:
         True
     """
 
-    def __init__(self, k: int = 10, target_recall: float = 0.99, candidates: Sequence[Sequence[tuple[int, int]]] | None = None) -> None:
+    def __init__(
+        self, k: int = 10, target_recall: float = 0.99, candidates: Sequence[Sequence[tuple[int, int]]] | None = None,
+        repeats: int = 1, search_options: dict | None = None,
+    ) -> None:
         self.k = k
         self.target_recall = target_recall
         self.candidates = candidates
+        self.repeats = repeats
+        self.search_options = search_options
 
     def fit(self, index: FunnelIndex, sample_queries: np.ndarray, exact_ids: np.ndarray | None = None) -> FunnelTuner:
         """Search ``sample_queries`` [Q, D] with the candidates and choose; returns self.
@@ -119,29 +128,35 @@ class FunnelTuner:
         if self.candidates is None:
             candidates = candidate_funnels(index.dim, index.shortlist_dim, index.ntotal, self.k)
         else:
-            candidates = [validate_funnel(f, index.dim, index.shortlist_dim, index.ntotal, self.k) for f in self.candidates]
+            candidates = [validate_funnel(f, index.dim, index.shortlist_dim, index.ntotal, self.k, rescore_first=index.encoding != "float32")
+                          for f in self.candidates]
             if not candidates:
                 raise MRLError("candidates must hold at least one funnel")
         if exact_ids is None:
             _, exact_ids = exact_search(index.vectors, sample_queries, self.k, metric=index.metric)
         elif len(exact_ids) != len(sample_queries):
             raise MRLError(f"exact_ids has {len(exact_ids)} rows but there are {len(sample_queries)} sample queries")
-        index.search(sample_queries[: min(8, len(sample_queries))], self.k, candidates[0])  # warm-up
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
+            raise MRLError(f"repeats must be a positive integer, got {self.repeats!r}")
+        options = dict(self.search_options or {})
+        index.search(sample_queries[: min(8, len(sample_queries))], self.k, candidates[0], **options)  # warm-up
         results = []
         for funnel in candidates:
             if any(_dominates(r["funnel"], funnel) for r in results if r["meets_target"]):
                 continue
-            _, ids = index.search(sample_queries, self.k, funnel)
-            stats = index.last_search
+            runs = [index.search(sample_queries, self.k, funnel, return_stats=True, **options) for _ in range(self.repeats + (self.repeats > 1))]
+            runs = runs[1:] if self.repeats > 1 else runs  # with repeats, the first run is one more warm-up
+            _, ids, stats = runs[-1]
+            ms = float(np.median([r[2].ms_per_query for r in runs]))
             recall = float(knn_recall_at_k(ids, exact_ids, self.k).mean())
             results.append(
                 {
                     "funnel": funnel,
                     "spec": format_funnel(funnel),
                     "knn_recall": recall,
-                    "flops_per_query": stats["flops_per_query"],
-                    "mflops": stats["flops_per_query"] / 1e6,
-                    "ms_per_query": stats["ms_per_query"],
+                    "flops_per_query": stats.flops_per_query,
+                    "mflops": stats.flops_per_query / 1e6,
+                    "ms_per_query": ms,
                     "meets_target": recall >= self.target_recall,
                 }
             )
@@ -169,4 +184,180 @@ class FunnelTuner:
         for r in self.results_:
             mark = " *" if r is self.best_ else ""
             lines.append(f"| {r['spec']}{mark} | {r['knn_recall']:.4f} | {r['mflops']:.3f} | {r['ms_per_query']:.3f} |")
+        return "\n".join(lines)
+
+
+def parse_shortlists(text: str) -> list[ShortlistSpec]:
+    """Parse ``"flat:float32:16;ivf:int8:32:16"`` (kind:encoding:dim[:coarse_dim], ``;``-separated).
+
+    Example:
+        >>> [(s.kind, s.encoding, s.dim, s.coarse_dim) for s in parse_shortlists("hnsw:int8:16; ivf:pq:32:8")]
+        [('hnsw', 'int8', 16, None), ('ivf', 'pq', 32, 8)]
+    """
+    specs = []
+    for part in str(text).split(";"):
+        if not part.strip():
+            continue
+        fields = [f.strip() for f in part.split(":")]
+        try:
+            if len(fields) not in (3, 4):
+                raise ValueError
+            coarse = int(fields[3]) if len(fields) == 4 else None
+            specs.append(ShortlistSpec(kind=fields[0], encoding=fields[1], dim=int(fields[2]), coarse_dim=coarse))
+        except ValueError:
+            raise MRLError(f"shortlists must be ';'-separated kind:encoding:dim[:coarse_dim] entries such as hnsw:int8:16, got {text!r}") from None
+    if not specs:
+        raise MRLError(f"shortlists must name at least one kind:encoding:dim entry, got {text!r}")
+    return specs
+
+
+def default_shortlists(dim: int, shortlist_dim: int) -> list[ShortlistSpec]:
+    """A small grid of stage-1 structures on the prefixes d_1 and 2 d_1 (those below ``dim``).
+
+    Exact float, SQ8, sign bits rescored in float, HNSW and AdANNS-IVF with SQ8 codes and PQ.
+    """
+    specs = []
+    for d1 in (shortlist_dim, 2 * shortlist_dim):
+        if d1 > dim:
+            continue
+        specs += [ShortlistSpec("flat", "float32", d1), ShortlistSpec("flat", "int8", d1), ShortlistSpec("hnsw", "float32", d1),
+                  ShortlistSpec("ivf", "int8", d1), ShortlistSpec("ivf", "pq", d1)]
+        if d1 % 8 == 0:
+            specs.append(ShortlistSpec("flat", "binary", 4 * d1 if 4 * d1 <= dim else d1))
+    return specs
+
+
+def pareto_front(rows: Sequence[dict], keys: Sequence[tuple[str, bool]] = (("knn_recall", True), ("ms_per_query", False),
+                                                                          ("ram_bytes_per_vector", False))) -> list[dict]:
+    """Rows no other row dominates: at least as good in every key and better in one (key, larger_is_better).
+
+    Example:
+        >>> rows = [{"knn_recall": 0.9, "ms_per_query": 1.0, "ram_bytes_per_vector": 10},
+        ...         {"knn_recall": 0.8, "ms_per_query": 2.0, "ram_bytes_per_vector": 10}]
+        >>> pareto_front(rows) == rows[:1]
+        True
+    """
+    def at_least(a: dict, b: dict) -> bool:
+        return all((a[key] >= b[key]) if larger else (a[key] <= b[key]) for key, larger in keys)
+
+    return [r for r in rows if not any(at_least(o, r) and any(o[key] != r[key] for key, _ in keys) for o in rows if o is not r)]
+
+
+class IndexTuner:
+    """Choose the shortlist structure, its search breadth and the funnel for a recall target under budgets.
+
+    For each structure (kind, encoding, prefix d_1, coarse prefix) built over the index's own
+    vectors, and each search breadth (ivf ``nprobe``; HNSW ``ef_search``), a :class:`FunnelTuner`
+    measures the candidate funnels (stage sizes) with warm-up and ``repeats`` timed runs. Every
+    measured point gets kNN-recall@k, ms/query, RAM bytes per vector (shortlist structure, plus
+    the full vectors when the index keeps them in memory) and build seconds.
+
+    Args:
+        k: results per query. target_recall: required mean kNN-recall@k against exact full-dim search.
+        shortlists: structures to try (default :func:`default_shortlists`).
+        nprobes: ivf lists probed per query to try. ef_searches: HNSW beams to try.
+        max_ram_bytes_per_vector: RAM budget per vector, or None. max_ms_per_query: latency budget, or None.
+        repeats: timed runs per point (median).
+        candidates: funnels to try per structure (default :func:`candidate_funnels` at its d_1).
+
+    Attributes:
+        results_: every measured point (dict: shortlist, nprobe, ef_search, spec, funnel, knn_recall,
+            ms_per_query, ram_bytes_per_vector, build_seconds, mflops, meets_target, within_budget).
+        pareto_: the points no other point beats in recall, ms/query, RAM and build seconds.
+        best_: the fastest point meeting the target within the budgets (else the most accurate
+            within them; ``target_met_`` says which); best_shortlist_: its built structure.
+    """
+
+    def __init__(
+        self, k: int = 10, target_recall: float = 0.99, shortlists: Sequence[ShortlistSpec] | None = None,
+        nprobes: Sequence[int] = (4, 16, 64), ef_searches: Sequence[int] = (64, 256),
+        max_ram_bytes_per_vector: float | None = None, max_ms_per_query: float | None = None, repeats: int = 3,
+        candidates: Sequence[Sequence[tuple[int, int]]] | None = None,
+    ) -> None:
+        self.k = k
+        self.target_recall = target_recall
+        self.shortlists = shortlists
+        self.nprobes = nprobes
+        self.ef_searches = ef_searches
+        self.max_ram_bytes_per_vector = max_ram_bytes_per_vector
+        self.max_ms_per_query = max_ms_per_query
+        self.repeats = repeats
+        self.candidates = candidates
+
+    def fit(self, index: FunnelIndex, sample_queries: np.ndarray, exact_ids: np.ndarray | None = None) -> IndexTuner:
+        """Build, measure and choose; ``index`` keeps its own shortlist (see :meth:`FunnelIndex.tune`). Returns self."""
+        from mrl.retrieval.shortlist import Shortlist
+
+        for name in ("results_", "pareto_", "best_", "best_shortlist_", "target_met_", "exact_ids_"):
+            self.__dict__.pop(name, None)
+        for name in ("max_ram_bytes_per_vector", "max_ms_per_query"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+                raise MRLError(f"{name} must be a positive number or None, got {value!r}")
+        specs = list(self.shortlists) if self.shortlists is not None else default_shortlists(index.dim, index.shortlist_dim)
+        if not specs:
+            raise MRLError("shortlists must hold at least one structure")
+        for spec in specs:  # every spec checked before anything is built
+            spec.resolved(index.ntotal, index.dim, index.metric)
+        if exact_ids is None:
+            _, exact_ids = exact_search(index.vectors, sample_queries, self.k, metric=index.metric)
+        vector_ram = index.memory_bytes()["vectors"]
+        original = index._shortlist
+        results: list[dict] = []
+        structures = {}
+        try:
+            for spec in specs:
+                start = time.perf_counter()
+                shortlist = Shortlist.build(index.vectors, spec, index.metric)
+                build = time.perf_counter() - start
+                index._shortlist, index._shortlist_bytes = shortlist, None
+                ram = (vector_ram + shortlist.nbytes()) / index.ntotal
+                name = f"{shortlist.spec.kind}:{shortlist.spec.encoding}:{shortlist.spec.dim}" + (
+                    f":{shortlist.spec.coarse_dim}" if shortlist.spec.kind == "ivf" else "")
+                structures[name] = shortlist
+                breadths = [{}]
+                if shortlist.spec.kind == "ivf":
+                    breadths = [{"nprobe": p} for p in sorted({min(p, shortlist.spec.nlist) for p in self.nprobes})]
+                elif shortlist.spec.kind == "hnsw":
+                    breadths = [{"ef_search": e} for e in self.ef_searches]
+                candidates = None if self.candidates is None else [f for f in self.candidates if f[0][0] == shortlist.spec.dim]
+                for options in breadths:
+                    tuner = FunnelTuner(self.k, self.target_recall, candidates or None, self.repeats, options).fit(index, sample_queries, exact_ids)
+                    for row in tuner.results_:
+                        results.append({"shortlist": name, **{"nprobe": None, "ef_search": None, **options}, **row,
+                                        "ram_bytes_per_vector": ram, "build_seconds": build})
+        finally:
+            index._shortlist, index._shortlist_bytes = original, None
+        for row in results:
+            row["within_budget"] = (self.max_ram_bytes_per_vector is None or row["ram_bytes_per_vector"] <= self.max_ram_bytes_per_vector) and (
+                self.max_ms_per_query is None or row["ms_per_query"] <= self.max_ms_per_query)
+        allowed = [r for r in results if r["within_budget"]] or results
+        meeting = [r for r in allowed if r["meets_target"]]
+        if meeting:
+            best = min(meeting, key=lambda r: (r["ms_per_query"], r["ram_bytes_per_vector"]))
+        else:
+            best = max(allowed, key=lambda r: (r["knn_recall"], -r["ms_per_query"]))
+            logger.warning("no structure reached knn_recall@%d >= %.3f within the budgets; keeping the most accurate (%s %s, %.4f)",
+                           self.k, self.target_recall, best["shortlist"], best["spec"], best["knn_recall"])
+        self.exact_ids_ = exact_ids
+        self.results_ = results
+        self.pareto_ = pareto_front(results, (("knn_recall", True), ("ms_per_query", False), ("ram_bytes_per_vector", False),
+                                              ("build_seconds", False)))
+        self.best_ = best
+        self.best_funnel_ = list(best["funnel"])
+        self.best_shortlist_ = structures[best["shortlist"]]
+        self.target_met_ = bool(meeting)
+        return self
+
+    def summary(self, pareto_only: bool = True) -> str:
+        """A markdown table of the Pareto points (or every point), the chosen one marked with *."""
+        if not hasattr(self, "results_"):
+            raise NotFittedError("this IndexTuner is not fitted yet; call fit(index, sample_queries) first")
+        rows = self.pareto_ if pareto_only else self.results_
+        lines = [f"| shortlist | nprobe/ef | funnel | knn_recall@{self.k} | ms/query | RAM B/vector | build s |", "|---|---|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: (-r["knn_recall"], r["ms_per_query"])):
+            mark = " *" if r is self.best_ else ""
+            breadth = r["nprobe"] if r["nprobe"] is not None else (r["ef_search"] if r["ef_search"] is not None else "-")
+            lines.append(f"| {r['shortlist']} | {breadth} | {r['spec']}{mark} | {r['knn_recall']:.4f} | {r['ms_per_query']:.3f} | "
+                         f"{r['ram_bytes_per_vector']:.1f} | {r['build_seconds']:.2f} |")
         return "\n".join(lines)

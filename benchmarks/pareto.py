@@ -1,0 +1,344 @@
+"""mrl funnels against the FAISS indexes a user would pick without mrl: recall, speed, RAM, build time.
+
+One data set per run, every method side by side on the same vectors and queries:
+
+- real: embeddings written by `mrl embed` (database = train split, queries = test split,
+  relevant = same label, so mAP@10 is reported too), e.g. the demo's MRL Fashion-MNIST run;
+- synthetic: N x D vectors from the generator documented in benchmarks/funnel_search.py
+  (`synthetic`: cluster centres plus noise, coordinate j scaled by (j+1)^-decay, unit-normalised).
+
+Vectors are L2-normalised, so inner product is cosine for every method.
+Baselines on full vectors (FAISS): IndexFlatIP (exact), IndexHNSWFlat(32), IndexIVFFlat,
+IndexIVFPQ and OPQ+IVFPQ (--pq-bytes bytes per vector; "opq" in --baselines), IndexScalarQuantizer SQ8, and
+binary sign codes (IndexBinaryFlat) re-scored in float. mrl funnels: FunnelIndex over a prefix
+with each --mrl-shortlists structure, full vectors float16 memory-mapped from disk (RAM counts
+the process's own memory only: the shortlist structure; the page cache the OS keeps for the
+file is shared and reclaimable), each tuned on separate tuning queries (mrl.retrieval.IndexTuner)
+for kNN-recall@10 >= --target-recall, plus the fastest point it found >= --low-target.
+
+For every point: kNN-recall@10 against exact full-dim search, mAP@10 (labels), ms/query batched
+(median of --repeats interleaved rounds after a warm-up) and one query at a time (--single
+queries), RAM bytes per vector, build seconds. Prints markdown tables, the Pareto set and, per
+baseline, whether an mrl point dominates it; writes JSON and a recall-vs-ms plot (marker size ~ RAM).
+
+    # real: embeddings of the demo's MRL run (bash scripts/demo.sh first)
+    mrl embed runs/demo/runs/mrl --split train --out runs/demo/mrl_train.npz
+    mrl embed runs/demo/runs/mrl --split test --out runs/demo/mrl_test.npz
+    .venv/bin/python benchmarks/pareto.py --database runs/demo/mrl_train.npz --queries runs/demo/mrl_test.npz
+    # synthetic (the 1M x 2048 run needs ~10 GiB RAM and a long time on 2 cores)
+    .venv/bin/python benchmarks/pareto.py --synthetic-n 200000
+    .venv/bin/python benchmarks/pareto.py --synthetic-n 20000 --dim 256 --n-queries 200   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+from mrl.io import atomic_write_bytes, load_npz, write_json
+from mrl.metrics import Relevance, knn_recall_at_k, retrieval_summary
+from mrl.retrieval import FunnelIndex, exact_search, format_funnel, pareto_front, parse_shortlists
+
+logger = logging.getLogger("pareto")
+K = 10
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x
+
+
+def _timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def faiss_baselines(vectors: np.ndarray, args) -> list[dict]:
+    """Build each FAISS baseline on the full vectors; return methods with search(q) -> ids."""
+    n, d = vectors.shape
+    wanted = {name.strip() for name in args.baselines.split(",")}
+    nlist = max(1, min(n // 39, int(4 * np.sqrt(n))))
+    train = vectors[np.random.default_rng(0).choice(n, min(n, args.train_size), replace=False)]
+    methods = []
+
+    def add(name, index, ram, build, search_params=None, rescore=None):
+        methods.append({"name": name, "index": index, "ram": ram, "build_s": build, "params": search_params, "rescore": rescore})
+
+    flat = faiss.IndexFlatIP(d)
+    build, _ = _timed(lambda: flat.add(vectors))
+    add("FAISS IndexFlatIP (exact)", flat, 4 * d, build)
+    if "hnsw" in wanted and n <= args.hnsw_full_n:
+        hnsw = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = 40
+        build, _ = _timed(lambda: hnsw.add(vectors))
+        ram = 4 * d + hnsw.hnsw.neighbors.size() * 4 / n + 8
+        for ef in (64, 256):
+            add(f"FAISS HNSWFlat32 ef={ef}", hnsw, ram, build, faiss.SearchParametersHNSW(efSearch=ef))
+    if "ivf" in wanted:
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        build, _ = _timed(lambda: (ivf.train(train), ivf.add(vectors)))
+        for nprobe in (8, 32):
+            add(f"FAISS IVF{nlist},Flat nprobe={nprobe}", ivf, 4 * d + 8, build, faiss.SearchParametersIVF(nprobe=nprobe))
+    for opq in [False] * ("ivfpq" in wanted) + [True] * ("opq" in wanted):
+        key = f"{'OPQ' + str(args.pq_bytes) + ',' if opq else ''}IVF{nlist},PQ{args.pq_bytes}np"  # np: no polysemous training
+        index = faiss.index_factory(d, key, faiss.METRIC_INNER_PRODUCT)
+        if opq:
+            faiss.downcast_VectorTransform(index.chain.at(0)).niter = 10  # FAISS's default 50 rounds take hours at d=2048 on 2 cores
+        build, _ = _timed(lambda index=index: (index.train(train), index.add(vectors)))
+        for nprobe in (16, 64):
+            add(f"FAISS {key} nprobe={nprobe}", index, args.pq_bytes + 8, build, faiss.SearchParametersIVF(nprobe=nprobe))
+    if "sq8" in wanted:
+        sq = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        build, _ = _timed(lambda: (sq.train(train), sq.add(vectors)))
+        add("FAISS SQ8", sq, d, build)
+    if "binary" in wanted and d % 8 == 0:
+        binary = faiss.IndexBinaryFlat(d)
+        build, _ = _timed(lambda: binary.add(np.packbits(vectors > 0, axis=1)))
+        # The classic recipe: Hamming top-200 on sign bits, then float re-score (float vectors kept in RAM).
+        add("FAISS binary + float rescore (200)", binary, d / 8 + 4 * d, build, rescore=200)
+    return methods
+
+
+def baseline_search(method: dict, vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    index = method["index"]
+    if method["rescore"] is not None:
+        _, candidates = index.search(np.packbits(queries > 0, axis=1), method["rescore"])
+        out = np.empty((len(queries), K), dtype=np.int64)
+        for start in range(0, len(queries), 32):  # blocks bound the gathered [32, 200, d] floats
+            block = candidates[start : start + 32]
+            scores = np.einsum("qd,qkd->qk", queries[start : start + 32], vectors[block])
+            out[start : start + 32] = np.take_along_axis(block, np.argsort(-scores, axis=1)[:, :K], axis=1)
+        return out
+    if method["params"] is not None:
+        return index.search(queries, K, params=method["params"])[1]
+    return index.search(queries, K)[1]
+
+
+def mrl_points(index: FunnelIndex, tune_queries: np.ndarray, args) -> list[dict]:
+    """Tune each shortlist structure on the tuning queries; keep its points at both targets."""
+    _, tune_exact = exact_search(index.vectors, tune_queries, K, metric="cosine")
+    points = []
+    for spec in parse_shortlists(args.mrl_shortlists):
+        tuner = index.tune(tune_queries, k=K, target_recall=args.target_recall, shortlists=[spec], exact_ids=tune_exact, repeats=1)
+        structure = index._shortlist
+        chosen = [tuner.best_]
+        low = [r for r in tuner.results_ if r["knn_recall"] >= args.low_target and r is not tuner.best_]
+        if low:
+            chosen.append(min(low, key=lambda r: r["ms_per_query"]))
+        for row in chosen:
+            options = {key: row[key] for key in ("nprobe", "ef_search") if row[key] is not None}
+            label = f"mrl {row['shortlist']} {row['spec']}" + "".join(f" {k}={v}" for k, v in options.items())
+            points.append({"name": label, "structure": structure, "funnel": row["funnel"], "options": options,
+                           "ram": row["ram_bytes_per_vector"], "build_s": row["build_seconds"], "tuned_recall": row["knn_recall"]})
+        logger.info("%s: tuned %s (tuning recall %.4f)", spec, tuner.best_["spec"], tuner.best_["knn_recall"])
+    return points
+
+
+def mrl_search(point: dict, index: FunnelIndex, queries: np.ndarray) -> np.ndarray:
+    index._shortlist, index._shortlist_bytes = point["structure"], None
+    return index.search(queries, K, point["funnel"], **point["options"])[1]
+
+
+def margin_study(path: Path, queries: np.ndarray, exact_ids: np.ndarray, args) -> list[dict]:
+    """Adaptive shortlist depth against fixed depth, flat float32 16-dim shortlist then full-dim rerank.
+
+    Fixed: n_1 candidates for every query. Adaptive: up to 2048 candidates, cut where the 16-dim
+    cosine falls more than the margin below the 10th best. Compared by recall at equal mean candidates reranked.
+    """
+    index = FunnelIndex.load(path, store="mmap")  # as saved: the flat float32 16-dim shortlist
+    rows = []
+    configs = [("fixed", n1, None) for n1 in (25, 50, 100, 200, 400, 800)]
+    configs += [("margin", min(2048, index.ntotal), m) for m in args.margins]
+    for kind, n1, margin in configs:
+        index.search(queries[:20], K, [(16, n1), (index.dim, K)], shortlist_margin=margin)  # warm-up
+        _, ids, stats = index.search(queries, K, [(16, n1), (index.dim, K)], shortlist_margin=margin, return_stats=True)
+        rows.append({"depth": f"{kind} {n1 if margin is None else margin}", "mean_candidates": stats.mean_shortlist_length,
+                     f"knn_recall@{K}": float(knn_recall_at_k(ids, exact_ids, K).mean()), "ms_per_query": stats.ms_per_query,
+                     "mflops": stats.flops_per_query / 1e6})
+    return rows
+
+
+def run(vectors: np.ndarray, queries: np.ndarray, tune_queries: np.ndarray, db_labels, query_labels, args) -> dict:
+    n, d = vectors.shape
+    methods = faiss_baselines(vectors, args)
+    exact = methods[0]
+    tmp = Path(tempfile.mkdtemp(prefix="pareto-", dir=args.tmp_dir))
+    try:
+        start = time.perf_counter()
+        built = FunnelIndex(vectors, shortlist_dim=16, dtype="float16")
+        built.save(tmp / "idx")
+        del built
+        index = FunnelIndex.load(tmp / "idx", store="mmap")
+        logger.info("float16 vectors written and mapped in %.1fs", time.perf_counter() - start)
+        points = mrl_points(index, tune_queries, args)
+        runners = [(m["name"], lambda m=m, q=None: baseline_search(m, vectors, q)) for m in methods]
+        runners += [(p["name"], lambda p=p, q=None: mrl_search(p, index, q)) for p in points]
+        for _, fn in runners:  # warm-up (also pages in the mapped rows the queries touch)
+            fn(q=queries[: min(50, len(queries))])
+        times = {name: [] for name, _ in runners}
+        ids = {}
+        for _ in range(args.repeats):
+            for name, fn in runners:
+                seconds, ids[name] = _timed(lambda fn=fn: fn(q=queries))
+                times[name].append(seconds)
+        single = {}
+        for name, fn in runners:
+            seconds, _ = _timed(lambda fn=fn: [fn(q=queries[i : i + 1]) for i in range(args.single)])
+            single[name] = 1000 * seconds / args.single
+        exact_ids = ids[exact["name"]]
+        info = {m["name"]: m for m in methods} | {p["name"]: p for p in points}
+        rows = []
+        for name, _ in runners:
+            row = {
+                "method": name,
+                f"knn_recall@{K}": float(knn_recall_at_k(ids[name], exact_ids, K).mean()),
+                "ms_per_query": 1000 * statistics.median(times[name]) / len(queries),
+                "ms_single": single[name],
+                "ram_bytes_per_vector": float(info[name]["ram"]),
+                "build_s": float(info[name]["build_s"]),
+            }
+            if query_labels is not None:
+                summary = retrieval_summary(Relevance.from_labels(ids[name], query_labels, db_labels), k=K)
+                row[f"map@{K}"] = summary[f"map@{K}"]
+            rows.append(row)
+        margins = margin_study(tmp / "idx", queries, exact_ids, args) if args.margins else []
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    exact_ms = rows[0]["ms_per_query"]
+    for row in rows:
+        row["speedup"] = exact_ms / row["ms_per_query"]
+    front = pareto_front(rows, ((f"knn_recall@{K}", True), ("ms_per_query", False), ("ram_bytes_per_vector", False)))
+    for row in rows:
+        row["pareto"] = row in front
+        if row["method"].startswith("FAISS") and row is not rows[0]:
+            row["dominated_by"] = [r["method"] for r in rows if r["method"].startswith("mrl")
+                                   and r[f"knn_recall@{K}"] >= row[f"knn_recall@{K}"] and r["ms_per_query"] <= row["ms_per_query"]
+                                   and r["ram_bytes_per_vector"] <= row["ram_bytes_per_vector"]]
+    return {"n": n, "dim": d, "n_queries": len(queries), "rows": rows, "margins": margins}
+
+
+def table(rows: list[dict]) -> str:
+    keys = ["method", f"knn_recall@{K}"] + ([f"map@{K}"] if f"map@{K}" in rows[0] else []) + [
+        "ms_per_query", "ms_single", "speedup", "ram_bytes_per_vector", "build_s", "pareto"]
+    return table_of(rows, keys)
+
+
+def table_of(rows: list[dict], keys: list[str] | None = None) -> str:
+    keys = keys or list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        cells = [f"{r[key]:.4g}" if isinstance(r[key], float) else str(r[key]) for key in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(path: Path, rows: list[dict], title: str) -> None:
+    """Recall vs ms/query (log x), marker area ~ RAM bytes per vector; a Figure, no pyplot state."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.8), dpi=120)
+    ax = fig.add_subplot()
+    top = max(r["ram_bytes_per_vector"] for r in rows)
+    for r in rows:
+        colour = "tab:red" if r["method"].startswith("mrl") else "tab:blue"
+        ax.scatter(r["ms_per_query"], r[f"knn_recall@{K}"], s=15 + 300 * r["ram_bytes_per_vector"] / top, c=colour, alpha=0.6)
+        ax.annotate(r["method"].replace("FAISS ", ""), (r["ms_per_query"], r[f"knn_recall@{K}"]), fontsize=5, xytext=(3, 2),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per query (batched, log scale)")
+    ax.set_ylabel(f"kNN-recall@{K} vs exact full-dim")
+    ax.set_title(title + "  (red: mrl, blue: FAISS; area ~ RAM bytes/vector)", fontsize=8)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database", type=Path, default=None, help="real data: embeddings .npz (X, y) of the database")
+    parser.add_argument("--queries", type=Path, default=None, help="real data: embeddings .npz (X, y) of the queries")
+    parser.add_argument("--synthetic-n", type=int, default=None, help="synthetic data: database size")
+    parser.add_argument("--dim", type=int, default=2048, help="synthetic dimension")
+    parser.add_argument("--n-queries", type=int, default=1000, help="timed queries (real: the first test vectors after the tuning ones)")
+    parser.add_argument("--tune-queries", type=int, default=200, help="queries the mrl funnels are tuned on (never timed)")
+    parser.add_argument("--single", type=int, default=100, help="queries timed one at a time")
+    parser.add_argument("--target-recall", type=float, default=0.99, help="kNN-recall@10 the tuned mrl points must reach")
+    parser.add_argument("--low-target", type=float, default=0.95, help="also keep each structure's fastest point above this")
+    parser.add_argument("--mrl-shortlists", default="flat:float32:16;flat:int8:32;flat:binary:64;hnsw:float32:16;ivf:int8:32:16",
+                        help="mrl structures (kind:encoding:dim[:coarse_dim], ';'-separated)")
+    parser.add_argument("--baselines", default="hnsw,ivf,ivfpq,opq,sq8,binary",
+                        help="FAISS baselines besides exact, comma-separated (hnsw, ivf, ivfpq, opq, sq8, binary)")
+    parser.add_argument("--pq-bytes", type=int, default=64, help="bytes per vector of the IVFPQ / OPQ+IVFPQ baselines")
+    parser.add_argument("--hnsw-full-n", type=int, default=250_000, help="build full-dim HNSW32 only up to this N")
+    parser.add_argument("--train-size", type=int, default=50_000, help="training sample of the FAISS quantisers")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (median)")
+    parser.add_argument("--clusters", type=int, default=1000, help="synthetic cluster centres")
+    parser.add_argument("--decay", type=float, default=1.0, help="synthetic: coordinate j scaled by (j+1)^-decay")
+    parser.add_argument("--noise", type=float, default=0.5, help="synthetic: within-cluster noise std")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic generator seed")
+    parser.add_argument("--margins", type=float, nargs="*", default=[0.02, 0.05, 0.1, 0.2],
+                        help="adaptive shortlist margins compared with fixed depths (none: skip)")
+    parser.add_argument("--tmp-dir", type=Path, default=None, help="where the mrl index's vectors.npy is written (default: system temp)")
+    parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/pareto.json"), help="JSON results (and a .png beside it)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if (args.database is None) == (args.synthetic_n is None):
+        parser.error("give either --database and --queries (real data) or --synthetic-n")
+
+    if args.database is not None:
+        db, q = load_npz(args.database, required=("X",)), load_npz(args.queries, required=("X",))
+        vectors, db_labels = _normalise(db["X"]), db.get("y")
+        tune_queries = _normalise(q["X"][: args.tune_queries])
+        queries = _normalise(q["X"][args.tune_queries : args.tune_queries + args.n_queries])
+        query_labels = None if q.get("y") is None else q["y"][args.tune_queries : args.tune_queries + args.n_queries]
+        title = f"{args.database.name}: {len(vectors)} x {vectors.shape[1]}"
+    else:
+        from funnel_search import synthetic  # the documented generator, beside this script
+
+        shape = (args.dim, args.clusters, args.seed)
+        vectors = synthetic(args.synthetic_n, *shape, stream=0, decay=args.decay, noise=args.noise)
+        queries = synthetic(args.n_queries, *shape, stream=1, decay=args.decay, noise=args.noise)
+        tune_queries = synthetic(args.tune_queries, *shape, stream=2, decay=args.decay, noise=args.noise)
+        db_labels = query_labels = None
+        title = f"synthetic {args.synthetic_n} x {args.dim} (decay {args.decay})"
+    report = {
+        "machine": {"cpu_count": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(), "torch_threads": torch.get_num_threads(),
+                    "platform": platform.platform(), "load_average_start": os.getloadavg()},
+        "faiss": faiss.__version__, "args": {k: str(v) for k, v in vars(args).items()},
+    }
+    report["result"] = run(vectors, queries, tune_queries, db_labels, query_labels, args)
+    report["machine"]["load_average_end"] = os.getloadavg()
+    rows = report["result"]["rows"]
+    print(f"\n## {title}, {len(queries)} queries, k={K}, {os.cpu_count()} cores, {faiss.omp_get_max_threads()} FAISS threads, "
+          f"{torch.get_num_threads()} torch threads\n")
+    print(table(rows))
+    for row in rows:
+        if "dominated_by" in row:
+            print(f"- {row['method']}: " + (f"dominated by {row['dominated_by'][0]}" if row["dominated_by"] else "NOT dominated by an mrl point"))
+    if report["result"]["margins"]:
+        print("\n## Adaptive shortlist depth (flat 16-dim shortlist, full-dim rerank)\n")
+        print(table_of(report["result"]["margins"]))
+    write_json(args.out, report)
+    plot(args.out.with_suffix(".png"), rows, title)
+    print(f"\nwrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
