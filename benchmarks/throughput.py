@@ -6,8 +6,8 @@ the streaming loader's images/s on its own, and a training process's memory agai
    MRL-E (tied heads). Methods run in interleaved rounds after warm-up, so load drift hits all alike;
    the figure that matters is the ratio to FF-2048 (the paper: MRL costs about one model). On CUDA:
    bf16 autocast, channels_last, 224 px, peak memory from torch.cuda.max_memory_allocated. On CPU:
-   fp32 at a small image size; peak memory is the resident set of a child process running only
-   that method (interpreter and torch included, so compare differences).
+   fp32 at a small image size; peak memory is the resident-set peak of a fresh process that builds
+   only that method and takes two steps, over its baseline after imports (/proc/self/clear_refs).
 2. ``loader``: images/s of the streaming DataLoader alone (decode, RandomResizedCrop, flip,
    collate) for several worker counts, on a generated folder of PNGs or on ``--data ROOT``.
 3. ``memory``: peak proportional memory (PSS of the training process plus its DataLoader workers,
@@ -15,6 +15,7 @@ the streaming loader's images/s on its own, and a training process's memory agai
    in-memory image-folder loader on the same images: streamed should stay flat.
 
     .venv/bin/python benchmarks/throughput.py model --image-size 64 --batch 16      # CPU
+    .venv/bin/python benchmarks/throughput.py model --image-size 32 --batch 8 --rounds 0   # CPU memory only
     .venv/bin/python benchmarks/throughput.py model                                 # GPU: 224 px, batch 256, bf16
     .venv/bin/python benchmarks/throughput.py loader --workers 0,1,2 --images 2000
     .venv/bin/python benchmarks/throughput.py memory --sizes 500,1000,2000,4000
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -73,11 +73,20 @@ def train_steps(parts, x, y, precision: Precision, steps: int) -> list[float]:
     return times
 
 
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(f"{field}:")) / 1024
+
+
 def _cpu_peak_rss(method: str, batch: int, size: int, queue) -> None:
+    """Peak resident memory of building ``method`` and two training steps, over the process's baseline."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to the current RSS: imports are not counted
+    baseline = _status_mib("VmRSS")
     parts = make(method, False, torch.device("cpu"))
     x, y = torch.randn(batch, 3, size, size), torch.randint(0, 1000, (batch,))
     train_steps(parts, x, y, Precision("fp32", torch.device("cpu")), 2)
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    queue.put(_status_mib("VmHWM") - baseline)
 
 
 def bench_model(args) -> None:
@@ -92,15 +101,16 @@ def bench_model(args) -> None:
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 1000, (batch,), device=device)
-    methods = {name: make(name, channels_last, device) for name in METHODS}
-    for parts in methods.values():
-        train_steps(parts, x, y, precision, args.warmup)
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(args.rounds):
-        for name, parts in methods.items():
-            times[name] += train_steps(parts, x, y, precision, args.steps)
+    times: dict[str, list[float]] = {name: [] for name in METHODS}
+    if args.rounds:
+        methods = {name: make(name, channels_last, device) for name in METHODS}
+        for parts in methods.values():
+            train_steps(parts, x, y, precision, args.warmup)
+        for _ in range(args.rounds):
+            for name, parts in methods.items():
+                times[name] += train_steps(parts, x, y, precision, args.steps)
+        del methods
     peak = {}
-    del methods
     if cuda:  # one method on the GPU at a time: its peak is that method's alone (plus the batch)
         for name in METHODS:
             parts = make(name, channels_last, device)
@@ -121,13 +131,17 @@ def bench_model(args) -> None:
     print(f"ResNet-50, 1000 classes, {where}, {precision_name}, image {size}px, batch {batch}, "
           f"{args.rounds} rounds x {args.steps} steps after {args.warmup} warm-up")
     print(f"{'method':8s} {'images/s (median)':>18s} {'ms/step mean +- std':>22s} {'step / FF-2048':>15s} {'peak MiB':>10s}")
-    base = statistics.median(times["FF-2048"])
     for name, t in times.items():
-        med = statistics.median(t)
-        print(f"{name:8s} {batch / med:18.1f} {statistics.mean(t) * 1e3:12.1f} +- {statistics.stdev(t) * 1e3:6.1f} "
-              f"{med / base:15.3f} {peak[name]:10.0f}")
+        if t:
+            med, base = statistics.median(t), statistics.median(times["FF-2048"])
+            timing = (f"{batch / med:18.1f} {statistics.mean(t) * 1e3:12.1f} +- {statistics.stdev(t) * 1e3:6.1f} "
+                      f"{med / base:15.3f}")
+        else:
+            timing = f"{'-':>18s} {'-':>22s} {'-':>15s}"
+        print(f"{name:8s} {timing} {peak[name]:10.0f}")
     if not cuda:
-        print("peak MiB on CPU: resident set of a process running only that method (includes ~torch itself)")
+        print("peak MiB on CPU: resident-set peak of a fresh process building that method and taking 2 steps, "
+              "over its baseline after imports")
 
 
 def write_folder(root: Path, images: int, classes: int = 10, size: int = 64, val: int = 1) -> Path:
@@ -225,7 +239,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=None, help="model: 256 on CUDA, 16 on CPU; loader: 64")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None, help="model: bf16 on CUDA")
     parser.add_argument("--steps", type=int, default=5, help="model: timed steps per method per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="model: 0 measures memory only")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--data", default=None, help="loader: an ImageNet-style folder instead of generated PNGs")
     parser.add_argument("--images", type=int, default=2000, help="loader: generated images")

@@ -68,6 +68,20 @@ def test_resume_removes_stale_temp_files_and_orphaned_checkpoints(tmp_path, tiny
     assert all(p.exists() for p in keep)
 
 
+def test_replacing_an_artifact_removes_folders_a_killed_writer_left_beside_it(tmp_path, tiny_artifacts):
+    adapter = copy(tiny_artifacts["adapter"], tmp_path / "adapter")
+    leftovers = [tmp_path / ".adapter.k3x_9abc.tmp", tmp_path / ".adapter.old.4242"]
+    mine = [tmp_path / ".adapter.notes", tmp_path / ".adapter.old.backup", tmp_path / ".other.k3x_9abc.tmp"]
+    for folder in leftovers + mine:
+        folder.mkdir()
+        (folder / "f").write_text("x")
+    code, output = invoke("adapt", "fit", tiny_artifacts["emb"], "--out", adapter, "--overwrite", "--nesting", "8,16",
+                          "--epochs", "1", "--neighbours", "2", "--quiet")
+    assert code == 0, output
+    assert not any(p.exists() for p in leftovers)
+    assert all((p / "f").exists() for p in mine)
+
+
 def test_import_mrl_needs_only_core_dependencies():
     code = textwrap.dedent("""
         import importlib.abc, sys

@@ -10,7 +10,15 @@ core dependencies; using them without their extra raises an error naming it (``m
 
 import importlib
 
-from mrl.adaptive import AdaptiveClassifier, budget_thresholds, cascade, greedy_thresholds, head_costs, max_softmax
+from mrl.adaptive import (
+    AdaptiveClassifier,
+    WidthDimCascade,
+    budget_thresholds,
+    cascade,
+    greedy_thresholds,
+    head_costs,
+    max_softmax,
+)
 from mrl.baselines import LinearProbe, RandomFeatures, SlimmableClassifier, SVDProjection, retrofit
 from mrl.compare import compare
 from mrl.config import TrainConfig
@@ -28,7 +36,8 @@ from mrl.metrics import (
     recall_at_k,
     top_k_accuracy,
 )
-from mrl.models import MatryoshkaClassifier, create_model
+from mrl.models import MatryoshkaClassifier, NestedFFN, NestedWidthMLP, create_model
+from mrl.models.widths import parse_widths, validate_widths
 from mrl.nesting import default_nesting, parse_nesting, truncate, validate_nesting
 from mrl.retrieval import FunnelIndex, FunnelTuner, exact_search
 from mrl.training import train
@@ -74,12 +83,15 @@ __all__ = [
     "MatryoshkaLM",
     "MatryoshkaLinear",
     "MatryoshkaLoss",
+    "NestedFFN",
+    "NestedWidthMLP",
     "NotFittedError",
     "RandomFeatures",
     "Relevance",
     "SVDProjection",
     "SlimmableClassifier",
     "TrainConfig",
+    "WidthDimCascade",
     "average_precision_at_k",
     "budget_thresholds",
     "cascade",
@@ -98,6 +110,7 @@ __all__ = [
     "nested_logits",
     "ndcg_at_k",
     "parse_nesting",
+    "parse_widths",
     "precision_at_k",
     "recall_at_k",
     "retrofit",
@@ -105,4 +118,5 @@ __all__ = [
     "train",
     "truncate",
     "validate_nesting",
+    "validate_widths",
 ]

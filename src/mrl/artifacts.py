@@ -18,6 +18,8 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
+import shutil
 import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -309,7 +311,18 @@ def new_artifact(
     """
     path = prepare_output(path, kind, overwrite, inputs)
     meta = {} if meta is None else meta
-    with lock(path), atomic_directory(path, overwrite=True) as tmp:
-        yield tmp
-        names = sorted(p.name for p in tmp.iterdir() if p.is_file() and not p.is_symlink() and p.name != MANIFEST)
-        write_manifest(tmp, kind, names, format_version, meta)
+    with lock(path):
+        _remove_leftovers(path)
+        with atomic_directory(path, overwrite=True) as tmp:
+            yield tmp
+            names = sorted(p.name for p in tmp.iterdir() if p.is_file() and not p.is_symlink() and p.name != MANIFEST)
+            write_manifest(tmp, kind, names, format_version, meta)
+
+
+def _remove_leftovers(path: Path) -> None:
+    """Delete the temp and moved-aside folders (``.NAME.*.tmp``, ``.NAME.old.*``) that a killed
+    :func:`~mrl.io.atomic_directory` left beside ``path``; call only while holding ``path``'s lock."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(old\.\d+|[a-z0-9_]{{8}}\.tmp)")  # mkdtemp: 8 characters
+    for sibling in path.parent.iterdir():
+        if pattern.fullmatch(sibling.name) and sibling.is_dir() and not sibling.is_symlink():
+            shutil.rmtree(sibling)

@@ -17,6 +17,7 @@ from mrl.errors import MRLError
 from mrl.io import read_json, write_json
 from mrl.models import MODELS, is_model_name
 from mrl.models.mlp import REP_ACTIVATIONS
+from mrl.models.widths import parse_widths
 from mrl.nesting import parse_nesting, validate_nesting
 from mrl.recipe import OPTIMIZERS, PRECISIONS, SCHEDULES
 from mrl.validation import check_choice, check_float, check_int, check_seed
@@ -55,6 +56,8 @@ class TrainConfig:
     loss_weights: list[float] | None = None  # c_m; None: all 1 as in the paper
     rep_activation: str = "relu"  # mlp only: "none" drops the ReLU after the representation's BatchNorm
     head_lr_scale: float = 1.0  # the heads' learning rate relative to lr
+    widths: list[float] | None = None  # MatFormer widths of the MLP's hidden layers; None: the plain MLP
+    hidden: list[int] | None = None  # MLP hidden layer sizes; None: the backbone's default (512, 512)
     epochs: int = 10
     batch_size: int = 256  # global batch, split across DDP ranks
     lr: float = 2e-3  # AdamW with a cosine schedule to 0: robust on small data without tuning
@@ -118,6 +121,13 @@ class TrainConfig:
             if not isinstance(self.loss_weights, list) or len(self.loss_weights) != len(self.nesting):
                 raise MRLError(f"loss weights need one value per nesting size ({len(self.nesting)}), got {self.loss_weights!r}")
             self.loss_weights = [check_float("every loss weight", w, min=0, max=1e6) for w in self.loss_weights]
+        self.widths = parse_widths(self.widths)
+        if self.hidden is not None:
+            if not isinstance(self.hidden, list) or not self.hidden:
+                raise MRLError(f"hidden must be a non-empty list of layer sizes, got {self.hidden!r}")
+            self.hidden = [check_int("every hidden size", h, min=1, max=MAX_DIM) for h in self.hidden]
+        if self.arch not in (None, "mlp") and (self.widths is not None or self.hidden is not None):
+            raise MRLError("widths and hidden apply to the mlp backbone; pass --arch mlp")
 
     def _check_scale_settings(self) -> None:
         self.accumulate = check_int("accumulate", self.accumulate, min=1, max=MAX_BATCH)

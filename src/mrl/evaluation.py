@@ -26,6 +26,7 @@ from mrl.data.batches import eval_batches
 from mrl.errors import MRLError
 from mrl.artifacts import lock
 from mrl.models import MatryoshkaClassifier
+from mrl.models.widths import WidthSpec
 from mrl.nesting import truncate
 from mrl.runs import load_config, load_weights, read_run, save_eval
 from mrl.training import build_model, device_from_env
@@ -111,14 +112,17 @@ def embed(model: MatryoshkaClassifier, x: torch.Tensor, device: torch.device, ba
 @torch.no_grad()
 def embed_batches(
     model: MatryoshkaClassifier, data: Dataset | StreamingDataset, split: str, device: torch.device,
-    workers: int = 0, progress: bool = False,
+    workers: int = 0, progress: bool = False, width: WidthSpec = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Representations of one split in order, batch by batch: (z [B, d] float32, labels [B] int64)."""
+    """Representations of one split in order, batch by batch: (z [B, d] float32, labels [B] int64).
+
+    ``width`` picks a nested-width submodel (:meth:`MatryoshkaClassifier.embed`).
+    """
     model.eval()
     part = data.split(split)
     batches = eval_batches(part, device, workers=workers)
     for x, y in tqdm(batches, desc=f"embed {split}", disable=not progress, leave=False):
-        yield model.embed(x).float().cpu().numpy(), y.numpy().astype(np.int64)
+        yield model.embed(x, width).float().cpu().numpy(), y.numpy().astype(np.int64)
 
 
 def _blocks(batches: Iterable[tuple[np.ndarray, np.ndarray]], rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -153,6 +157,10 @@ def evaluate_run(
     run_dir: str | Path, save_logits: bool = False, progress: bool = True, data: Dataset | None = None
 ) -> dict:
     """Compute and write RUN_DIR/eval.json: top-1, top-5 and 1-NN accuracy per nesting size.
+
+    A nested-width run also gets ``grid``, the (width x size) table of
+    :func:`mrl.width_grid.evaluate_grid` (with ``save_logits``: logits_widths_{val,test}.npy,
+    float32 [W, G, N, C], too).
 
     With ``save_logits``, also writes logits_{val,test}.npy (float32 [G, N, C]) and
     labels_{val,test}.npy (int64 [N]) for adaptive classification.
@@ -194,6 +202,12 @@ def _evaluate_run(run_dir: Path, save_logits: bool, progress: bool, data: Datase
         "n_test": len(data.test),
     }
     arrays = {}
+    if config.widths is not None:
+        from mrl.width_grid import evaluate_grid  # imports this module
+
+        result["grid"], width_logits = evaluate_grid(model, data, config.widths, device, config.workers, full_knn1=knn)
+        if save_logits:
+            arrays.update({f"logits_widths_{split}.npy": value for split, value in width_logits.items()})
     if save_logits:
         for split in ("val", "test"):
             arrays[f"logits_{split}.npy"] = logits[split].numpy().astype(np.float32)

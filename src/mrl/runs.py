@@ -45,7 +45,10 @@ CLASSES_FILE = "classes.json"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
 CHECKPOINT_DIR = "checkpoints"
-EVAL_OUTPUTS = ("eval.json", "logits_val.npy", "logits_test.npy", "labels_val.npy", "labels_test.npy")
+EVAL_OUTPUTS = (
+    "eval.json", "logits_val.npy", "logits_test.npy", "labels_val.npy", "labels_test.npy",
+    "logits_widths_val.npy", "logits_widths_test.npy",  # nested-width runs: [W, G, N, C]
+)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _STALE_TMP = re.compile(r"\..+\.tmp")  # io.atomic_file's temp names: ".NAME.RANDOM.tmp"
 

@@ -13,6 +13,9 @@ GPU). Only rank 0 writes.
 
 Batches come from :mod:`mrl.data.batches` (an in-memory split, or an image folder streamed by
 DataLoader workers); the optimizer, schedule and mixed precision from :mod:`mrl.recipe`.
+
+With nested widths (``TrainConfig.widths``, MatFormer) each step sums the Matryoshka loss of every
+width; metrics.jsonl's losses are then sums over widths and its val top-1 is the full width's.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from mrl.errors import MRLError
 from mrl.artifacts import lock
 from mrl.io import append_jsonl, read_jsonl
 from mrl.losses import MatryoshkaLoss
-from mrl.models import MatryoshkaClassifier, create_model
+from mrl.models import MatryoshkaClassifier, NestedWidthMLP, create_model
 from mrl.recipe import Precision, lr_at, make_optimizer, step_lr_at
 from mrl.runs import (
     CLASSES_FILE,
@@ -89,10 +92,17 @@ def build_model(config: TrainConfig, data: Dataset | StreamingDataset) -> Matryo
     Image backbones (resnet, resnet50, timm/<name>) refuse images smaller than their total stride.
     """
     arch = config.arch or ("resnet" if data.kind == "image" else "mlp")
-    if arch == "mlp":
+    if arch != "mlp" and (config.widths is not None or config.hidden is not None):
+        raise MRLError("widths and hidden apply to the mlp backbone; pass --arch mlp")
+    hidden = {} if config.hidden is None else {"hidden": config.hidden}
+    if arch == "mlp" and config.widths is not None:
+        backbone = NestedWidthMLP(
+            math.prod(data.input_shape), config.rep_dim, rep_activation=config.rep_activation, **hidden
+        )
+    elif arch == "mlp":
         backbone = create_model(
             "mlp", in_features=math.prod(data.input_shape), num_features=config.rep_dim,
-            rep_activation=config.rep_activation,
+            rep_activation=config.rep_activation, **hidden,
         )
     else:
         if len(data.input_shape) != 3:
@@ -275,8 +285,11 @@ def _train(
                 sync = ddp_model.no_sync() if env.world_size > 1 and not last else contextlib.nullcontext()
                 with sync:
                     with precision.autocast():
-                        logits = forward(xk)
-                    part = criterion.per_size(logits.float(), yk)
+                        if config.widths is None:
+                            outputs = [forward(xk)]
+                        else:  # MatFormer: every width's Matryoshka loss in one step
+                            outputs = [forward(xk, width=w) for w in config.widths]
+                    part = sum(criterion.per_size(logits.float(), yk) for logits in outputs)
                     loss = (criterion.weights * part).sum()
                     if not torch.isfinite(loss):
                         raise MRLError(f"training diverged at epoch {epoch + 1}, step {i}: loss is {loss.item()}; lower --lr")

@@ -35,6 +35,7 @@ from mrl.adaptive.search import (
     select_with_confidence,
     sweep_thresholds,
 )
+from mrl.adaptive.widths import WidthDimCascade, pairs_by_flops
 
 __all__ = [
     "COSTS",
@@ -43,6 +44,7 @@ __all__ = [
     "CascadeOutcome",
     "HeadCosts",
     "ThresholdSweep",
+    "WidthDimCascade",
     "as_logits",
     "bootstrap_fit",
     "budget_thresholds",
@@ -54,6 +56,7 @@ __all__ = [
     "head_costs",
     "max_softmax",
     "oracle_accuracy",
+    "pairs_by_flops",
     "pareto_curve",
     "pareto_front",
     "quantile_candidates",

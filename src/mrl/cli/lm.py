@@ -10,7 +10,7 @@ import click
 from mrl.errors import MRLError
 from mrl.validation import check_float, check_int, check_seed, click_check
 
-_MODEL_OPTIONS = ("vocab_size", "context", "d_model", "n_layers", "n_heads", "head", "nesting")
+_MODEL_OPTIONS = ("vocab_size", "context", "d_model", "n_layers", "n_heads", "head", "nesting", "widths")
 _TRAIN_OPTIONS = ("steps", "batch_size", "lr", "seed")
 
 
@@ -34,6 +34,8 @@ def lm_group() -> None:
               help="mrl: one head per size; mrl-e: heads tied to the input embedding; ff: one head of --ff-size dims.")
 @click.option("--ff-size", type=int, callback=click_check(check_int, min=1, max=1 << 16), default=None, help="Final representation size m of an ff model (a d -> m projection).")
 @click.option("--nesting", default="8,16,32,64,128", show_default=True, help="Comma-separated ascending head sizes (mrl, mrl-e).")
+@click.option("--widths", default=None,
+              help="Nested FFN widths (MatFormer): ascending fractions ending at 1, e.g. 0.25,0.5,1; every width is trained.")
 @click.option("--vocab-size", type=int, callback=click_check(check_int, min=8, max=1 << 20), default=2048, show_default=True, help="BPE vocabulary size (tokenizer trained on the corpus).")
 @click.option("--d-model", type=int, callback=click_check(check_int, min=1, max=1 << 16), default=128, show_default=True, help="Hidden size d of the transformer.")
 @click.option("--layers", "n_layers", type=int, callback=click_check(check_int, min=1, max=1024), default=2, show_default=True, help="Transformer blocks.")
@@ -107,7 +109,8 @@ def train_command(ctx: click.Context, corpus: str, out: Path, ff_size: int | Non
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def eval_command(run_dir: Path, max_tokens: int | None, tolerance: float, batch_size: int, threads: int, quiet: bool) -> None:
     """Per-size validation perplexity and top-1 (eval.json); for models with several sizes, also
-    fit adaptive-decoding thresholds (adaptive.json)."""
+    fit adaptive-decoding thresholds (adaptive.json). A model trained with --widths also gets the
+    perplexity per (FFN width, head size)."""
     from mrl.lm.evaluate import evaluate_run, fit_adaptive
 
     _set_threads(threads)
@@ -118,6 +121,11 @@ def eval_command(run_dir: Path, max_tokens: int | None, tolerance: float, batch_
     click.echo("size  perplexity  top-1")
     for m in summary["nesting"]:
         click.echo(f"{m:>4}  {summary['ppl'][str(m)]:>10.2f}  {100 * summary['top1'][str(m)]:5.1f}%")
+    if "widths" in summary:
+        click.echo("perplexity per (FFN width, head size)")
+        click.echo("width  " + "  ".join(f"{m:>8}" for m in summary["nesting"]))
+        for w, part in summary["widths"].items():
+            click.echo(f"{w:>5}  " + "  ".join(f"{part['ppl'][str(m)]:>8.2f}" for m in summary["nesting"]))
     if len(summary["nesting"]) > 1:
         a = fit_adaptive(run_dir, tolerance=tolerance)
         c = a["chosen"]

@@ -19,7 +19,7 @@ _OPTION_FIELDS = {
     "compile": "compile", "accumulate": "accumulate", "label_smoothing": "label_smoothing", "optimizer": "optimizer",
     "momentum": "momentum", "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "schedule": "schedule",
     "lr_step_epochs": "lr_step_epochs", "lr_gamma": "lr_gamma", "rep_activation": "rep_activation",
-    "head_lr_scale": "head_lr_scale",
+    "head_lr_scale": "head_lr_scale", "widths": "widths",
 }
 
 
@@ -62,6 +62,8 @@ def _config_from_options(ctx: click.Context, params: dict, resume: bool, out: Pa
 @click.option("--ff-dim", type=int, default=None, help="Representation size of an ff run.")
 @click.option("--rep-dim", type=int, default=2048, show_default=True, help="Representation size d.")
 @click.option("--nesting", default=None, help="Comma-separated ascending sizes (default 8,16,...,d).")
+@click.option("--widths", default=None,
+              help="Nested widths of the MLP's hidden layers (MatFormer): ascending fractions ending at 1, e.g. 0.125,0.25,0.5,1.")
 @click.option("--epochs", type=int, default=10, show_default=True, help="Training epochs.")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Global batch size.")
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (after warm-up).")
@@ -116,6 +118,12 @@ def _print_eval(result: dict) -> None:
                "top-5": {int(m): v for m, v in result["top5"].items()},
                "1-NN": {int(m): v for m, v in result["knn1"].items()}}
     click.echo(markdown_table(columns))
+    if "grid" in result:
+        grid = result["grid"]
+        for title, key in (("top-1", "top1"), ("1-NN", "knn1"), ("FLOPs per example", "flops")):
+            click.echo(f"\n{title} per (width, dim)")
+            table = {f"w={w}": {int(m): v for m, v in grid[key][str(w)].items()} for w in grid["widths"]}
+            click.echo(markdown_table(table, percent=key != "flops"))
 
 
 @click.command("eval")
@@ -126,7 +134,8 @@ def eval_command(run_dir: Path, save_logits: bool, quiet: bool) -> None:
     """Evaluate every nesting size of a run on the test set; writes RUN_DIR/eval.json.
 
     Linear top-1 and top-5 use each size's own head; 1-NN searches the train embeddings with the
-    test embeddings (cosine on the L2-normalised prefix).
+    test embeddings (cosine on the L2-normalised prefix). A run trained with --widths also gets the
+    (width x dim) grid of top-1, 1-NN and FLOPs per example.
     """
     from mrl.evaluation import evaluate_run
 

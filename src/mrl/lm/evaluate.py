@@ -37,6 +37,7 @@ from mrl.errors import MRLError
 from mrl.io import load_npy, load_npz, read_json, save_npz, write_json
 from mrl.lm.model import MatryoshkaLM
 from mrl.lm.train import OUTPUTS, load_model, read_lm_run, read_run_config, record_files
+from mrl.models.widths import WidthSpec
 from mrl.validation import check_float, check_int
 
 
@@ -57,13 +58,16 @@ def windows_of(ids: torch.Tensor, context: int, max_tokens: int | None = None) -
 
 
 @torch.no_grad()
-def token_stats(model: MatryoshkaLM, windows: torch.Tensor, batch_size: int = 32, progress: bool = False) -> dict[str, np.ndarray]:
+def token_stats(
+    model: MatryoshkaLM, windows: torch.Tensor, batch_size: int = 32, progress: bool = False, width: WidthSpec = None
+) -> dict[str, np.ndarray]:
     """Max probability, target NLL and top-1 hit per size and predicted token.
 
     Args:
         model: the LM.
         windows: [W, T + 1] id windows (inputs are [:, :-1], targets [:, 1:]).
         batch_size: windows per forward pass.
+        width: the FFN width to run (see :class:`~mrl.lm.model.MatryoshkaLM`); None is the full model.
 
     Returns:
         ``maxprob`` float32 [G, N], ``nll`` float32 [G, N] (nats), ``correct`` bool [G, N], with
@@ -81,7 +85,7 @@ def token_stats(model: MatryoshkaLM, windows: torch.Tensor, batch_size: int = 32
     for start in tqdm(range(0, len(windows), batch_size), desc="eval", disable=not progress):
         chunk = windows[start : start + batch_size]
         targets = chunk[:, 1:].reshape(-1)
-        logp = torch.log_softmax(model(chunk[:, :-1]).flatten(1, 2).float(), dim=-1)  # [G, B*T, V]
+        logp = torch.log_softmax(model(chunk[:, :-1], width).flatten(1, 2).float(), dim=-1)  # [G, B*T, V]
         top, arg = logp.max(dim=-1)
         out["maxprob"].append(top.exp().numpy())
         out["nll"].append((-logp.gather(-1, targets.expand(logp.shape[0], -1).unsqueeze(-1)).squeeze(-1)).numpy())
@@ -105,7 +109,9 @@ def evaluate_run(run_dir: str | os.PathLike, batch_size: int = 32, max_tokens: i
     """Evaluate a trained run on its validation stream; writes eval.json and token_stats.npz.
 
     Returns:
-        The summary of :func:`summarize` plus ``head`` and ``vocab_size``.
+        The summary of :func:`summarize` plus ``head`` and ``vocab_size``; for a model with
+        ``widths``, ``widths`` maps each width to its own :func:`summarize` (token_stats.npz and
+        the top-level numbers stay those of the full model).
     """
     run_dir = Path(run_dir)
     if max_tokens is not None:
@@ -116,9 +122,15 @@ def evaluate_run(run_dir: str | os.PathLike, batch_size: int = 32, max_tokens: i
         model = load_model(run_dir)
         read_lm_run(run_dir, verify=["tokens_val.npy"])
         ids = torch.from_numpy(load_npy(run_dir / "tokens_val.npy").astype(np.int64))
-        stats = token_stats(model, windows_of(ids, model.config.context, max_tokens), batch_size, progress)
+        windows = windows_of(ids, model.config.context, max_tokens)
+        stats = token_stats(model, windows, batch_size, progress)
         summary = {"head": model.config.head, "vocab_size": model.config.vocab_size, "d_model": model.config.d_model}
         summary.update(summarize(stats, model.nesting))
+        if model.config.widths is not None:
+            summary["widths"] = {
+                str(w): summarize(stats if w == 1.0 else token_stats(model, windows, batch_size, progress, w), model.nesting)
+                for w in model.config.widths
+            }
         record_files(run_dir, drop=OUTPUTS)  # the old outputs leave the manifest before they are replaced
         save_npz(run_dir / "token_stats.npz", **stats)
         write_json(run_dir / "eval.json", summary)

@@ -2,8 +2,9 @@
 
 The trunk follows nanoGPT's model.py (Karpathy; itself after GPT-2, Radford et al. 2019): token and
 learned position embeddings, pre-LayerNorm blocks of causal self-attention and a 4x GELU MLP, a
-final LayerNorm. Only the output layer is Matryoshka. Next-token prediction is a multi-class
-classification over the vocabulary, so the heads are the paper's (Kusupati et al. 2022):
+final LayerNorm. The output layer is Matryoshka; with ``widths``, so is every MLP's hidden width
+(MatFormer, :mod:`mrl.models.widths`). Next-token prediction is a multi-class classification over
+the vocabulary, so the heads are the paper's (Kusupati et al. 2022):
 
 * ``"mrl"``: one linear head W_m per nesting size on the prefix h[:m] of the final hidden state
   (eq. 1), via :class:`mrl.heads.MatryoshkaLinear`.
@@ -29,7 +30,9 @@ from torch import nn
 from mrl.config import config_from_dict
 from mrl.errors import MRLError
 from mrl.heads import MatryoshkaLinear, nested_logits
+from mrl.models.widths import NestedFFN, WidthSpec, parse_widths, per_layer
 from mrl.nesting import validate_nesting
+from mrl.validation import check_int
 
 HEAD_KINDS = ("mrl", "mrl-e", "ff")
 
@@ -45,6 +48,8 @@ class LMConfig:
     n_heads: int = 4
     head: str = "mrl"  # one of HEAD_KINDS
     nesting: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # for "ff": [m]
+    widths: list[float] | None = None  # MatFormer widths of every FFN's hidden layer; None: trained at full width only
+    ffn_hidden: int | None = None  # FFN hidden units; None: 4 * d_model as in GPT-2 (smaller: a width baseline)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context", "d_model", "n_layers", "n_heads"):
@@ -58,6 +63,9 @@ class LMConfig:
         self.nesting = validate_nesting(self.nesting, self.d_model)
         if self.head == "ff" and len(self.nesting) != 1:
             raise MRLError(f"an ff model has one final size, nesting=[m]; got {self.nesting}")
+        self.widths = parse_widths(self.widths)
+        if self.ffn_hidden is not None:
+            self.ffn_hidden = check_int("ffn_hidden", self.ffn_hidden, min=1, max=1 << 20)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -89,13 +97,11 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(cfg.d_model)
         self.attn = CausalSelfAttention(cfg)
         self.ln_2 = nn.LayerNorm(cfg.d_model)
-        self.mlp = nn.Sequential(
-            nn.Linear(cfg.d_model, 4 * cfg.d_model), nn.GELU(), nn.Linear(4 * cfg.d_model, cfg.d_model)
-        )
+        self.mlp = NestedFFN(cfg.d_model, cfg.ffn_hidden or 4 * cfg.d_model)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, width: float | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        return x + self.mlp(self.ln_2(x), width)
 
 
 class MatryoshkaLM(nn.Module):
@@ -103,6 +109,10 @@ class MatryoshkaLM(nn.Module):
 
     Args:
         config: an :class:`LMConfig`.
+
+    ``width`` (forward, hidden) runs the nested-width submodel (MatFormer, :mod:`mrl.models.widths`):
+    every FFN keeps the first round(w * h) of its h hidden units (h = 4d unless ``ffn_hidden``);
+    one fraction for all blocks or one per block; None is the full model.
 
     Shape:
         forward: ids [B, T] (T <= context) -> logits [G, B, T, V], G = len(nesting).
@@ -153,7 +163,7 @@ class MatryoshkaLM(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+    def hidden(self, ids: torch.Tensor, width: WidthSpec = None) -> torch.Tensor:
         """Final hidden states h [B, T, d] (after the final LayerNorm)."""
         if ids.dim() != 2:
             raise MRLError(f"ids must be [batch, time], got shape {tuple(ids.shape)}")
@@ -162,8 +172,8 @@ class MatryoshkaLM(nn.Module):
             raise MRLError(f"sequence length must be in [1, {self.config.context}] (the context), got {T}")
         pos = torch.arange(T, device=ids.device)
         x = self.wte(ids) + self.wpe(pos)
-        for block in self.blocks:
-            x = block(x)
+        for block, w in zip(self.blocks, per_layer(width, len(self.blocks))):
+            x = block(x, w)
         return self.ln_f(x)
 
     def logits_from_hidden(self, h: torch.Tensor, index: int | None = None) -> torch.Tensor:
@@ -198,8 +208,8 @@ class MatryoshkaLM(nn.Module):
             raise MRLError(f"head_block_logits needs a tied (mrl-e) head, this model's head is {self.config.head!r}")
         return h[..., start:stop] @ self.wte.weight[:, start:stop].T
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.logits_from_hidden(self.hidden(ids))
+    def forward(self, ids: torch.Tensor, width: WidthSpec = None) -> torch.Tensor:
+        return self.logits_from_hidden(self.hidden(ids, width))
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,10 +1,11 @@
 """Training loop of the Matryoshka LM: MatryoshkaLoss over every head size, resumable.
 
 The objective is MRL's (Kusupati et al. 2022, eq. 1) applied per token: the sum over nesting sizes
-of the next-token cross-entropy, weights 1 as in the paper. The loop is nanoGPT's train.py cut down
-to one CPU process: AdamW (weight decay on matrices only), linear warm-up then cosine decay,
-gradient clipping. Batches are random windows of the training id stream drawn from a seeded
-``torch.Generator``.
+of the next-token cross-entropy, weights 1 as in the paper; a model with ``widths`` (MatFormer)
+sums that over its FFN widths too (``train_loss`` in metrics.jsonl is then the sum over widths).
+The loop is nanoGPT's train.py cut down to one CPU process: AdamW (weight decay on matrices
+only), linear warm-up then cosine decay, gradient clipping. Batches are random windows of the
+training id stream drawn from a seeded ``torch.Generator``.
 
 A run directory is an ``lm-run`` artifact (:mod:`mrl.artifacts`): ``config.json`` (model and
 training configs, corpus), ``tokenizer.json``, the cached id streams ``tokens_{train,val}.npy``,
@@ -334,8 +335,10 @@ def _train(run_dir: Path, resume: bool, stop_after: int | None, progress: bool) 
         for group in opt.param_groups:
             group["lr"] = lr
         x, y = sample_batch(train_ids, model_config.context, cfg.batch_size, generator)
-        h = model.hidden(x).flatten(0, 1)
-        per_size = loss_fn.per_size(model.per_size_logits(h), y.flatten())
+        per_size = sum(
+            loss_fn.per_size(model.per_size_logits(model.hidden(x, w).flatten(0, 1)), y.flatten())
+            for w in model_config.widths or [None]
+        )
         loss = (loss_fn.weights * per_size).sum()
         if not torch.isfinite(loss):
             raise MRLError(f"training diverged at step {step + 1}: loss is {loss.item()}; lower --lr")

@@ -17,6 +17,7 @@ from mrl.models.mlp import MLP
 from mrl.models.resnet import ResNetSmall
 from mrl.models.resnet50 import ResNet50
 from mrl.models.timm_backbone import PREFIX as TIMM_PREFIX
+from mrl.models.widths import NestedFFN, NestedWidthMLP
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
@@ -48,4 +49,7 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return MODELS[name](**kwargs)
 
 
-__all__ = ["MODELS", "MLP", "MatryoshkaClassifier", "ResNet50", "ResNetSmall", "create_model", "is_model_name"]
+__all__ = [
+    "MODELS", "MLP", "MatryoshkaClassifier", "NestedFFN", "NestedWidthMLP", "ResNet50", "ResNetSmall", "create_model",
+    "is_model_name",
+]

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from mrl.errors import MRLError
 from mrl.heads import MatryoshkaLinear
+from mrl.models.widths import NestedWidthMLP, WidthSpec
 
 
 class MatryoshkaClassifier(nn.Module):
@@ -15,6 +17,9 @@ class MatryoshkaClassifier(nn.Module):
 
     An FF model (the paper's fixed-feature baseline) is the same thing with a backbone whose
     representation has exactly m dims and a nesting of ``[m]``.
+
+    With a nested-width backbone (:class:`~mrl.models.widths.NestedWidthMLP`), ``width`` picks
+    the submodel: one fraction for every hidden layer or one per layer; None is the full model.
 
     Shape:
         forward: input -> logits [G, B, C]; embed: input -> z [B, d]
@@ -29,8 +34,12 @@ class MatryoshkaClassifier(nn.Module):
     def nesting(self) -> list[int]:
         return self.head.nesting
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_features(x)
+    def embed(self, x: torch.Tensor, width: WidthSpec = None) -> torch.Tensor:
+        if width is None:
+            return self.backbone.forward_features(x)
+        if not isinstance(self.backbone, NestedWidthMLP):
+            raise MRLError(f"width applies to a nested-width backbone, not {type(self.backbone).__name__}")
+        return self.backbone.forward_features(x, width=width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(x))
+    def forward(self, x: torch.Tensor, width: WidthSpec = None) -> torch.Tensor:
+        return self.head(self.embed(x, width))

@@ -1,0 +1,351 @@
+"""Nested widths (MatFormer): sliced submodels, training over widths, the (width x dim) grid, the cascade."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from mrl.adaptive import AdaptiveClassifier, WidthDimCascade, pairs_by_flops
+from mrl.cli import cli
+from mrl.config import TrainConfig
+from mrl.data import load_dataset
+from mrl.errors import MRLError, NotFittedError
+from mrl.evaluation import evaluate_run, load_run
+from mrl.io import load_npy, read_json
+from mrl.lm.evaluate import windows_of
+from mrl.lm.train import load_model
+from mrl.lm.model import LMConfig, MatryoshkaLM
+from mrl.losses import MatryoshkaLoss
+from mrl.models import MLP, MatryoshkaClassifier, NestedFFN, NestedWidthMLP
+from mrl.models.widths import units_at, validate_widths
+from mrl.training import build_model, train
+from mrl.width_grid import evaluate_grid, grid_flops
+
+SMALL_LM = dict(vocab_size=40, context=8, d_model=16, n_layers=2, n_heads=2, nesting=[4, 16])
+
+
+def run_cli(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def copy_to_smaller(net: NestedWidthMLP, width) -> NestedWidthMLP:
+    """A separately built MLP of the width's sizes holding copies of the sliced weights."""
+    units = net.units(width)
+    small = NestedWidthMLP(net.in_features, net.num_features, hidden=units)
+    with torch.no_grad():
+        fan_in = net.in_features
+        for i, k in enumerate(units):
+            small.body[3 * i].weight.copy_(net.body[3 * i].weight[:k, :fan_in])
+            small.body[3 * i].bias.copy_(net.body[3 * i].bias[:k])
+            small.body[3 * i + 1].weight.copy_(net.body[3 * i + 1].weight[:k])
+            small.body[3 * i + 1].bias.copy_(net.body[3 * i + 1].bias[:k])
+            fan_in = k
+        small.proj[0].weight.copy_(net.proj[0].weight[:, :fan_in])
+        for a, b in zip(small.proj.parameters(), net.proj.parameters()):
+            if a.shape == b.shape:
+                a.copy_(b)
+    return small
+
+
+def randomize(module: nn.Module) -> None:
+    """Non-trivial LayerNorm gains and biases, so that slicing them wrongly would show."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+
+
+@pytest.mark.parametrize("width", [0.25, 0.5, 1.0, [0.25, 1.0], [1.0, 0.125]])
+def test_a_sliced_width_equals_a_separately_built_smaller_mlp(width):
+    torch.manual_seed(0)
+    net = NestedWidthMLP(20, num_features=12, hidden=(16, 24))
+    randomize(net)
+    x = torch.randn(7, 20)
+    small = copy_to_smaller(net, width)
+    assert sum(p.numel() for p in small.parameters()) <= sum(p.numel() for p in net.parameters())
+    torch.testing.assert_close(net.forward_features(x, width=width), small.forward_features(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("width", [0.125, 0.5, 1.0])
+def test_a_sliced_ffn_equals_a_separately_built_smaller_ffn(width):
+    torch.manual_seed(0)
+    ffn = NestedFFN(8, 32)
+    k = units_at(32, width)
+    small = nn.Sequential(nn.Linear(8, k), nn.GELU(), nn.Linear(k, 8))
+    with torch.no_grad():
+        small[0].weight.copy_(ffn[0].weight[:k])
+        small[0].bias.copy_(ffn[0].bias[:k])
+        small[2].weight.copy_(ffn[2].weight[:, :k])
+        small[2].bias.copy_(ffn[2].bias)
+    x = torch.randn(3, 5, 8)
+    torch.testing.assert_close(ffn(x, width), small(x), rtol=1e-5, atol=1e-6)
+    assert ffn.flops(width) == 2 * 8 * k
+
+
+def test_slices_are_views_not_copies():
+    net = NestedWidthMLP(6, num_features=4, hidden=(8,))
+    before = sum(p.numel() for p in net.parameters())
+    net.forward_features(torch.randn(2, 6), width=0.5).sum().backward()
+    assert sum(p.numel() for p in net.parameters()) == before
+    grad = net.body[0].weight.grad
+    assert grad[:4].abs().sum() > 0 and grad[4:].abs().sum() == 0  # units beyond the width are untouched
+
+
+def test_gradients_reach_every_unit_when_the_loss_sums_the_widths():
+    torch.manual_seed(0)
+    widths = [0.125, 0.25, 0.5, 1.0]
+    model = MatryoshkaClassifier(NestedWidthMLP(20, num_features=16, hidden=(32, 32)), 5, [4, 16])
+    loss = MatryoshkaLoss(nesting=[4, 16])
+    x, y = torch.randn(64, 20), torch.randint(0, 5, (64,))
+    sum(loss(model(x, width=w), y) for w in widths).backward()
+    for name, p in model.named_parameters():
+        unit_grads = p.grad.abs().reshape(p.shape[0], -1).sum(1) if p.dim() else p.grad.abs()
+        assert (unit_grads > 0).all(), name  # every row (output unit) of every parameter
+
+
+def test_lm_gradients_reach_every_ffn_unit_and_widths_change_the_output():
+    torch.manual_seed(0)
+    model = MatryoshkaLM(LMConfig(widths=[0.25, 1.0], **SMALL_LM))
+    ids = torch.randint(0, 40, (2, 8))
+    sum(model(ids, w).sum() for w in [0.25, 1.0]).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    hidden_grads = model.blocks[0].mlp[0].weight.grad.abs().sum(1)
+    assert (hidden_grads > 0).all()
+    with torch.no_grad():
+        assert not torch.allclose(model(ids, 0.25), model(ids))
+        torch.testing.assert_close(model(ids, [1.0, 1.0]), model(ids))
+
+
+def test_no_widths_keeps_todays_models_and_parameter_names(fashion_subset_dir):
+    data = load_dataset("fashion-mnist", str(fashion_subset_dir), 600)
+    plain = build_model(TrainConfig(arch="mlp", rep_dim=32, nesting=[8, 32]), data)
+    assert type(plain.backbone) is MLP
+    assert plain.state_dict().keys() == MatryoshkaClassifier(MLP(784, 32), 10, [8, 32]).state_dict().keys()
+    nested = build_model(TrainConfig(arch="mlp", rep_dim=32, nesting=[8, 32], widths=[0.5, 1.0]), data)
+    assert isinstance(nested.backbone, NestedWidthMLP)
+    # the LM's FFN keeps nanoGPT's names, so checkpoints of runs without widths load
+    names = MatryoshkaLM(LMConfig(**SMALL_LM)).state_dict().keys()
+    assert {"blocks.0.mlp.0.weight", "blocks.0.mlp.2.weight"} <= set(names)
+    assert names == MatryoshkaLM(LMConfig(widths=[0.5, 1.0], **SMALL_LM)).state_dict().keys()
+    assert LMConfig.from_dict({k: v for k, v in LMConfig(**SMALL_LM).to_dict().items() if k != "widths"}).widths is None
+
+
+@pytest.mark.parametrize(
+    ("widths", "message"),
+    [
+        ([0, 1], r"every width must be a finite number > 0 and <= 1, got 0"),
+        ([0.5, 1.5], r"every width must be a finite number > 0 and <= 1, got 1.5"),
+        ([0.5, float("nan"), 1], r"every width must be a finite number > 0 and <= 1, got nan"),
+        ([0.5, 0.25, 1], r"widths must be strictly ascending, got \[0.5, 0.25, 1.0\]"),
+        ([0.25, 0.5], r"the last width must be 1 \(the full model\), got \[0.25, 0.5\]"),
+        ([], "widths must not be empty"),
+        ("0.5,x", "widths must be comma-separated fractions"),
+    ],
+)
+def test_bad_widths_raise_mrl_error_in_every_api(widths, message):
+    with pytest.raises(MRLError, match=message):
+        TrainConfig(arch="mlp", widths=widths)
+    with pytest.raises(MRLError, match=message):
+        LMConfig(widths=widths, **SMALL_LM)
+
+
+def test_widths_apply_to_the_mlp_only_and_per_layer_specs_are_checked():
+    with pytest.raises(MRLError, match="widths and hidden apply to the mlp backbone"):
+        TrainConfig(arch="resnet", widths=[0.5, 1.0])
+    net = NestedWidthMLP(4, num_features=4, hidden=(8, 8))
+    with pytest.raises(MRLError, match=r"one fraction per hidden layer \(2\), got \[0.5\]"):
+        net(torch.randn(1, 4), width=[0.5])
+    with pytest.raises(MRLError, match=r"every width must be a finite number > 0 and <= 1, got 0"):
+        net(torch.randn(1, 4), width=0)
+    with pytest.raises(MRLError, match="width applies to a nested-width backbone, not MLP"):
+        MatryoshkaClassifier(MLP(4, 8, hidden=(8,)), 2, [8])(torch.randn(2, 4), width=0.5)
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["train", "--arch", "mlp", "--widths", "0,0.5,1"], "Error: every width must be a finite number > 0 and <= 1, got 0.0"),
+        (["train", "--arch", "mlp", "--widths", "0.5,2"], "Error: every width must be a finite number > 0 and <= 1, got 2.0"),
+        (["train", "--arch", "mlp", "--widths", "1,0.5"], "Error: widths must be strictly ascending, got [1.0, 0.5]"),
+        (["lm", "train", "--widths", "0.5,0.25,1"], "Error: widths must be strictly ascending, got [0.5, 0.25, 1.0]"),
+        (["lm", "train", "--widths", "1.5"], "Error: every width must be a finite number > 0 and <= 1, got 1.5"),
+    ],
+)
+def test_cli_bad_widths_give_one_error_line_and_write_nothing(tmp_path, command, message):
+    out = tmp_path / "run"
+    result = run_cli(*command, "--out", out)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [result.output.strip().splitlines()[-1]]
+    assert result.output.strip().startswith(message)
+    assert not out.exists()
+
+
+def brute_force_cascade_flops(stages_conf, thresholds, stage_flops):
+    """Per sample: walk the stages, paying each stage run (skipping +inf ones), stop when confident."""
+    costs = []
+    for n in range(stages_conf.shape[1]):
+        paid = 0.0
+        for s in range(stages_conf.shape[0]):
+            last = s == stages_conf.shape[0] - 1
+            if last or thresholds[s] < np.inf:
+                paid += stage_flops[s]
+            if last or stages_conf[s, n] >= thresholds[s]:
+                break
+        costs.append(paid)
+    return float(np.mean(costs))
+
+
+def test_cascade_stages_are_ordered_by_flops_and_costs_match_a_brute_force_walk():
+    rng = np.random.default_rng(0)
+    widths, nesting = [0.25, 0.5, 1.0], [4, 8, 16]
+    flops = np.array([[100, 140, 220], [180, 220 + 1, 300], [400, 440, 520]])
+    order = pairs_by_flops(flops)
+    assert sorted(flops.ravel().tolist()) == [flops[w, g] for w, g in order]
+    labels = rng.integers(0, 4, 600)
+    logits = rng.normal(size=(3, 3, 600, 4))
+    for w in range(3):
+        for g in range(3):  # accuracy grows with both width and size
+            hit = rng.random(600) < 0.3 + 0.1 * w + 0.08 * g
+            logits[w, g, hit, labels[hit]] += 3.0
+    casc = WidthDimCascade(widths, nesting, flops, policy="budget").fit(logits, labels)
+    assert list(casc.flops_) == sorted(casc.flops_) and casc.pairs_[-1] == (1.0, 16)
+    assert all(flops[widths.index(w), nesting.index(m)] == f for (w, m), f in zip(casc.pairs_, casc.flops_))
+    stats = casc.evaluate(logits, labels)
+    stages = logits.reshape(9, 600, 4)[casc.stages_]
+    conf = np.exp(stages.max(-1)) / np.exp(stages).sum(-1)
+    thresholds = casc.classifier_.thresholds_
+    assert stats["expected_flops"] == pytest.approx(brute_force_cascade_flops(conf, thresholds, casc.flops_))
+    predicted, pairs = casc.predict(logits)
+    chosen = [casc.pairs_.index(p) for p in pairs]
+    assert stats["accuracy"] == pytest.approx(float((predicted == labels).mean()))
+    np.testing.assert_array_equal(predicted, stages[chosen, np.arange(600)].argmax(-1))
+    # the greedy policy is reused as it is: same thresholds as AdaptiveClassifier on the stages
+    greedy = WidthDimCascade(widths, nesting, flops, policy="greedy").fit(logits, labels)
+    reference = AdaptiveClassifier(greedy.flops_.astype(int).tolist(), policy="greedy").fit(stages_of(logits, greedy), labels)
+    np.testing.assert_array_equal(greedy.classifier_.thresholds_, reference.thresholds_)
+
+
+def stages_of(logits, casc):
+    return logits.reshape(-1, *logits.shape[2:])[casc.stages_]
+
+
+def test_cascade_refuses_bad_shapes_and_use_before_fit():
+    casc = WidthDimCascade([0.5, 1.0], [4, 8], np.array([[1, 2], [3, 4]]))
+    with pytest.raises(NotFittedError, match="call fit"):
+        casc.predict(np.zeros((2, 2, 3, 2)))
+    with pytest.raises(MRLError, match=r"logits must be \[W, G, N, C\] = \[2, 2, N, C\], got shape \(3, 2, 3, 2\)"):
+        casc.fit(np.zeros((3, 2, 3, 2)), np.zeros(3, dtype=int))
+    with pytest.raises(MRLError, match=r"flops must be \[W, G\] = \[2, 2\]"):
+        WidthDimCascade([0.5, 1.0], [4, 8], np.array([1, 2])).fit(np.zeros((2, 2, 3, 2)), np.zeros(3, dtype=int))
+
+
+def test_grid_eval_of_a_trained_nested_run(tmp_path, fashion_subset_dir):
+    widths, nesting = [0.25, 0.5, 1.0], [8, 16, 32]
+    config = TrainConfig(data="fashion-mnist", data_dir=str(fashion_subset_dir), arch="mlp", rep_dim=32,
+                         nesting=nesting, widths=widths, hidden=[32, 32], epochs=1, batch_size=64, max_train=600)
+    run = train(config, tmp_path / "run", progress=False)
+    result = evaluate_run(run, save_logits=True, progress=False)
+    grid = result["grid"]
+    assert grid["widths"] == widths and grid["nesting"] == nesting
+    for key in ("top1", "knn1", "val_top1", "flops"):
+        assert list(grid[key]) == ["0.25", "0.5", "1.0"]
+        assert all(list(row) == ["8", "16", "32"] for row in grid[key].values())
+    # the full width of the grid is the run's own per-size evaluation (1-NN searched again here)
+    assert grid["top1"]["1.0"] == result["top1"]
+    _, model, data, device = load_run(run)
+    assert evaluate_grid(model, data, [1.0], device)[0]["knn1"]["1.0"] == result["knn1"] == grid["knn1"]["1.0"]
+    assert all(0 <= v <= 1 for row in grid["top1"].values() for v in row.values())
+    # FLOPs by hand: 784 -> k -> k -> 32, then a head m x 10
+    for w in widths:
+        k = units_at(32, w)
+        for m in nesting:
+            assert grid["flops"][str(w)][str(m)] == 784 * k + k * k + k * 32 + m * 10
+    for split in ("val", "test"):
+        logits = load_npy(run / f"logits_widths_{split}.npy")
+        assert logits.shape == (3, 3, len(data.split(split)), 10) and logits.dtype == np.float32
+    # the saved full-width logits are the run's own
+    np.testing.assert_allclose(load_npy(run / "logits_widths_test.npy")[-1], load_npy(run / "logits_test.npy"), rtol=1e-5, atol=1e-5)
+    assert grid_flops(build_model(config, data), widths).tolist() == [
+        [grid["flops"][str(w)][str(m)] for m in nesting] for w in widths
+    ]
+
+
+def test_lm_trains_every_width_and_eval_reports_perplexity_per_width_and_head(tmp_path):
+    from test_lm import sentences
+
+    corpus = tmp_path / "toy.txt"
+    corpus.write_text("\n\n".join(sentences(200)) + "\n")
+    out = tmp_path / "lm"
+    result = run_cli("lm", "train", "--corpus", corpus, "--out", out, "--widths", "0.25,1", "--nesting", "4,16",
+                     "--vocab-size", 64, "--d-model", 16, "--layers", 1, "--n-heads", 2, "--context", 8,
+                     "--steps", 4, "--batch-size", 4, "--quiet")
+    assert result.exit_code == 0, result.output
+    result = run_cli("lm", "eval", out, "--quiet", "--max-tokens", 400)
+    assert result.exit_code == 0, result.output
+    assert "perplexity per (FFN width, head size)" in result.output
+    summary = read_json(out / "eval.json")
+    assert list(summary["widths"]) == ["0.25", "1.0"]
+    assert summary["widths"]["1.0"]["ppl"] == summary["ppl"]
+    # the narrow width's perplexity is the model's own at that width, computed here independently
+    model = load_model(out)
+    windows = windows_of(torch.from_numpy(load_npy(out / "tokens_val.npy").astype(np.int64)), 8, 400)
+    with torch.no_grad():
+        logits = model(windows[:, :-1], 0.25)[0]  # head size 4
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, 64), windows[:, 1:].reshape(-1))
+    assert summary["widths"]["0.25"]["ppl"]["4"] == pytest.approx(float(torch.exp(nll)), rel=1e-4)
+
+
+def test_cli_eval_prints_the_width_by_dim_grid(tmp_path, fashion_subset_dir):
+    out = tmp_path / "run"
+    result = run_cli("train", "--data", "mnist", "--data-dir", fashion_subset_dir, "--arch", "mlp", "--rep-dim", 16,
+                     "--nesting", "8,16", "--widths", "0.5,1", "--epochs", 1, "--max-train", 300, "--batch-size", 64,
+                     "--quiet", "--out", out)
+    assert result.exit_code == 0, result.output
+    result = run_cli("eval", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    for title in ("top-1 per (width, dim)", "1-NN per (width, dim)", "FLOPs per example per (width, dim)"):
+        assert title in result.output
+    assert "| m | w=0.5 | w=1.0 |" in result.output
+
+
+@pytest.mark.parametrize("width", [0.125, 0.5, 1.0])
+def test_a_sliced_lm_equals_a_separately_built_lm_with_smaller_ffns(width):
+    torch.manual_seed(0)
+    nested = MatryoshkaLM(LMConfig(widths=[0.125, 0.5, 1.0], **SMALL_LM)).eval()
+    randomize(nested)
+    k = units_at(4 * SMALL_LM["d_model"], width)
+    small = MatryoshkaLM(LMConfig(ffn_hidden=k, **SMALL_LM)).eval()
+    state = dict(nested.state_dict())
+    for name, value in state.items():
+        if name.endswith(("mlp.0.weight", "mlp.0.bias")):
+            state[name] = value[:k]
+        elif name.endswith("mlp.2.weight"):
+            state[name] = value[:, :k]
+    small.load_state_dict(state)
+    ids = torch.randint(0, 40, (3, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(nested(ids, width), small(ids), rtol=1e-5, atol=1e-5)
+        # per-block widths act per block
+        assert not torch.allclose(nested(ids, [0.125, 1.0]), nested(ids, [1.0, 0.125]))
+
+
+def test_hidden_sizes_are_checked():
+    with pytest.raises(MRLError, match=r"every hidden size must be an integer >= 1 and <= 65536, got 0"):
+        TrainConfig(arch="mlp", hidden=[64, 0])
+    with pytest.raises(MRLError, match=r"hidden must be a non-empty list of layer sizes, got \[\]"):
+        TrainConfig(arch="mlp", hidden=[])
+    with pytest.raises(MRLError, match="ffn_hidden must be an integer >= 1 and <= 1048576, got 0"):
+        LMConfig(ffn_hidden=0, **SMALL_LM)
+
+
+def test_rep_activation_none_drops_the_final_relu_of_the_nested_mlp():
+    torch.manual_seed(0)
+    net = NestedWidthMLP(6, num_features=8, hidden=(8,), rep_activation="none")
+    z = net(torch.randn(16, 6), width=0.5)
+    assert (z < 0).any() and len(net.proj) == 2
+    with pytest.raises(MRLError, match="rep_activation must be one of relu, none, got 'gelu'"):
+        NestedWidthMLP(6, rep_activation="gelu")
