@@ -33,6 +33,7 @@ from torch import nn
 
 from mrl.errors import MRLError
 from mrl.losses import MatryoshkaLoss
+from mrl.validation import check_choice, check_float
 
 LOSSES = ("mnrl", "cosent")
 
@@ -64,11 +65,8 @@ class TextPairLoss(nn.Module):
         super().__init__()
         from sentence_transformers.sentence_transformer import losses as st_losses
 
-        if loss not in LOSSES:
-            raise MRLError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
-        if not scale > 0:
-            raise MRLError(f"scale must be positive, got {scale!r}")
-        self.kind = loss
+        self.kind = check_choice("loss", loss, LOSSES)
+        check_float("scale", scale, min=0, min_open=True)
         if loss == "mnrl":
             self.pair_loss = st_losses.MultipleNegativesRankingLoss(None, scale=scale)
         else:
