@@ -212,6 +212,43 @@ def test_bf16_and_fp16_autocast_train_on_cpu(folder, tmp_path):
         assert np.isfinite(record["loss"]) and set(record["val_top1"]) == {"8", "16", "32"}
 
 
+class _Interrupted(Exception):
+    pass
+
+
+def test_fp16_resume_restores_the_loss_scaler(folder, tmp_path, monkeypatch):
+    """An fp16 run stopped after epoch 1 resumes to the uninterrupted run's weights.
+
+    The scaler starts at 2**24 so that fp16 gradients overflow and it backs off during epoch 1: a
+    resumed scaler that restarted there would skip other steps and end with other weights.
+    """
+    import mrl.recipe
+    import mrl.training
+
+    real_scaler = torch.amp.GradScaler
+    monkeypatch.setattr(mrl.recipe.torch.amp, "GradScaler", lambda device: real_scaler(device, init_scale=2.0**24))
+    settings = dict(precision="fp16", epochs=3)
+    train(config(folder, **settings), tmp_path / "full", progress=False)
+
+    real_save = mrl.training.save_checkpoint
+
+    def save_then_die(run_dir, model, optimizer, epoch, step, scaler=None):
+        real_save(run_dir, model, optimizer, epoch, step, scaler=scaler)
+        raise _Interrupted
+
+    monkeypatch.setattr(mrl.training, "save_checkpoint", save_then_die)
+    with pytest.raises(_Interrupted):
+        train(config(folder, **settings), tmp_path / "cut", progress=False)
+    saved = read_state(tmp_path / "cut").scaler
+    assert saved is not None and saved["scale"] < 2.0**24, "the scaler must have backed off in epoch 1"
+    monkeypatch.setattr(mrl.training, "save_checkpoint", real_save)
+    train(config(folder, **settings), tmp_path / "cut", resume=True, progress=False)
+    assert read_state(tmp_path / "cut").scaler == read_state(tmp_path / "full").scaler
+    full, cut = final_weights(tmp_path / "full"), final_weights(tmp_path / "cut")
+    for name in full:
+        assert torch.equal(full[name], cut[name]), name
+
+
 def test_sgd_step_recipe_with_label_smoothing_learns(folder, tmp_path):
     run = train(config(folder, optimizer="sgd", schedule="step", lr_step_epochs=2, label_smoothing=0.1, lr=0.05,
                        epochs=3), tmp_path / "sgd", progress=False)

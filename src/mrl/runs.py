@@ -20,6 +20,7 @@ write) are removed afterwards or on the next start.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import stat
@@ -62,21 +63,32 @@ class TrainState:
     model_sha256: str
     optimizer_sha256: str
     optimizer_groups: list[dict]
+    # fp16 loss-scaler state (scale, growth tracker, ...); None without fp16. Exact resume needs it:
+    # a scaler restarted at its initial scale skips different steps than the uninterrupted run.
+    scaler: dict | None = None
 
     @classmethod
     def from_dict(cls, values: Any, where: str) -> TrainState:
         """Typed read of the manifest's ``state``; anything malformed is one MRLError naming ``where``."""
-        if not isinstance(values, Mapping) or set(values) != {f for f in cls.__dataclass_fields__}:
-            raise MRLError(f"{where} holds no valid training state (expected keys {sorted(cls.__dataclass_fields__)})")
+        fields = set(cls.__dataclass_fields__)
+        if not isinstance(values, Mapping) or set(values) not in (fields, fields - {"scaler"}):
+            raise MRLError(f"{where} holds no valid training state (expected keys {sorted(fields)})")
         for key in ("model_sha256", "optimizer_sha256"):
             if not isinstance(values[key], str) or not _SHA256.fullmatch(values[key]):
                 raise MRLError(f"{where}: {key} must be a sha256 hex digest, got {values[key]!r}")
         groups = values["optimizer_groups"]
         if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
             raise MRLError(f"{where}: optimizer_groups must be a list of objects")
+        scaler = values.get("scaler")
+        if scaler is not None and not (
+            isinstance(scaler, dict) and scaler
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                    for v in scaler.values())
+        ):
+            raise MRLError(f"{where}: scaler must be an object of finite non-negative numbers, got {scaler!r}")
         return cls(check_int(f"{where}: epochs_done", values["epochs_done"], min=1),
                    check_int(f"{where}: step", values["step"], min=0),
-                   values["model_sha256"], values["optimizer_sha256"], groups)
+                   values["model_sha256"], values["optimizer_sha256"], groups, scaler)
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:
@@ -198,10 +210,14 @@ def clean_stale(run_dir: str | os.PathLike) -> None:
             path.unlink()
 
 
-def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> None:
+def save_checkpoint(
+    run_dir: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int,
+    scaler: dict | None = None,
+) -> None:
     """Write model and optimizer of a finished epoch, commit them in the manifest, drop what is obsolete.
 
-    The eval outputs of older weights leave the manifest with the same commit.
+    ``scaler`` is an fp16 GradScaler's ``state_dict()``, kept in the manifest for exact resume. The
+    eval outputs of older weights leave the manifest with the same commit.
     """
     from mrl.training import optimizer_tensors
 
@@ -211,7 +227,7 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, optimizer: tor
     save_tensors(model_path, model.state_dict())
     save_tensors(optim_path, optimizer_tensors(optimizer))
     state = TrainState(epoch, step, sha256_file(model_path), sha256_file(optim_path),
-                       optimizer.state_dict()["param_groups"])
+                       optimizer.state_dict()["param_groups"], scaler)
     write_manifest(run_dir, KIND, _settings_files(run_dir), FORMAT_VERSION, meta={"state": asdict(state)})
     clean_stale(run_dir)
 

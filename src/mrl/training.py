@@ -49,6 +49,7 @@ from mrl.runs import (
     check_new_run,
     clean_stale,
     read_classes,
+    read_state,
     restore_checkpoint,
     save_checkpoint,
     start_run,
@@ -257,6 +258,9 @@ def _train(
     )
     forward = torch.compile(ddp_model) if config.compile else ddp_model
     precision = Precision(config.precision, device)
+    saved = read_state(out) if resume and precision.scaler is not None else None
+    if saved is not None and saved.scaler is not None:
+        precision.scaler.load_state_dict(saved.scaler)
     criterion = MatryoshkaLoss(
         nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), nesting=config.nesting, weights=config.loss_weights
     ).to(device)
@@ -320,7 +324,8 @@ def _train(
             # epoch (with identical results) and must not log it twice.
             if not any(r.get("epoch") == epoch + 1 for r in read_jsonl(out / METRICS_FILE)):
                 append_jsonl(out / METRICS_FILE, record)
-            save_checkpoint(out, model, optimizer, epoch + 1, step)
+            save_checkpoint(out, model, optimizer, epoch + 1, step,
+                            scaler=None if precision.scaler is None else precision.scaler.state_dict())
             log.info("epoch %d: loss %.4f, val top-1 %s", epoch + 1, record["loss"], record["val_top1"])
             if progress:
                 tqdm.write(
