@@ -367,3 +367,14 @@ def test_resume_refuses_a_folder_with_other_classes(tmp_path):
         shutil.copy(root / split / "red" / "000.png", root / split / "yellow" / "000.png")
     with pytest.raises(MRLError, match="cannot resume .*: the data's classes differ from the run's classes.json"):
         train(settings, run, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("args", [["compare", "--methods", "mrl"], ["demo"]])
+def test_in_memory_commands_refuse_a_streamed_folder(folder, tmp_path, args):
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    result = CliRunner().invoke(cli, [*args, "--data", str(folder), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert result.output.count("Error:") == 1 and "only `mrl train` and `mrl eval` stream" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before

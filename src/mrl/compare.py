@@ -196,7 +196,7 @@ def compare(
                   batch_size=batch_size, lr=lr)
     TrainConfig(rep_dim=rep_dim, nesting=sizes, **common)  # validate every setting before any work
     check_folder(out, "compare", inputs=[data, data_dir])  # before the data set loads
-    dataset = dataset if dataset is not None else load_dataset(data, data_dir, max_train)
+    dataset = dataset if dataset is not None else load_dataset(data, data_dir, max_train, streaming=False)
     with claim_folder(out, "compare", inputs=[data, data_dir]):
         y_train, y_test = dataset.train.y.numpy(), dataset.test.y.numpy()
         needs_ffd = any(m in methods for m in ("svd", "rand", "retrofit"))

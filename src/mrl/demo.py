@@ -49,7 +49,7 @@ def run_demo(
         }.items()
     }
     check_folder(out, "demo", inputs=[data, data_dir])  # before the data set loads
-    dataset = load_dataset(data, data_dir, max_train)
+    dataset = load_dataset(data, data_dir, max_train, streaming=False)
     with claim_folder(out, "demo", inputs=[data, data_dir]):
         results, seconds = {}, {}
         for (name, s), config in configs.items():

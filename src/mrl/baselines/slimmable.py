@@ -142,7 +142,7 @@ def train_slimmable(
 
 
 def _train_slimmable(config: TrainConfig, out: Path, resume: bool, progress: bool, data: Dataset | None) -> Path:
-    data = data if data is not None else load_dataset(config.data, config.data_dir, config.max_train)
+    data = data if data is not None else load_dataset(config.data, config.data_dir, config.max_train, streaming=False)
     device = device_from_env()
     if resume:
         clean_stale(out)
@@ -203,7 +203,7 @@ def evaluate_slimmable(run_dir: str | Path, data: Dataset | None = None, progres
 def _evaluate_slimmable(run_dir: Path, data: Dataset | None, progress: bool) -> dict:
     config = load_config(run_dir)
     _check_config(config)
-    data = data if data is not None else load_dataset(config.data, config.data_dir, config.max_train)
+    data = data if data is not None else load_dataset(config.data, config.data_dir, config.max_train, streaming=False)
     device = device_from_env()
     model = build_slimmable(config, data)
     load_weights(model, run_dir)

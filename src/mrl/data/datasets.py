@@ -233,7 +233,8 @@ def load_image_folder(root: Path, max_train: int | None = None) -> Dataset:
 
 
 def load_dataset(
-    name: str, data_dir: str | Path | None = None, max_train: int | None = None, image_size: int | None = None
+    name: str, data_dir: str | Path | None = None, max_train: int | None = None, image_size: int | None = None,
+    streaming: bool = True,
 ) -> Dataset | StreamingDataset:
     """Load a data set by name or path.
 
@@ -244,9 +245,15 @@ def load_dataset(
         data_dir: folder with the four IDX files.
         max_train: keep at most this many training examples (seeded).
         image_size: crop side of a streamed folder (default 224); an error for other data.
+        streaming: whether the caller can use a streamed folder; False refuses one up front.
     """
     path = Path(name)
     if name not in DATASETS and path.is_dir() and is_streaming_folder(path):
+        if not streaming:
+            raise MRLError(
+                f"{name} is an ImageNet-style folder (ROOT/train, ROOT/val) that only `mrl train` and `mrl eval` "
+                "stream; this command holds its data in memory: give it IDX files, an .npz or a flat image folder"
+            )
         return load_streaming_folder(path, image_size, max_train, SPLIT_SEED)
     if image_size is not None:
         raise MRLError(
