@@ -167,7 +167,7 @@ def test_two_gloo_ranks_see_disjoint_shards(folder, tmp_path):
     script = tmp_path / "shards.py"
     script.write_text(GLOO_SCRIPT)
     out = tmp_path / "seen.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531", str(script),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(script),
            str(folder), str(out)]
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
     ranks = json.loads(out.read_text())

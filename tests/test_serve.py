@@ -43,6 +43,12 @@ def _npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
 class _Running:
     """An app served by uvicorn in a thread; ``url`` is its address."""
 
@@ -164,8 +170,11 @@ BAD_REQUESTS = {
     "npy float64": (dict(content=_npy(np.zeros((1, DIM))), headers={"content-type": "application/x-npy"}), 400, "float32"),
     "npy garbage": (dict(content=b"\x93NUMPY garbage", headers={"content-type": "application/x-npy"}), 400, "plain .npy"),
     "npy object array": (dict(content=_npy(np.zeros((1, DIM), np.float32)).replace(b"'<f4'", b"'|O' "),
-                          headers={"content-type": "application/x-npy"}), 400, "plain .npy"),
+                          headers={"content-type": "application/x-npy"}), 400, "float32"),
     "npy one-dim": (dict(content=_npy(np.zeros(DIM, np.float32)), headers={"content-type": "application/x-npy"}), 400, "non-empty batch"),
+    "npy huge declared shape": (dict(content=_npy_header((10**12, DIM)) + b"\0" * 16, headers={"content-type": "application/x-npy"}),
+                                400, "declares shape"),
+    "npy truncated": (dict(content=_npy(np.zeros((4, DIM), np.float32))[:-4], headers={"content-type": "application/x-npy"}), 400, "declares shape"),
 }
 
 

@@ -101,7 +101,9 @@ def test_loss_and_gradients_match_sentence_transformers_matryoshka_loss(tiny_mod
     reference.backward()
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
     for name, grad in _grads(model).items():
-        torch.testing.assert_close(our_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+        # float32 sums over every token: 1e-5 relative to gradients larger than 1
+        scale = max(1.0, float(grad.abs().max()))
+        torch.testing.assert_close(our_grads[name], grad, atol=1e-5 * scale, rtol=1e-4, msg=name)
 
 
 def test_mnrl_equals_a_loop_of_cross_entropy_over_prefix_cosines():

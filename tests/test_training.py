@@ -88,7 +88,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, fashion_subset_dir):
 
 def test_torchrun_two_processes(tmp_path, fashion_subset_dir):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            "-m", "mrl", "train", "--data", "mnist", "--data-dir", str(fashion_subset_dir), *SMALL,
            "--epochs", "2", "--quiet", "--out", str(out)]
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
@@ -180,3 +180,15 @@ def test_recipe_options_reach_the_model_and_the_optimizer(tmp_path, fashion_subs
     run = train(config.__class__(**{**config.to_dict(), "epochs": 1}), tmp_path / "run", progress=False, data=data)
     groups = read_state(run).optimizer_groups
     assert groups[1]["lr"] == pytest.approx(4.0 * groups[0]["lr"]) and groups[0]["lr"] > 0
+
+
+def test_default_image_backbone_states_its_cost(tmp_path, fashion_subset_dir, caplog):
+    """The default resnet learns slowly in short runs; training says so when it starts, --arch mlp does not."""
+    with caplog.at_level("WARNING", logger="mrl.training"):
+        train(small_config(fashion_subset_dir, arch=None, rep_dim=16, nesting=[8, 16], max_train=128, epochs=1),
+              tmp_path / "resnet", progress=False)
+    assert any("30x the compute per step of --arch mlp" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mrl.training"):
+        train(small_config(fashion_subset_dir, max_train=128, epochs=1), tmp_path / "mlp", progress=False)
+    assert not any("compute per step" in r.getMessage() for r in caplog.records)

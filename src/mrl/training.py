@@ -226,6 +226,11 @@ def _train(
         raise MRLError(f"the per-process batch {per_rank} must be divisible by accumulate {config.accumulate}")
     torch.manual_seed(config.seed)
     model = build_model(config, data).to(device)  # before anything is written: it checks arch and image size
+    if config.arch is None and data.kind == "image" and env.is_main and not resume:
+        # The default image backbone costs ~30x the MLP's compute per step (benchmarks/train_cost.py);
+        # 1 epoch on 3,000 images leaves it near chance where the MLP reaches ~0.66 top-1.
+        log.warning("training the default image backbone 'resnet', about 30x the compute per step of --arch mlp; "
+                    "short runs (a few epochs on a few thousand images) may stay near chance")
     batches = training_batches(
         data.train, per_rank, env.rank, env.world_size, config.seed, config.augment and data.kind == "image",
         config.workers,

@@ -133,18 +133,13 @@ def format_table(rows: Sequence[dict]) -> str:
 
 def plot_accuracy_vs_flops(path: str | Path, rows: Sequence[dict], metric: str = "map@10", title: str = "") -> Path:
     """Scatter ``metric`` against MFLOPs per query (log x), one labelled point per configuration; PNG written atomically."""
-
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on servers
-    import matplotlib.pyplot as plt
-
-    from mrl.report import save_figure
+    from mrl.report import new_figure, save_figure
 
     points = [r for r in rows if metric in r]
     if not points:
         raise MRLError(f"no row holds {metric!r}; rows have {sorted(rows[0]) if rows else []}")
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    fig = new_figure(figsize=(6.4, 4.2), dpi=120)
+    ax = fig.subplots()
     for r in points:
         ax.scatter(r["mflops"], r[metric] * 100, s=24)
         ax.annotate(r["config"], (r["mflops"], r[metric] * 100), fontsize=7, xytext=(4, 3), textcoords="offset points")

@@ -129,12 +129,25 @@ def _json_request(body: bytes) -> tuple[np.ndarray, object, object]:
 
 
 def _npy_request(body: bytes, params: dict) -> tuple[np.ndarray, object, object]:
+    """A float32 [n, d] .npy body, read without pickle and without trusting its header's shape.
+
+    np.load would allocate whatever shape the header claims before reading; here the header must
+    describe exactly the bytes that follow, and the array is a view of the body.
+    """
+    buffer = io.BytesIO(body)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
     try:
-        vectors = np.load(io.BytesIO(body), allow_pickle=False)
+        shape, fortran_order, dtype = readers[np.lib.format.read_magic(buffer)](buffer)
     except Exception as exc:  # any parse failure of client bytes is the client's error
         raise _HTTPError(400, f"the body is not a plain .npy array ({exc.__class__.__name__}: {exc})") from None
-    if not isinstance(vectors, np.ndarray) or vectors.dtype != np.float32:
-        raise _HTTPError(400, f"the .npy body must hold a float32 array [n, d], got {getattr(vectors, 'dtype', type(vectors).__name__)}")
+    if dtype != np.float32:
+        raise _HTTPError(400, f"the .npy body must hold a float32 array [n, d], got {dtype}")
+    if len(shape) != 2 or shape[0] == 0:
+        raise _HTTPError(400, f"vectors must be a non-empty batch [n, d], got shape {list(shape)}")
+    data = len(body) - buffer.tell()
+    if shape[0] * shape[1] * 4 != data:
+        raise _HTTPError(400, f"the .npy header declares shape {list(shape)} but {data} bytes of data follow")
+    vectors = np.frombuffer(body, dtype=dtype, offset=buffer.tell()).reshape(shape, order="F" if fortran_order else "C")
     return vectors, params.get("k", "10"), params.get("funnel")
 
 

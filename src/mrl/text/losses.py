@@ -33,6 +33,7 @@ from torch import nn
 
 from mrl.errors import MRLError
 from mrl.losses import MatryoshkaLoss
+from mrl.validation import check_choice, check_float
 
 LOSSES = ("mnrl", "cosent")
 
@@ -64,24 +65,21 @@ class TextPairLoss(nn.Module):
         super().__init__()
         from sentence_transformers.sentence_transformer import losses as st_losses
 
-        if loss not in LOSSES:
-            raise MRLError(f"loss must be one of {list(LOSSES)}, got {loss!r}")
-        if not scale > 0:
-            raise MRLError(f"scale must be positive, got {scale!r}")
-        self.kind = loss
+        self.kind = check_choice("loss", loss, LOSSES)
+        check_float("scale", scale, min=0, min_open=True)
         if loss == "mnrl":
             self.pair_loss = st_losses.MultipleNegativesRankingLoss(None, scale=scale)
         else:
             self.pair_loss = st_losses.CoSENTLoss(None, scale=scale)
-        # Our own truncation (below) hands MatryoshkaLoss one packed output per size, so it works
-        # whatever MatryoshkaLoss(truncate=True) cuts or normalises.
-        self.matryoshka = MatryoshkaLoss(self._base_loss, nesting=nesting, weights=weights)
+        # Every argument is an embedding of the model: cut and normalise each, as
+        # sentence-transformers' MatryoshkaLoss does for pair losses.
+        self.matryoshka = MatryoshkaLoss(self._base_loss, nesting=nesting, weights=weights, truncate=True, normalize=True)
 
     @property
     def nesting(self) -> list[int]:
         return self.matryoshka.nesting
 
-    def _base_loss(self, columns: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def _base_loss(self, *columns: torch.Tensor) -> torch.Tensor:
         if self.kind == "mnrl":
             return self.pair_loss.compute_loss_from_embeddings(list(columns), None)
         queries, positives, *negatives = columns
@@ -94,11 +92,9 @@ class TextPairLoss(nn.Module):
     def per_size(self, queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
         """Unweighted loss of the global batch at every nesting size, [G]."""
         columns = [gather_with_grad(x) for x in (queries, positives, negatives) if x is not None]
-        if columns[0].shape[-1] < self.nesting[-1]:
-            raise MRLError(f"embeddings of size {columns[0].shape[-1]} are smaller than the largest nesting size {self.nesting[-1]}")
         if len(columns[0]) < 2:
             raise MRLError("in-batch negatives need a batch of at least 2 pairs")
-        return self.matryoshka.per_size([tuple(c[:, :m] for c in columns) for m in self.nesting])
+        return self.matryoshka.per_size(*columns)
 
     def forward(self, queries: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
         return (self.matryoshka.weights * self.per_size(queries, positives, negatives)).sum()
