@@ -87,6 +87,21 @@ def init_distributed(device: torch.device) -> DistEnv:
     return env
 
 
+def setup_process(batch_size: int) -> tuple[torch.device, DistEnv]:
+    """This process's device and process group (one GPU per rank under torchrun).
+
+    The global ``batch_size`` must split evenly over the processes.
+    """
+    device = device_from_env()
+    env = init_distributed(device)
+    if env.world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    if batch_size % env.world_size:
+        raise MRLError(f"batch-size {batch_size} must be divisible by the number of processes {env.world_size}")
+    return device, env
+
+
 def build_model(config: TrainConfig, data: Dataset | StreamingDataset) -> MatryoshkaClassifier:
     """The backbone named by the config (resnet for images, mlp for vectors) with its heads.
 
@@ -207,13 +222,7 @@ def _train(
     data: Dataset | None,
     on_epoch_end: Callable[[int], None] | None,
 ) -> Path:
-    device = device_from_env()
-    env = init_distributed(device)
-    if env.world_size > 1 and device.type == "cuda":
-        device = torch.device("cuda", env.local_rank)
-        torch.cuda.set_device(device)
-    if config.batch_size % env.world_size:
-        raise MRLError(f"batch-size {config.batch_size} must be divisible by the number of processes {env.world_size}")
+    device, env = setup_process(config.batch_size)
     out = Path(out)
     if env.is_main:
         check_new_run(config, out, resume)

@@ -45,7 +45,7 @@ from mrl.validation import check_choice, check_float, check_int, check_seed
 from mrl.text.losses import LOSSES, TextPairLoss
 from mrl.text.model import embed_with_grad, embedding_dim, load_text_model
 from mrl.text.pairs import Pairs, load_pairs
-from mrl.training import device_from_env, init_distributed, load_optimizer_tensors, lr_at, optimizer_tensors
+from mrl.training import load_optimizer_tensors, lr_at, optimizer_tensors, setup_process
 
 log = logging.getLogger(__name__)
 FORMAT = "mrl-text-run"
@@ -276,13 +276,7 @@ def train_text(
     """
     config.validate()
     out = Path(out)
-    device = device_from_env()
-    env = init_distributed(device)
-    if env.world_size > 1 and device.type == "cuda":
-        device = torch.device("cuda", env.local_rank)
-        torch.cuda.set_device(device)
-    if config.batch_size % env.world_size:
-        raise MRLError(f"batch-size {config.batch_size} must be divisible by the number of processes {env.world_size}")
+    device, env = setup_process(config.batch_size)
     if env.is_main:
         _prepare_out(out, config, resume)
     state = read_state(out) if resume else None  # verified before anything of the run is loaded
