@@ -28,7 +28,7 @@ pytest.importorskip("uvicorn")
 
 from mrl.cli import cli  # noqa: E402
 from mrl.io import sha256_file  # noqa: E402
-from mrl.retrieval import FunnelIndex  # noqa: E402
+from mrl.retrieval import FunnelIndex, parse_funnel  # noqa: E402
 from mrl.serve import create_app  # noqa: E402
 from mrl.serve.server import bind, make_server  # noqa: E402
 
@@ -315,3 +315,20 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_zero(indexes):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_fixed_funnel_may_rescore_a_quantised_shortlist_on_its_own_prefix(tmp_path):
+    """With an int8 shortlist, stage 2 may re-score on the shortlist's own prefix (binary/SQ -> float recipe)."""
+    rng = np.random.default_rng(1)
+    index = FunnelIndex(rng.standard_normal((N, DIM)).astype(np.float32), shortlist_dim=SHORTLIST_DIM, encoding="int8")
+    index.save(tmp_path / "int8")
+    funnel = f"{SHORTLIST_DIM}:60,{SHORTLIST_DIM}:30,{DIM}:10"
+    running = _Running(create_app(tmp_path / "int8", funnel=funnel))
+    try:
+        queries = rng.standard_normal((3, DIM)).astype(np.float32)
+        with httpx.Client(base_url=running.url, timeout=30) as c:
+            response = c.post("/search", json={"vectors": queries.tolist(), "k": 5})
+        _check_answer(response, index, queries, 5, funnel=parse_funnel(funnel))
+        assert response.json()["funnel"] == funnel
+    finally:
+        running.stop()

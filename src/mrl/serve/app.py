@@ -66,7 +66,7 @@ def _load(path: str | Path, funnel: Funnel | None) -> _Served:
         raise MRLError(f"{path} is not an mrl index ({f'it is an mrl {found}' if found else 'no readable mrl manifest'})")
     index = FunnelIndex.load(path)  # verifies every file's sha256
     if funnel is not None:
-        validate_funnel(funnel, index.dim, index.shortlist_dim, index.ntotal, 1)
+        validate_funnel(funnel, index.dim, index.shortlist_dim, index.ntotal, 1, rescore_first=index.encoding != "float32")
     return _Served(index, str(path), sha256_file(Path(path) / "manifest.json"), index.memory_bytes()["total"] / max(index.ntotal, 1))
 
 
