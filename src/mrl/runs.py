@@ -232,10 +232,13 @@ def save_checkpoint(
     clean_stale(run_dir)
 
 
-def restore_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, run_dir: str | os.PathLike) -> tuple[int, int]:
-    """Load the last complete checkpoint into ``model`` and ``optimizer``; returns (epochs done, step).
+def restore_checkpoint(
+    model: nn.Module, optimizer: torch.optim.Optimizer, run_dir: str | os.PathLike,
+    scaler: torch.amp.GradScaler | None = None,
+) -> tuple[int, int]:
+    """Load the last complete checkpoint into ``model``, ``optimizer`` and an fp16 ``scaler``.
 
-    A run with no finished epoch yet starts from (0, 0).
+    Returns (epochs done, step); a run with no finished epoch yet starts from (0, 0).
     """
     from mrl.training import load_optimizer_tensors
 
@@ -248,6 +251,8 @@ def restore_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, run_d
         load_optimizer_tensors(optimizer, tensors, param_groups=state.optimizer_groups)
     except (KeyError, ValueError, RuntimeError) as exc:
         raise MRLError(f"the optimizer state of {run_dir} does not fit this model ({exc})") from None
+    if scaler is not None and state.scaler is not None:
+        scaler.load_state_dict(state.scaler)
     return state.epochs_done, state.step
 
 

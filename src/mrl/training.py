@@ -49,7 +49,6 @@ from mrl.runs import (
     check_new_run,
     clean_stale,
     read_classes,
-    read_state,
     restore_checkpoint,
     save_checkpoint,
     start_run,
@@ -259,17 +258,14 @@ def _train(
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config.optimizer, param_groups(model, config), config.lr, config.weight_decay, config.momentum)
-    start_epoch, step = restore_checkpoint(model, optimizer, out) if resume else (0, 0)
+    precision = Precision(config.precision, device)
+    start_epoch, step = restore_checkpoint(model, optimizer, out, precision.scaler) if resume else (0, 0)
     ddp_model: nn.Module = (
         nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if env.world_size > 1
         else model
     )
     forward = torch.compile(ddp_model) if config.compile else ddp_model
-    precision = Precision(config.precision, device)
-    saved = read_state(out) if resume and precision.scaler is not None else None
-    if saved is not None and saved.scaler is not None:
-        precision.scaler.load_state_dict(saved.scaler)
     criterion = MatryoshkaLoss(
         nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), nesting=config.nesting, weights=config.loss_weights
     ).to(device)
