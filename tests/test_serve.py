@@ -162,6 +162,8 @@ BAD_REQUESTS = {
     "malformed funnel": (dict(json={"vectors": [[0.1] * DIM], "funnel": "8-200"}), 400, "dim:shortlist_length"),
     "funnel off the shortlist": (dict(json={"vectors": [[0.1] * DIM], "funnel": "16:200,64:10"}), 400, "shortlist dim 8"),
     "unknown field": (dict(json={"vectors": [[0.1] * DIM], "topk": 3}), 400, "unknown field"),
+    "nested too deeply": (dict(content=b"[" * 100_000 + b"]" * 100_000, headers={"content-type": "application/json"}),
+                          400, "nested too deeply"),
     "not an object": (dict(json=[[0.1] * DIM]), 400, "JSON object"),
     "malformed json": (dict(content=b'{"vectors": [[0.1,', headers={"content-type": "application/json"}), 400, "not valid JSON"),
     "body over limit": (dict(content=b"[" * (BODY_LIMIT + 1), headers={"content-type": "application/json"}), 413, "limit"),

@@ -108,6 +108,8 @@ def _json_request(body: bytes) -> tuple[np.ndarray, object, object]:
             payload = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise _HTTPError(400, f"the body is not valid JSON ({exc.__class__.__name__}: {exc})") from None
+        except RecursionError:  # orjson refuses deep nesting as malformed; the stdlib runs out of stack
+            raise _HTTPError(400, "the body is not valid JSON (nested too deeply)") from None
     if not isinstance(payload, dict):
         raise _HTTPError(400, "the body must be a JSON object with \"vectors\" (and optional \"k\", \"funnel\")")
     unknown = sorted(set(payload) - {"vectors", "k", "funnel"})
