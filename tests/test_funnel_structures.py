@@ -422,3 +422,33 @@ def test_float16_nan_is_refused():
     vectors[2, 5] = np.nan
     with pytest.raises(MRLError, match="vectors row 2 holds NaN or infinite values"):
         FunnelIndex(vectors, shortlist_dim=8)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+@pytest.mark.parametrize(("dtype", "store"), [("float32", "memory"), ("float16", "memory"), ("float16", "mmap"), ("float32", "mmap")])
+def test_blocked_rerank_scores_equal_numpy(tmp_path, monkeypatch, metric, dtype, store):
+    """The batched gather (blocks of queries sharing candidate rows, -1 padding) scores like numpy per pair."""
+    from mrl.retrieval import store as store_module
+
+    monkeypatch.setattr(store_module, "RERANK_BLOCK_FLOATS", 7 * 30 * 24)  # 7 queries per block: 3 blocks, the last partial
+    db, queries = _data(2)
+    table = db.astype(dtype)
+    if store == "mmap":
+        np.save(tmp_path / "v.npy", table)
+        table = np.load(tmp_path / "v.npy", mmap_mode="r")
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 40, size=(len(queries), 30))  # few rows: queries in a block share candidates
+    ids[::3, -4:] = -1
+    dim = 24  # does not divide D: the gathered path whatever the store
+    got = store_module.VectorStore(table, store).scores(np.ascontiguousarray(queries[:, :dim]), ids, dim, metric)
+    x = np.asarray(table[:, :dim], dtype=np.float64)[np.where(ids >= 0, ids, 0)]
+    q = queries[:, None, :dim].astype(np.float64)
+    dots = (x * q).sum(-1)
+    if metric == "cosine":
+        expected = dots / (np.linalg.norm(x, axis=-1) * np.linalg.norm(q, axis=-1))
+    elif metric == "l2":
+        expected = -((x - q) ** 2).sum(-1)
+    else:
+        expected = dots
+    expected[ids < 0] = -np.inf
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
