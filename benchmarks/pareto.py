@@ -147,7 +147,17 @@ def mrl_points(index: FunnelIndex, tune_queries: np.ndarray, args) -> list[dict]
     return points
 
 
-def mrl_search(point: dict, index: FunnelIndex, queries: np.ndarray) -> np.ndarray:
+def with_stores(points: list[dict], mapped: FunnelIndex, in_memory: FunnelIndex | None) -> list[dict]:
+    """Each tuned point searched over float16 vectors memory-mapped from disk and, given
+    ``in_memory``, over float32 vectors in RAM (the same structure and funnel; RAM adds 4 D bytes)."""
+    out = [{**p, "name": p["name"] + " [mmap f16]", "index": mapped} for p in points]
+    if in_memory is not None:
+        out += [{**p, "name": p["name"] + " [RAM f32]", "index": in_memory, "ram": p["ram"] + 4 * in_memory.dim} for p in points]
+    return out
+
+
+def mrl_search(point: dict, queries: np.ndarray) -> np.ndarray:
+    index = point["index"]
     index._shortlist, index._shortlist_bytes = point["structure"], None
     return index.search(queries, K, point["funnel"], **point["options"])[1]
 
@@ -183,9 +193,10 @@ def run(vectors: np.ndarray, queries: np.ndarray, tune_queries: np.ndarray, db_l
         del built
         index = FunnelIndex.load(tmp / "idx", store="mmap")
         logger.info("float16 vectors written and mapped in %.1fs", time.perf_counter() - start)
-        points = mrl_points(index, tune_queries, args)
+        in_memory = FunnelIndex(vectors, shortlist_dim=16) if "memory" in args.stores else None  # float32, no copy
+        points = with_stores(mrl_points(index, tune_queries, args), index, in_memory)
         runners = [(m["name"], lambda m=m, q=None: baseline_search(m, vectors, q)) for m in methods]
-        runners += [(p["name"], lambda p=p, q=None: mrl_search(p, index, q)) for p in points]
+        runners += [(p["name"], lambda p=p, q=None: mrl_search(p, q)) for p in points]
         for _, fn in runners:  # warm-up (also pages in the mapped rows the queries touch)
             fn(q=queries[: min(50, len(queries))])
         times = {name: [] for name, _ in runners}
@@ -283,6 +294,8 @@ def main() -> None:
     parser.add_argument("--low-target", type=float, default=0.95, help="also keep each structure's fastest point above this")
     parser.add_argument("--mrl-shortlists", default="flat:float32:16;flat:int8:32;flat:binary:64;hnsw:float32:16;ivf:int8:32:16",
                         help="mrl structures (kind:encoding:dim[:coarse_dim], ';'-separated)")
+    parser.add_argument("--stores", default="mmap,memory",
+                        help="where the mrl points keep full vectors: mmap (float16 on disk, always) and memory (float32 in RAM)")
     parser.add_argument("--baselines", default="hnsw,ivf,ivfpq,opq,sq8,binary",
                         help="FAISS baselines besides exact, comma-separated (hnsw, ivf, ivfpq, opq, sq8, binary)")
     parser.add_argument("--pq-bytes", type=int, default=64, help="bytes per vector of the IVFPQ / OPQ+IVFPQ baselines")

@@ -334,3 +334,16 @@ def test_fixed_funnel_may_rescore_a_quantised_shortlist_on_its_own_prefix(tmp_pa
         assert response.json()["funnel"] == funnel
     finally:
         running.stop()
+
+
+def test_mmap_store_server_answers_like_the_index_and_holds_only_the_shortlist(indexes):
+    running = _Running(create_app(indexes["root"] / "first", workers=2, store="mmap"))
+    try:
+        with httpx.Client(base_url=running.url, timeout=30) as c:
+            info = c.get("/info").json()
+            assert info["store"] == "mmap"
+            assert info["bytes_per_vector"] == indexes["first"].memory_bytes()["shortlist"] / N  # no full vectors in RAM
+            queries = np.random.default_rng(7).standard_normal((5, DIM)).astype(np.float32)
+            _check_answer(c.post("/search", json={"vectors": queries.tolist(), "k": 6}), indexes["first"], queries, 6)
+    finally:
+        running.stop()

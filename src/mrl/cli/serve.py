@@ -18,7 +18,9 @@ from mrl.errors import MRLError
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads running searches in parallel (default: the CPU count).")
 @click.option("--intra-op-threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="OpenMP threads of FAISS and torch inside one search (more helps only large batches on an idle machine).")
-def serve_command(index_dir, host, port, funnel, max_body_mb, token_file, workers, intra_op_threads) -> None:
+@click.option("--store", type=click.Choice(["memory", "mmap"]), default="memory", show_default=True,
+              help="Full vectors read into RAM, or memory-mapped from the index's vectors.npy (the process then holds only the shortlist).")
+def serve_command(index_dir, host, port, funnel, max_body_mb, token_file, workers, intra_op_threads, store) -> None:
     """Serve INDEX_DIR (from `mrl index build`): POST /search, GET /health, /info, /metrics, POST /reload.
 
     SIGTERM stops accepting, finishes requests in flight and exits 0.
@@ -29,7 +31,7 @@ def serve_command(index_dir, host, port, funnel, max_body_mb, token_file, worker
     except ImportError as exc:
         raise MRLError(f"mrl serve needs {exc.name}: pip install \"mrl[serve]\"") from None
     serve(index_dir, host=host, port=port, funnel=funnel, max_body_mb=max_body_mb, token_file=token_file, workers=workers,
-          intra_op_threads=intra_op_threads)
+          intra_op_threads=intra_op_threads, store=store)
 
 
 COMMANDS = [serve_command]

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from mrl.errors import MRLError
-from mrl.io import atomic_directory, atomic_write_bytes, load_npy, save_npy
+from mrl.io import atomic_directory, load_npy, save_npy
 from mrl.retrieval import index_format
 from mrl.retrieval._vectors import check_k, check_metric, check_vectors
 from mrl.retrieval.costs import funnel_flops
@@ -508,12 +508,9 @@ class FunnelIndex:
         tuned funnel, sha256 of each file and of the manifest itself).
         """
         fields = self._fields()
-        blobs = self._shortlist.to_bytes()
         with atomic_directory(path, overwrite=overwrite) as tmp:
             save_npy(tmp / index_format.VECTORS, self._store.array)
-            atomic_write_bytes(tmp / index_format.SHORTLIST, blobs["shortlist"])
-            if "coarse" in blobs:
-                atomic_write_bytes(tmp / index_format.COARSE, blobs["coarse"])
+            self._shortlist.write(tmp / index_format.SHORTLIST, tmp / index_format.COARSE)
             if self._labels is not None:
                 save_npy(tmp / index_format.LABELS, self._labels)
             index_format.write_manifest(tmp, fields)
@@ -547,10 +544,7 @@ class FunnelIndex:
                              kind=fields["shortlist"], dim=fields["shortlist_dim"])
         if spec.resolved(fields["n_vectors"], fields["dim"], fields["metric"]) != spec:
             raise MRLError(f"{path}/{index_format.MANIFEST} holds incomplete shortlist settings")
-        blobs = {"shortlist": (path / index_format.SHORTLIST).read_bytes()}
-        if spec.kind == "ivf":
-            blobs["coarse"] = (path / index_format.COARSE).read_bytes()
-        shortlist = Shortlist.from_bytes(spec, fields["metric"], blobs, fields["mips_norm"])
+        shortlist = Shortlist.read(spec, fields["metric"], path / index_format.SHORTLIST, path / index_format.COARSE, fields["mips_norm"])
         shortlist.check_loaded(fields["n_vectors"])
         if (fields["mips_norm"] is not None) != (spec.kind == "hnsw" and fields["metric"] == "ip" and spec.encoding != "binary"):
             raise MRLError(f"{path}/{index_format.MANIFEST} has a mips_norm that does not fit its shortlist")

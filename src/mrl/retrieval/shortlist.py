@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -39,6 +40,7 @@ from faiss.contrib import ivf_tools
 from tqdm import tqdm
 
 from mrl.errors import MRLError
+from mrl.io import atomic_file
 from mrl.retrieval._vectors import faiss_metric, prefix
 
 KINDS = ("flat", "hnsw", "ivf")
@@ -359,25 +361,41 @@ class Shortlist:
             self._index.make_direct_map()
         return self._index.reconstruct_n(0, self.ntotal)
 
-    def to_bytes(self) -> dict[str, bytes]:
-        """Serialised FAISS structures by role: ``"shortlist"`` and, for ivf, ``"coarse"``."""
-        serialize = faiss.serialize_index_binary if self.spec.encoding == "binary" else faiss.serialize_index
-        out = {"shortlist": serialize(self._index).tobytes()}
+    def write(self, shortlist_path: Path, coarse_path: Path) -> None:
+        """Write the FAISS structure to ``shortlist_path`` and, for ivf, the coarse quantiser to
+        ``coarse_path``: atomic files streamed by FAISS, so no serialised copy is built in memory."""
+        write = faiss.write_index_binary if self.spec.encoding == "binary" else faiss.write_index
+        with atomic_file(shortlist_path) as tmp:
+            write(self._index, str(tmp))
         if self._coarse is not None:
-            out["coarse"] = faiss.serialize_index(self._coarse).tobytes()
-        return out
+            with atomic_file(coarse_path) as tmp:
+                faiss.write_index(self._coarse, str(tmp))
 
     @classmethod
-    def from_bytes(cls, spec: ShortlistSpec, metric: str, blobs: dict[str, bytes], mips_norm: float | None) -> Shortlist:
-        """Inverse of :meth:`to_bytes` for an already resolved ``spec``."""
-        deserialize = faiss.deserialize_index_binary if spec.encoding == "binary" else faiss.deserialize_index
-        index = deserialize(np.frombuffer(blobs["shortlist"], dtype=np.uint8))
-        coarse = faiss.deserialize_index(np.frombuffer(blobs["coarse"], dtype=np.uint8)) if "coarse" in blobs else None
+    def read(cls, spec: ShortlistSpec, metric: str, shortlist_path: Path, coarse_path: Path, mips_norm: float | None) -> Shortlist:
+        """Inverse of :meth:`write` for an already resolved ``spec`` (the caller has verified the files' checksums)."""
+        read = faiss.read_index_binary if spec.encoding == "binary" else faiss.read_index
+        try:
+            index = read(str(shortlist_path))
+            coarse = faiss.read_index(str(coarse_path)) if spec.kind == "ivf" else None
+        except RuntimeError as exc:  # FAISS refuses a file it cannot parse
+            raise MRLError(f"{shortlist_path.parent} holds a FAISS file that cannot be read ({str(exc).strip().splitlines()[0]})") from None
         return cls(spec, metric, index, coarse, mips_norm)
 
     def nbytes(self) -> int:
-        """Bytes the structures occupy in memory (their serialised size: codes, graph, lists, codebooks)."""
-        return sum(len(b) for b in self.to_bytes().values())
+        """Bytes the structures occupy in memory (their serialised size: codes, graph, lists, codebooks),
+        counted as FAISS streams them, without building the serialised copy."""
+        total = 0
+
+        def count(chunk: bytes) -> None:
+            nonlocal total
+            total += len(chunk)
+
+        write = faiss.write_index_binary if self.spec.encoding == "binary" else faiss.write_index
+        write(self._index, faiss.PyCallbackIOWriter(count))
+        if self._coarse is not None:
+            faiss.write_index(self._coarse, faiss.PyCallbackIOWriter(count))
+        return total
 
     def check_loaded(self, n_database: int) -> None:
         """Raise MRLError when the deserialised structures disagree with the spec (a foreign or stale file)."""

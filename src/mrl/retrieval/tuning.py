@@ -190,9 +190,11 @@ class FunnelTuner:
 def parse_shortlists(text: str) -> list[ShortlistSpec]:
     """Parse ``"flat:float32:16;ivf:int8:32:16"`` (kind:encoding:dim[:coarse_dim], ``;``-separated).
 
+    Encoding ``opq`` is ``pq`` with an OPQ rotation (AdANNS-OPQ when dim is a prefix).
+
     Example:
-        >>> [(s.kind, s.encoding, s.dim, s.coarse_dim) for s in parse_shortlists("hnsw:int8:16; ivf:pq:32:8")]
-        [('hnsw', 'int8', 16, None), ('ivf', 'pq', 32, 8)]
+        >>> [(s.kind, s.encoding, s.dim, s.coarse_dim, s.opq) for s in parse_shortlists("hnsw:int8:16; ivf:pq:32:8; flat:opq:64")]
+        [('hnsw', 'int8', 16, None, False), ('ivf', 'pq', 32, 8, False), ('flat', 'pq', 64, None, True)]
     """
     specs = []
     for part in str(text).split(";"):
@@ -203,7 +205,8 @@ def parse_shortlists(text: str) -> list[ShortlistSpec]:
             if len(fields) not in (3, 4):
                 raise ValueError
             coarse = int(fields[3]) if len(fields) == 4 else None
-            specs.append(ShortlistSpec(kind=fields[0], encoding=fields[1], dim=int(fields[2]), coarse_dim=coarse))
+            opq = fields[1] == "opq"
+            specs.append(ShortlistSpec(kind=fields[0], encoding="pq" if opq else fields[1], dim=int(fields[2]), coarse_dim=coarse, opq=opq))
         except ValueError:
             raise MRLError(f"shortlists must be ';'-separated kind:encoding:dim[:coarse_dim] entries such as hnsw:int8:16, got {text!r}") from None
     if not specs:
@@ -312,7 +315,8 @@ class IndexTuner:
                 build = time.perf_counter() - start
                 index._shortlist, index._shortlist_bytes = shortlist, None
                 ram = (vector_ram + shortlist.nbytes()) / index.ntotal
-                name = f"{shortlist.spec.kind}:{shortlist.spec.encoding}:{shortlist.spec.dim}" + (
+                encoding = "opq" if shortlist.spec.opq else shortlist.spec.encoding  # the name parse_shortlists reads back
+                name = f"{shortlist.spec.kind}:{encoding}:{shortlist.spec.dim}" + (
                     f":{shortlist.spec.coarse_dim}" if shortlist.spec.kind == "ivf" else "")
                 structures[name] = shortlist
                 breadths = [{}]

@@ -59,12 +59,13 @@ class _Served:
     bytes_per_vector: float
 
 
-def _load(path: str | Path, funnel: Funnel | None) -> _Served:
-    """Load and verify an index directory; refuse it when the server's fixed funnel does not fit it."""
+def _load(path: str | Path, funnel: Funnel | None, store: str = "memory") -> _Served:
+    """Load and verify an index directory (full vectors in RAM, or memory-mapped with ``store="mmap"``);
+    refuse it when the server's fixed funnel does not fit it."""
     found = kind_of(path)
     if found != "index":  # before reading anything else: a run folder or a stray directory is refused as such
         raise MRLError(f"{path} is not an mrl index ({f'it is an mrl {found}' if found else 'no readable mrl manifest'})")
-    index = FunnelIndex.load(path)  # verifies every file's sha256
+    index = FunnelIndex.load(path, store=store)  # verifies every file's sha256
     if funnel is not None:
         validate_funnel(funnel, index.dim, index.shortlist_dim, index.ntotal, 1, rescore_first=index.encoding != "float32")
     return _Served(index, str(path), sha256_file(Path(path) / "manifest.json"), index.memory_bytes()["total"] / max(index.ntotal, 1))
@@ -194,6 +195,7 @@ def create_app(
     max_body_bytes: int = 16 << 20,
     token: str | None = None,
     workers: int | None = None,
+    store: str = "memory",
 ) -> FastAPI:
     """Build the FastAPI app serving the index in ``index_dir``.
 
@@ -203,6 +205,8 @@ def create_app(
         max_body_bytes: larger request bodies get 413.
         token: the bearer token /reload requires; None disables /reload (403).
         workers: threads running searches (default: the CPU count).
+        store: ``"memory"`` (read the full vectors) or ``"mmap"`` (map them from the index's
+            ``vectors.npy``: the process holds only the shortlist; rerank stages read their rows).
 
     Raises:
         MRLError: unreadable index, or a ``funnel`` that does not fit it.
@@ -212,7 +216,7 @@ def create_app(
         raise MRLError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")
     if token is not None and not token:
         raise MRLError("the reload token must not be empty")
-    state = {"served": _load(index_dir, fixed_funnel)}
+    state = {"served": _load(index_dir, fixed_funnel, store)}
     executor = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1, thread_name_prefix="mrl-search")
     reload_lock = asyncio.Lock()
 
@@ -301,6 +305,7 @@ def create_app(
             "d": index.dim,
             "metric": index.metric,
             "dtype": index.dtype,
+            "store": index.store,
             "shortlist": index.shortlist,
             "shortlist_dim": index.shortlist_dim,
             "default_funnel": format_funnel(fixed_funnel if fixed_funnel is not None else index.default_funnel(min(10, index.ntotal))),
@@ -328,7 +333,7 @@ def create_app(
             raise _HTTPError(400, "the body must be a JSON object {\"path\": \"<index directory>\"}")
         async with reload_lock:
             # loading (checksums, FAISS) runs off the event loop: searches keep being answered meanwhile
-            served = await asyncio.get_running_loop().run_in_executor(executor, _load, payload["path"], fixed_funnel)
+            served = await asyncio.get_running_loop().run_in_executor(executor, _load, payload["path"], fixed_funnel, store)
             state["served"] = served
         logger.info("reloaded %s", served.path)
         return {"path": served.path, "n": served.index.ntotal, "d": served.index.dim, "manifest_sha256": served.manifest_sha256}
