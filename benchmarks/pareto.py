@@ -25,6 +25,9 @@ baseline, whether an mrl point dominates it; writes JSON and a recall-vs-ms plot
     mrl embed runs/demo/runs/mrl --split train --out runs/demo/mrl_train.npz
     mrl embed runs/demo/runs/mrl --split test --out runs/demo/mrl_test.npz
     .venv/bin/python benchmarks/pareto.py --database runs/demo/mrl_train.npz --queries runs/demo/mrl_test.npz
+    # real embeddings of models trained without MRL
+    .venv/bin/python benchmarks/pareto.py --dataset jeopardy --mrl-shortlists "flat:float32:64;hnsw:float32:128"
+    .venv/bin/python benchmarks/pareto.py --dataset wordnet-minilm --wordnet-n 20000 --mrl-shortlists "flat:float32:64;hnsw:float32:96"
     # synthetic (the 1M x 2048 run needs ~10 GiB RAM and a long time on 2 cores)
     .venv/bin/python benchmarks/pareto.py --synthetic-n 200000
     .venv/bin/python benchmarks/pareto.py --synthetic-n 20000 --dim 256 --n-queries 200   # smoke run
@@ -181,6 +184,35 @@ def margin_study(path: Path, queries: np.ndarray, exact_ids: np.ndarray, args) -
     return rows
 
 
+def named_dataset(args) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None, str]:
+    """(database, labels, queries, labels, title) of a real set embedded by a model trained without MRL.
+
+    jeopardy: the 10,000 OpenAI ada-002 clue vectors (1536-d) of :mod:`mrl.data.jeopardy`, split
+    8,000 database / 2,000 queries by one seeded shuffle; label = category (mAP@10).
+    wordnet-minilm: all-MiniLM-L6-v2 (384-d, offline) embeddings of WordNet glosses
+    (:func:`mrl.data.wordnet_retrieval.document_text` of every synset, shuffled with seed 0):
+    the first --wordnet-n are the database, the next ones the queries; no labels.
+    """
+    if args.dataset == "jeopardy":
+        from mrl.data.jeopardy import load_jeopardy, split_indices
+
+        data = load_jeopardy()
+        train, test = split_indices(len(data.labels), test_fraction=0.2, seed=0)
+        return (_normalise(data.vectors[train]), data.labels[train], _normalise(data.vectors[test]), data.labels[test],
+                f"Jeopardy ada-002: {len(train)} x {data.vectors.shape[1]}")
+    from mrl.data.wordnet import load_synsets
+    from mrl.data.wordnet_retrieval import document_text
+    from mrl.text.model import embed, load_text_model
+
+    synsets = load_synsets()
+    order = np.random.default_rng(0).permutation(len(synsets))[: args.wordnet_n + args.tune_queries + args.n_queries]
+    start = time.perf_counter()
+    vectors = _normalise(embed(load_text_model("all-MiniLM-L6-v2"), [document_text(synsets[i]) for i in order], batch_size=128))
+    logger.info("embedded %d WordNet glosses with all-MiniLM-L6-v2 in %.0f s", len(order), time.perf_counter() - start)
+    return (vectors[: args.wordnet_n], None, vectors[args.wordnet_n :], None,
+            f"WordNet glosses, all-MiniLM-L6-v2: {args.wordnet_n} x {vectors.shape[1]}")
+
+
 def run(vectors: np.ndarray, queries: np.ndarray, tune_queries: np.ndarray, db_labels, query_labels, args) -> dict:
     n, d = vectors.shape
     methods = faiss_baselines(vectors, args)
@@ -286,6 +318,9 @@ def main() -> None:
     parser.add_argument("--database", type=Path, default=None, help="real data: embeddings .npz (X, y) of the database")
     parser.add_argument("--queries", type=Path, default=None, help="real data: embeddings .npz (X, y) of the queries")
     parser.add_argument("--synthetic-n", type=int, default=None, help="synthetic data: database size")
+    parser.add_argument("--dataset", choices=["jeopardy", "wordnet-minilm"], default=None,
+                        help="real embeddings of a model trained without MRL (see named_dataset)")
+    parser.add_argument("--wordnet-n", type=int, default=20_000, help="wordnet-minilm: glosses in the database")
     parser.add_argument("--dim", type=int, default=2048, help="synthetic dimension")
     parser.add_argument("--n-queries", type=int, default=1000, help="timed queries (real: the first test vectors after the tuning ones)")
     parser.add_argument("--tune-queries", type=int, default=200, help="queries the mrl funnels are tuned on (never timed)")
@@ -312,10 +347,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/pareto.json"), help="JSON results (and a .png beside it)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if (args.database is None) == (args.synthetic_n is None):
-        parser.error("give either --database and --queries (real data) or --synthetic-n")
+    if sum(x is not None for x in (args.database, args.synthetic_n, args.dataset)) != 1:
+        parser.error("give one of --database and --queries (real data), --dataset or --synthetic-n")
 
-    if args.database is not None:
+    if args.dataset is not None:
+        vectors, db_labels, all_queries, all_labels, title = named_dataset(args)
+        tune_queries = all_queries[: args.tune_queries]
+        queries = all_queries[args.tune_queries : args.tune_queries + args.n_queries]
+        query_labels = None if all_labels is None else all_labels[args.tune_queries : args.tune_queries + args.n_queries]
+    elif args.database is not None:
         db, q = load_npz(args.database, required=("X",)), load_npz(args.queries, required=("X",))
         vectors, db_labels = _normalise(db["X"]), db.get("y")
         tune_queries = _normalise(q["X"][: args.tune_queries])

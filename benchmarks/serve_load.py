@@ -20,6 +20,8 @@ Data: synthetic MRL-like unit vectors (benchmarks/funnel_search.py `synthetic`),
     .venv/bin/python benchmarks/serve_load.py --n 100000 --dim 2048 --soak-seconds 120
     .venv/bin/python benchmarks/serve_load.py --database runs/demo/mrl_train.npz --queries runs/demo/mrl_test.npz --soak-seconds 0
     .venv/bin/python benchmarks/serve_load.py --n 5000 --dim 256 --requests 200 --soak-seconds 5    # smoke run
+    # 1M x 2048: data written to disk in chunks, float16 vectors memory-mapped by both servers (~6 GB RAM in all)
+    .venv/bin/python benchmarks/serve_load.py --n 1000000 --dim 2048 --store mmap --skip-qdrant --soak-seconds 120
 
 Goals (issue 10): 0 errors; RSS growth <= 5% over the soak; at concurrency 8 the funnel serves >= 10x
 the QPS of exact search at kNN-recall@10 >= 0.99; Qdrant exact agrees with FunnelIndex on >= 99.5% of
@@ -45,8 +47,8 @@ import httpx
 import numpy as np
 import torch
 
-from funnel_search import synthetic  # same folder: one owner of the synthetic MRL-like data
-from mrl.io import load_npz, write_json
+from funnel_search import synthetic, synthetic_blocks  # same folder: one owner of the synthetic MRL-like data
+from mrl.io import atomic_file, load_npy, load_npz, write_json
 from mrl.metrics import knn_recall_at_k
 from mrl.retrieval import FunnelIndex, exact_search, format_funnel
 
@@ -54,8 +56,21 @@ logger = logging.getLogger("serve_load")
 K = 10
 
 
-def start_server(index_dir: Path, workers: int | None) -> tuple[subprocess.Popen, str]:
-    command = [sys.executable, "-m", "mrl", "serve", str(index_dir), "--port", "0"]
+def write_float16(path: Path, blocks, shape: tuple[int, int]) -> np.ndarray:
+    """Write float32 row blocks to a float16 .npy (atomically, one block in memory at a time); return it memory-mapped."""
+    with atomic_file(path) as tmp:
+        table = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        start = 0
+        for block in blocks:
+            table[start : start + len(block)] = block
+            start += len(block)
+        table.flush()
+        del table
+    return load_npy(path, mmap=True)
+
+
+def start_server(index_dir: Path, workers: int | None, store: str = "memory") -> tuple[subprocess.Popen, str]:
+    command = [sys.executable, "-m", "mrl", "serve", str(index_dir), "--port", "0", "--store", store]
     if workers:
         command += ["--workers", str(workers)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -78,9 +93,11 @@ def stop_server(process: subprocess.Popen) -> int:
     return process.wait(timeout=60)
 
 
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """A memory figure of process ``pid`` from /proc: VmRSS (all resident pages, mapped file pages
+    included) or RssAnon (the process's own memory, without the page cache of a mapped file)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -199,11 +216,12 @@ def serve_rows(servers: dict[str, str], bodies: list[bytes], exact_ids: np.ndarr
 
 
 def soak_row(process: subprocess.Popen, url: str, bodies: list[bytes], args) -> dict:
-    before = rss_mib(process.pid)
+    before, anon_before = rss_mib(process.pid), rss_mib(process.pid, "RssAnon")
     row = merge([asyncio.run(load(url, bodies, 8, 10**9, args.soak_seconds, args.client))])
-    after = rss_mib(process.pid)
+    after, anon_after = rss_mib(process.pid), rss_mib(process.pid, "RssAnon")
     soak = {"seconds": row["seconds"], "requests": row["requests"], "errors": row["errors"], "qps": row["qps"],
-            "rss_before_mib": before, "rss_after_mib": after, "rss_growth": after / before - 1}
+            "rss_before_mib": before, "rss_after_mib": after, "rss_growth": after / before - 1,
+            "rss_anon_before_mib": anon_before, "rss_anon_after_mib": anon_after}
     logger.info("soak: %s", soak)
     return soak
 
@@ -267,6 +285,10 @@ def main() -> None:
     parser.add_argument("--hnsw-ef", type=int, default=128)
     parser.add_argument("--qdrant-queries", type=int, default=300)
     parser.add_argument("--skip-qdrant", action="store_true")
+    parser.add_argument("--store", choices=["memory", "mmap"], default="memory",
+                        help="mmap: the data go to a float16 .npy in chunks, both servers map their float16 vectors "
+                             "(the funnel holds only its 16-dim shortlist, the exact server float16 codes): the 1M x 2048 setting")
+    parser.add_argument("--tmp-dir", type=Path, default=None, help="where the data and index folders are written (default: system temp)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve_load.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -274,38 +296,57 @@ def main() -> None:
     faiss.omp_set_num_threads(1)  # single-query timings in this process, like mrl serve's default --intra-op-threads
     torch.set_num_threads(1)
 
-    if args.database:
-        database = load_npz(args.database, required=("X",))["X"].astype(np.float32)
-        all_queries = load_npz(args.queries, required=("X",))["X"].astype(np.float32)
-        tune, queries = all_queries[: args.tune_queries], all_queries[args.tune_queries : args.tune_queries + args.n_queries]
-        data = f"{args.database} ({database.shape[0]} x {database.shape[1]}), queries {args.queries}"
-    else:
-        database = synthetic(args.n, args.dim, args.clusters, seed=0, stream=0)
-        queries = synthetic(args.n_queries, args.dim, args.clusters, seed=0, stream=1)
-        tune = synthetic(args.tune_queries, args.dim, args.clusters, seed=0, stream=2)
-        data = f"synthetic {args.n} x {args.dim} ({args.clusters} clusters)"
-    logger.info("data: %s", data)
-    workdir = Path(tempfile.mkdtemp(prefix="serve_load."))
+    workdir = Path(tempfile.mkdtemp(prefix="serve_load.", dir=args.tmp_dir))
     try:
+        if args.database:
+            database = load_npz(args.database, required=("X",))["X"].astype(np.float32)
+            all_queries = load_npz(args.queries, required=("X",))["X"].astype(np.float32)
+            tune, queries = all_queries[: args.tune_queries], all_queries[args.tune_queries : args.tune_queries + args.n_queries]
+            data = f"{args.database} ({database.shape[0]} x {database.shape[1]}), queries {args.queries}"
+            if args.store == "mmap":
+                database = write_float16(workdir / "database.npy", [database], database.shape)
+        else:
+            shape = (args.dim, args.clusters, 0)
+            queries = synthetic(args.n_queries, *shape, stream=1)
+            tune = synthetic(args.tune_queries, *shape, stream=2)
+            if args.store == "mmap":
+                database = write_float16(workdir / "database.npy", synthetic_blocks(args.n, *shape, stream=0), (args.n, args.dim))
+            else:
+                database = synthetic(args.n, *shape, stream=0)
+            data = f"synthetic {args.n} x {args.dim} ({args.clusters} clusters)"
+        logger.info("data: %s (store %s)", data, args.store)
         exact_ids = exact_search(database, queries, K, metric="cosine")[1]
-        funnel_index = FunnelIndex(database, metric="cosine", shortlist_dim=16)
+        # mmap: the full vectors are float16 on disk for both servers; the exact one scans FAISS's
+        # float16 codes of all D dims (half of IndexFlat's RAM) and re-scores its top k in float,
+        # which is exact over the stored vectors.
+        dtype = "float16" if args.store == "mmap" else "float32"
+        funnel_index = FunnelIndex(database, metric="cosine", shortlist_dim=16, dtype=dtype)
         tuner = funnel_index.tune(tune, k=K, target_recall=args.target_recall)
         funnel = funnel_index.funnel
         funnel_ids = funnel_index.search(queries, K, funnel)[1]
         logger.info("tuned funnel %s (kNN-recall@10 on tuning queries %.4f)", format_funnel(funnel), tuner.best_["knn_recall"])
         funnel_index.save(workdir / "funnel")
         del funnel_index
-        FunnelIndex(database, metric="cosine", shortlist_dim=database.shape[1]).save(workdir / "exact")
+        exact_encoding = "float16" if args.store == "mmap" else "float32"
+        exact = FunnelIndex(database, metric="cosine", shortlist_dim=database.shape[1], dtype=dtype, encoding=exact_encoding)
+        if exact_encoding == "float16":
+            exact.funnel = [(exact.dim, 4 * K), (exact.dim, K)]  # re-score 4k in float: float16 codes may swap near-ties at rank k
+        exact.save(workdir / "exact")
+        del exact
         dim = database.shape[1]
         del database
+        (workdir / "database.npy").unlink(missing_ok=True)
         bodies = [json.dumps({"vectors": [q.tolist()], "k": K}).encode() for q in queries]
 
         funnel_name, exact_name = "funnel " + format_funnel(funnel), f"exact {dim}-dim"
         processes = {}
-        try:  # both at once, so rounds can alternate: ~3 GB at 100k x 2048 (vectors + the exact FAISS copy)
+        memory = {}
+        try:  # both at once, so rounds can alternate: ~3 GB at 100k x 2048 in RAM (vectors + the exact FAISS copy)
             for name, folder in ((funnel_name, "funnel"), (exact_name, "exact")):
-                processes[name] = start_server(workdir / folder, args.workers)
+                processes[name] = start_server(workdir / folder, args.workers, args.store)
             rows = serve_rows({name: url for name, (_, url) in processes.items()}, bodies, exact_ids, args)
+            memory = {name: {"rss_mib": rss_mib(p.pid), "rss_anon_mib": rss_mib(p.pid, "RssAnon")} for name, (p, _) in processes.items()}
+            logger.info("server memory after the load: %s", memory)
             statuses = {exact_name: stop_server(processes.pop(exact_name)[0])}
             soak = soak_row(*processes[funnel_name], bodies, args) if args.soak_seconds > 0 else {}
             statuses[funnel_name] = stop_server(processes.pop(funnel_name)[0])
@@ -328,14 +369,17 @@ def main() -> None:
     report = [f"data: {data}; k={K}; {os.cpu_count()} CPUs shared by server and {args.client} client; command: {command}",
               table(rows, ["server", "concurrency", "requests", "errors", "qps", "p50_ms", "p95_ms", "p99_ms", "knn_recall@10"]),
               "funnel / exact QPS: " + ", ".join(f"c={c}: {r:.1f}x" for c, r in ratios.items())]
+    report.append("server memory after the load (MiB): " + "; ".join(
+        f"{name}: RSS {m['rss_mib']:.0f}, anonymous {m['rss_anon_mib']:.0f}" for name, m in memory.items()))
     if soak:
         report.append(f"soak {soak['seconds']:.0f} s at c=8: {soak['requests']} requests, {soak['errors']} errors, RSS "
-                      f"{soak['rss_before_mib']:.0f} -> {soak['rss_after_mib']:.0f} MiB ({100 * soak['rss_growth']:+.2f}%)")
+                      f"{soak['rss_before_mib']:.0f} -> {soak['rss_after_mib']:.0f} MiB ({100 * soak['rss_growth']:+.2f}%), "
+                      f"anonymous {soak['rss_anon_before_mib']:.0f} -> {soak['rss_anon_after_mib']:.0f} MiB")
     if qdrant:
         report.append(table(qdrant, ["backend", "ms_per_query_p50", "ms_per_query_mean", "same_top10_as_funnelindex", "knn_recall@10"]))
     print("\n\n".join(report))
-    write_json(args.out, {"data": data, "command": command, "funnel": format_funnel(funnel), "rows": rows, "qps_ratio": ratios,
-                          "soak": soak, "qdrant": qdrant})
+    write_json(args.out, {"data": data, "command": command, "funnel": format_funnel(funnel), "store": args.store, "rows": rows,
+                          "qps_ratio": ratios, "memory": memory, "soak": soak, "qdrant": qdrant})
 
 
 if __name__ == "__main__":
