@@ -73,9 +73,9 @@ class Loop:
         desc: progress bar label.
         progress: show a progress bar per epoch.
         metrics: JSONL log that the records returned by ``end_epoch`` go to (once per epoch).
-        checkpoint: commits a checkpoint at a position (after the epoch's metrics line).
-        checkpoint_every: also commit one every this many steps (step-based trainers), and when
-            ``run`` stops early; None: only at the end of each epoch.
+        checkpoint: commits a checkpoint at a position, after that position's metrics line.
+        checkpoint_every: commit one every this many steps and at the last step (step-based
+            trainers); None: at the end of each epoch.
     """
 
     optimizer: torch.optim.Optimizer
@@ -140,8 +140,8 @@ class Loop:
                 record = end_step(position, values) if end_step is not None else None
                 if record is not None:
                     self._log(record, "step")
-                every = self.checkpoint_every is not None and position.step % self.checkpoint_every == 0
-                if self.checkpoint is not None and index + 1 < steps_per_epoch and (every or position.step == last):
+                if self.checkpoint is not None and self.checkpoint_every is not None and (
+                        position.step % self.checkpoint_every == 0 or position.step == last):
                     self.checkpoint(position)
             bar.close()
             if count < end - first:
@@ -152,7 +152,7 @@ class Loop:
             record = end_epoch(position, sums / count) if end_epoch is not None else None
             if record is not None:
                 self._log(record, "epoch")
-            if self.checkpoint is not None:
+            if self.checkpoint is not None and self.checkpoint_every is None:
                 self.checkpoint(position)
         return position
 
