@@ -11,10 +11,12 @@ Vectors are L2-normalised, so inner product is cosine for every method.
 Baselines on full vectors (FAISS): IndexFlatIP (exact), IndexHNSWFlat(32), IndexIVFFlat,
 IndexIVFPQ and OPQ+IVFPQ (--pq-bytes bytes per vector; "opq" in --baselines), IndexScalarQuantizer SQ8, and
 binary sign codes (IndexBinaryFlat) re-scored in float. mrl funnels: FunnelIndex over a prefix
-with each --mrl-shortlists structure, full vectors float16 memory-mapped from disk (RAM counts
-the process's own memory only: the shortlist structure; the page cache the OS keeps for the
-file is shared and reclaimable), each tuned on separate tuning queries (mrl.retrieval.IndexTuner)
-for kNN-recall@10 >= --target-recall, plus the fastest point it found >= --low-target.
+with each --mrl-shortlists structure, each tuned on separate tuning queries (mrl.retrieval.IndexTuner)
+with the full vectors float16 memory-mapped from disk, for kNN-recall@10 >= --target-recall, plus
+the fastest point it found >= --low-target. Each point is then timed with the full vectors float16
+memory-mapped ("[mmap f16]": RAM counts the process's own memory only, the shortlist structure;
+the page cache the OS keeps for the file is shared and reclaimable) and, with --stores memory,
+float32 in RAM ("[RAM f32]": 4 D bytes more per vector).
 
 For every point: kNN-recall@10 against exact full-dim search, mAP@10 (labels), ms/query batched
 (median of --repeats interleaved rounds after a warm-up) and one query at a time (--single
