@@ -65,8 +65,9 @@ class Loop:
     Args:
         optimizer: zeroed before, and stepped after, every batch.
         lr: the learning rate of a global step; each group gets ``lr * lr_scale``.
-        backward: forward and backward pass of one batch; returns the loss (a scalar, checked
-            to be finite before the optimizer steps) and the values averaged over the epoch [K].
+        backward: ``backward(batch, step)``, the forward and backward pass of one batch at global
+            step ``step``; returns the loss (a scalar, checked to be finite before the optimizer
+            steps) and the values averaged over the epoch [K].
         labels: names of the K values (nesting sizes, loss terms), shown on the progress bar.
         step_optimizer: how the optimizer steps; by default ``optimizer.step()``.
         what: the word of the divergence message ("training diverged at ...").
@@ -80,7 +81,7 @@ class Loop:
 
     optimizer: torch.optim.Optimizer
     lr: Callable[[int], float]
-    backward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]]
+    backward: Callable[[Any, int], tuple[torch.Tensor, torch.Tensor]]
     labels: Sequence[Any]
     step_optimizer: Callable[[], None] | None = None
     what: str = "training"
@@ -160,7 +161,7 @@ class Loop:
         lr = self.lr(step)
         set_learning_rate(self.optimizer, lr)
         self.optimizer.zero_grad(set_to_none=True)
-        loss, values = self.backward(batch)
+        loss, values = self.backward(batch, step)
         if not torch.isfinite(loss):
             raise MRLError(f"{self.what} diverged at epoch {epoch + 1}, step {index}: loss is {loss.item()}; lower --lr")
         if self.step_optimizer is not None:

@@ -333,7 +333,7 @@ def _train(run_dir: Path, resume: bool, stop_after: int | None, progress: bool) 
         while True:  # random windows; the checkpointed generator makes them resume exactly
             yield sample_batch(train_ids, model_config.context, cfg.batch_size, generator)
 
-    def backward(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def backward(batch: tuple[torch.Tensor, torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
         per_size = sum(
             loss_fn.per_size(model.per_size_logits(model.hidden(x, w).flatten(0, 1)), y.flatten())
