@@ -226,7 +226,7 @@ def _train(
     if env.is_main:
         check_new_run(config, out, resume)
     data = data if data is not None else load_dataset(
-        config.data, config.data_dir, config.max_train, image_size=config.image_size
+        config.data, config.data_dir, config.max_train, image_size=config.image_size, check_images=env.is_main
     )
     if config.nesting[-1] > config.rep_dim:
         raise MRLError(f"nesting size {config.nesting[-1]} is larger than the representation size {config.rep_dim}")
