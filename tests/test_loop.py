@@ -119,6 +119,9 @@ def test_a_non_finite_loss_stops_before_the_optimizer_steps():
     # the two good steps were taken, the poisoned one was not
     assert not any(torch.equal(a, b) for a, b in zip(model.parameters(), before))
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    model, optimizer = _fresh()
+    with pytest.raises(MRLError, match=r"^training diverged at step 3: loss is nan; lower --lr$"):
+        _loop(model, optimizer, checkpoint_every=10).run(_batches(x, y), EPOCHS, STEPS)  # step-based: counted from 1
 
 
 def test_too_few_batches_are_refused():
