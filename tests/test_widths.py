@@ -430,6 +430,10 @@ def test_lm_trains_every_width_and_eval_reports_perplexity_per_width_and_head(tm
     assert result.exit_code == 0, result.output
     assert "perplexity per (FFN width, head size)" in result.output
     summary = read_json(out / "eval.json")
+    # trunk multiply-adds per token by hand (d=16, T=8, one block, FFN of 64 units): 4 d^2 + d (T + 1) + 2 d k
+    assert summary["widths"]["0.25"]["trunk_flops"] == 4 * 16 * 16 + 16 * 9 + 2 * 16 * 16 == 1680
+    assert summary["widths"]["1.0"]["trunk_flops"] == summary["trunk_flops"] == 4 * 16 * 16 + 16 * 9 + 2 * 16 * 64
+    assert "1,680" in result.output and "3,216" in result.output
     assert list(summary["widths"]) == ["0.25", "1.0"]
     assert summary["widths"]["1.0"]["ppl"] == summary["ppl"]
     # the narrow width's perplexity is the model's own at that width, computed here independently
