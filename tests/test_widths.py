@@ -171,6 +171,28 @@ def test_training_runs_exactly_the_widths_sampled_for_each_step(tmp_path, fashio
         assert [int(bn.num_batches_tracked) for bn in layer] == expected
 
 
+def test_a_run_that_samples_widths_resumes_to_the_same_weights(tmp_path, fashion_subset_dir):
+    config = TrainConfig(data="fashion-mnist", data_dir=str(fashion_subset_dir), arch="mlp", rep_dim=16,
+                         nesting=[8, 16], widths=[0.25, 0.5, 1.0], hidden=[16, 16], width_norm="batch",
+                         width_sampling="sandwich", width_samples=1, epochs=2, batch_size=64, max_train=300)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_first_epoch(epoch: int) -> None:
+        if epoch == 1:
+            raise Interrupted
+
+    full = train(config, tmp_path / "full", progress=False)
+    with pytest.raises(Interrupted):
+        train(config, tmp_path / "cut", progress=False, on_epoch_end=stop_after_first_epoch)
+    cut = train(config, tmp_path / "cut", resume=True, progress=False)
+    full_state, cut_state = load_run(full)[1].state_dict(), load_run(cut)[1].state_dict()
+    assert full_state.keys() == cut_state.keys()
+    for name in full_state:
+        assert torch.equal(full_state[name], cut_state[name]), name
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
