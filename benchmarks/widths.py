@@ -255,10 +255,11 @@ def table(results: dict) -> str:
         lm = results["lm"]
         sizes = list(next(iter(lm["alone"].values())))
         lines += ["", "WordNet LM validation perplexity, nested / alone (ratio):", "",
-                  "| width | " + " | ".join(f"head {m}" for m in sizes) + " |", "|---:|" + "---:|" * len(sizes)]
+                  "| width | trunk MACs/token | " + " | ".join(f"head {m}" for m in sizes) + " |",
+                  "|---:|---:|" + "---:|" * len(sizes)]
         for w, ratio in lm["ppl_ratio_nested_over_alone"].items():
             cells = [f"{lm['nested'][w]['ppl'][m]:.2f} / {lm['alone'][w][m]:.2f} ({ratio[m]:.3f})" for m in sizes]
-            lines.append(f"| {w} | " + " | ".join(cells) + " |")
+            lines.append(f"| {w} | {lm['nested'][w]['trunk_flops']:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
