@@ -143,11 +143,9 @@ class TrainConfig:
         check_choice("width-sampling", self.width_sampling, WIDTH_SAMPLING)
         if self.widths is None and (self.width_norm != "layer" or self.width_sampling != "all"):
             raise MRLError("width-norm and width-sampling apply to nested widths; pass --widths")
-        if self.width_sampling != "all":
-            least = 1 if self.width_sampling == "random" else 0
-            self.width_samples = check_int(
-                "width-samples", self.width_samples, min=least, max=max_width_samples(self.widths, self.width_sampling)
-            )
+        least = 1 if self.width_sampling == "random" else 0
+        most = MAX_DIM if self.width_sampling == "all" else max_width_samples(self.widths, self.width_sampling)
+        self.width_samples = check_int("width-samples", self.width_samples, min=least, max=most)
 
     def _check_scale_settings(self) -> None:
         self.accumulate = check_int("accumulate", self.accumulate, min=1, max=MAX_BATCH)
