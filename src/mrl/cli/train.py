@@ -98,8 +98,8 @@ def _config_from_options(ctx: click.Context, params: dict, resume: bool, out: Pa
               help="cosine to 0, or step (x --lr-gamma every --lr-step-epochs).")
 @click.option("--lr-step-epochs", type=int, default=30, show_default=True, help="Step schedule: epochs per step.")
 @click.option("--lr-gamma", type=float, default=0.1, show_default=True, help="Step schedule: factor per step.")
-@click.option("--rep-activation", type=click.Choice(["relu", "none"]), default="relu", show_default=True,
-              help="mlp: the representation's last activation; none drops the ReLU after its BatchNorm.")
+@click.option("--rep-activation", type=click.Choice(["relu", "none"]), default="none", show_default=True,
+              help="mlp: the representation's last activation; none ends at its BatchNorm, relu is the paper's.")
 @click.option("--head-lr-scale", type=float, default=1.0, show_default=True,
               help="Learning rate of the heads relative to --lr.")
 @click.option("--config", type=click.Path(dir_okay=False, exists=True), default=None,
@@ -182,8 +182,8 @@ def embed_command(run_dir: Path, split: str, out: Path, quiet: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (the first one with --seeds).")
 @click.option("--seeds", type=int, default=1, show_default=True,
               help="Train every run with this many seeds (seed, seed+1, ...); the report shows mean ± std.")
-@click.option("--rep-activation", type=click.Choice(["relu", "none"]), default="relu", show_default=True,
-              help="mlp: the representation's last activation; none drops the ReLU after its BatchNorm.")
+@click.option("--rep-activation", type=click.Choice(["relu", "none"]), default="none", show_default=True,
+              help="mlp: the representation's last activation; none ends at its BatchNorm, relu is the paper's.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo_command(out: Path, data: str, data_dir: str | None, arch: str, rep_dim: int, ff_dims: str, epochs: int,
                  max_train: int | None, seed: int, seeds: int, rep_activation: str, quiet: bool) -> None:
