@@ -44,7 +44,7 @@ MLP_HIDDEN = 512
 
 def classify_runs(args, seed: int) -> dict[str, TrainConfig]:
     common = dict(data=args.data, data_dir=args.data_dir, arch="mlp", rep_dim=args.rep_dim, epochs=args.epochs,
-                  max_train=args.max_train, seed=seed)
+                  max_train=args.max_train, seed=seed, rep_activation=args.rep_activation)
     runs = {}
     for norm in args.norms:
         runs[f"nested-{norm}"] = TrainConfig(widths=args.widths, width_norm=norm, **common)
@@ -271,6 +271,8 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--widths", default="0.125,0.25,0.5,1")
     parser.add_argument("--rep-dim", type=int, default=2048)
+    parser.add_argument("--rep-activation", choices=["relu", "none"], default="relu",
+                        help="the representation's last activation; the README's figures were measured with relu")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--max-train", type=int, default=None)
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; the LM part uses the first")
