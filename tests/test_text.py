@@ -359,3 +359,16 @@ def test_cli_train_bad_inputs_give_one_error_line_and_write_nothing(tiny_model_d
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and message in errors[0], result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_train_minilm_like_one_process(tmp_path):
+    # The benchmark's own comparison on the packaged MiniLM (dropout off), 2 steps: a few minutes on CPU.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("text_torchrun", Path(__file__).parents[1] / "benchmarks" / "text_torchrun.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--steps", "2", "--work-dir", str(tmp_path / "work")])
+    assert result["loss_diff"] < 1e-4
+    assert result["relative_weight_diff"] < 1e-2
