@@ -39,7 +39,7 @@ from mrl.data import Dataset, StreamingDataset, load_dataset
 from mrl.data.batches import eval_batches, training_batches
 from mrl.errors import MRLError
 from mrl.artifacts import lock
-from mrl.io import append_jsonl, read_jsonl
+from mrl.loop import Loop, Position
 from mrl.losses import MatryoshkaLoss
 from mrl.models import MatryoshkaClassifier, NestedWidthMLP, create_model
 from mrl.recipe import Precision, lr_at, make_optimizer, step_lr_at
@@ -274,71 +274,67 @@ def _train(
     total_steps = steps_per_epoch * config.epochs
     warmup = int(config.warmup_epochs * steps_per_epoch)
 
-    for epoch in range(start_epoch, config.epochs):
-        started = time.time()
+    def lr(step: int) -> float:
+        if config.schedule == "cosine":
+            return lr_at(step, total_steps, warmup, config.lr)
+        return step_lr_at(step, steps_per_epoch, warmup, config.lr, config.lr_step_epochs, config.lr_gamma)
+
+    def backward(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch
+        if config.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         ddp_model.train()
-        sums = torch.zeros(len(config.nesting))
-        bar = tqdm(
-            batches.epoch(epoch, device), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not (progress and env.is_main), leave=False, dynamic_ncols=True,
-        )
-        for i, (x, y) in enumerate(bar):
-            if config.schedule == "cosine":
-                lr = lr_at(step, total_steps, warmup, config.lr)
-            else:
-                lr = step_lr_at(step, steps_per_epoch, warmup, config.lr, config.lr_step_epochs, config.lr_gamma)
-            for group in optimizer.param_groups:
-                group["lr"] = group["lr_scale"] * lr
-            if config.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            optimizer.zero_grad(set_to_none=True)
-            per_size = torch.zeros(len(config.nesting), device=device)
-            for k, (xk, yk) in enumerate(zip(x.chunk(config.accumulate), y.chunk(config.accumulate))):
-                # DDP averages gradients only on the last micro-batch of a step.
-                last = k == config.accumulate - 1
-                sync = ddp_model.no_sync() if env.world_size > 1 and not last else contextlib.nullcontext()
-                with sync:
-                    with precision.autocast():
-                        if config.widths is None:
-                            outputs = [forward(xk)]
-                        else:  # MatFormer: every width's Matryoshka loss in one step
-                            outputs = [forward(xk, width=w) for w in config.widths]
-                    part = sum(criterion.per_size(logits.float(), yk) for logits in outputs)
-                    loss = (criterion.weights * part).sum()
-                    if not torch.isfinite(loss):
-                        raise MRLError(f"training diverged at epoch {epoch + 1}, step {i}: loss is {loss.item()}; lower --lr")
-                    precision.backward(loss / config.accumulate if config.accumulate > 1 else loss)
-                per_size += part.detach() / config.accumulate
-            precision.step(optimizer)
-            step += 1
-            sums += per_size.cpu()
-            if i % 10 == 0:
-                bar.set_postfix_str(" ".join(f"{m}:{v:.3f}" for m, v in zip(config.nesting, (sums / (i + 1)).tolist())))
+        loss_sum, per_size = torch.zeros((), device=device), torch.zeros(len(config.nesting), device=device)
+        for k, (xk, yk) in enumerate(zip(x.chunk(config.accumulate), y.chunk(config.accumulate))):
+            # DDP averages gradients only on the last micro-batch of a step.
+            last = k == config.accumulate - 1
+            sync = ddp_model.no_sync() if env.world_size > 1 and not last else contextlib.nullcontext()
+            with sync:
+                with precision.autocast():
+                    if config.widths is None:
+                        outputs = [forward(xk)]
+                    else:  # MatFormer: every width's Matryoshka loss in one step
+                        outputs = [forward(xk, width=w) for w in config.widths]
+                part = sum(criterion.per_size(logits.float(), yk) for logits in outputs)
+                loss = (criterion.weights * part).sum()
+                if not torch.isfinite(loss):  # a non-finite micro-batch stops the step before its backward
+                    return loss.detach(), part.detach()
+                precision.backward(loss / config.accumulate if config.accumulate > 1 else loss)
+            loss_sum += loss.detach() / config.accumulate
+            per_size += part.detach() / config.accumulate
+        return loss_sum, per_size
+
+    def end_epoch(position: Position, mean_losses: torch.Tensor) -> dict | None:
+        if not env.is_main:
+            return None
+        val_acc = val_top1(model, data, device, config.workers, precision)
+        record = {
+            "epoch": position.epoch,
+            "loss": float(sum(w * v for w, v in zip(criterion.weights.tolist(), mean_losses.tolist()))),
+            "loss_per_size": {str(m): v for m, v in zip(config.nesting, mean_losses.tolist())},
+            "val_top1": {str(m): float(v) for m, v in zip(config.nesting, val_acc)},
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": time.time() - loop.epoch_started,
+        }
+        if progress:
+            tqdm.write(
+                f"epoch {position.epoch}/{config.epochs}  loss {record['loss']:.4f}  val top-1 "
+                + " ".join(f"{m}:{v:.3f}" for m, v in zip(config.nesting, val_acc.tolist()))
+            )
+        return record
+
+    def checkpoint(position: Position) -> None:
         if env.is_main:
-            val_acc = val_top1(model, data, device, config.workers, precision)
-            mean_losses = (sums / steps_per_epoch).tolist()
-            record = {
-                "epoch": epoch + 1,
-                "loss": float(sum(w * v for w, v in zip(criterion.weights.tolist(), mean_losses))),
-                "loss_per_size": {str(m): v for m, v in zip(config.nesting, mean_losses)},
-                "val_top1": {str(m): float(v) for m, v in zip(config.nesting, val_acc)},
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": time.time() - started,
-            }
-            # Metrics first, then the checkpoint: an attempt that dies between the two redoes the
-            # epoch (with identical results) and must not log it twice.
-            if not any(r.get("epoch") == epoch + 1 for r in read_jsonl(out / METRICS_FILE)):
-                append_jsonl(out / METRICS_FILE, record)
-            save_checkpoint(out, model, optimizer, epoch + 1, step,
+            save_checkpoint(out, model, optimizer, position.epoch, position.step,
                             scaler=None if precision.scaler is None else precision.scaler.state_dict())
-            log.info("epoch %d: loss %.4f, val top-1 %s", epoch + 1, record["loss"], record["val_top1"])
-            if progress:
-                tqdm.write(
-                    f"epoch {epoch + 1}/{config.epochs}  loss {record['loss']:.4f}  val top-1 "
-                    + " ".join(f"{m}:{v:.3f}" for m, v in zip(config.nesting, val_acc.tolist()))
-                )
         if env.world_size > 1:
             dist.barrier()
         if on_epoch_end is not None:
-            on_epoch_end(epoch + 1)
+            on_epoch_end(position.epoch)
+
+    loop = Loop(
+        optimizer, lr, backward, config.nesting, step_optimizer=lambda: precision.step(optimizer), desc="epoch",
+        progress=progress and env.is_main, metrics=out / METRICS_FILE if env.is_main else None, checkpoint=checkpoint,
+    )
+    loop.run(lambda epoch, first: batches.epoch(epoch, device), config.epochs, steps_per_epoch, Position(start_epoch, step), end_epoch=end_epoch)
     return out

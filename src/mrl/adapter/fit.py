@@ -13,24 +13,21 @@ Two modes, as in Matryoshka-Adaptor (Yoon et al., 2024, sections 3.1-3.2):
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from mrl.adapter.losses import UnsupervisedAdapterLoss, supervised_adapter_loss
 from mrl.adapter.model import MatryoshkaAdapter
 from mrl.config import config_from_dict
 from mrl.errors import MRLError
+from mrl.loop import Loop, Position
 from mrl.validation import check_float, check_int, check_seed
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -197,52 +194,55 @@ def fit_adapter(
     # serves both terms and the pairwise term also sees close pairs; A * (k + 1) ~ batch_size.
     anchors = max(1, config.batch_size // (k + 1)) if neighbour_index is not None else config.batch_size
     anchors = min(anchors, len(corpus))
-    history: list[dict[str, float]] = []
-    adapter.train()
-    bar = tqdm(total=config.epochs * steps, desc="fit adapter", disable=not progress, leave=False)
+    names = ["loss", "pairwise", "neighbour", "reconstruction", *(["ranking"] if supervised else [])]
     cursor, corpus_order = len(corpus), torch.empty(0, dtype=torch.int64)
-    for epoch in range(config.epochs):
+
+    def batches(epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(anchor rows of the corpus, query/document pair rows) of each step of ``epoch``."""
+        nonlocal cursor, corpus_order
         order = torch.randperm(n_items, generator=generator)
-        sums: dict[str, float] = {}
         for step in range(steps):
             if cursor + anchors > len(corpus):
                 corpus_order, cursor = torch.randperm(len(corpus), generator=generator).to(device), 0
             anchor_rows = corpus_order[cursor : cursor + anchors]
             cursor += anchors
-            if neighbour_index is not None:
-                nbr_rows = neighbour_index[anchor_rows]  # [A, k]
-                batch = corpus[torch.cat([anchor_rows, nbr_rows.reshape(-1)])]
-                adapted = adapter(batch)
-                terms = unsupervised(
-                    adapted[:anchors], batch[:anchors],
-                    adapted[anchors:].view(anchors, k, -1), batch[anchors:].view(anchors, k, -1),
-                    pairwise_adapted=adapted, pairwise_embeddings=batch,
-                )
-            else:
-                batch = corpus[anchor_rows]
-                terms = unsupervised(adapter(batch), batch)
             rows = order[step * config.batch_size : (step + 1) * config.batch_size]
             if len(rows) < 2:
                 rows = order[-min(config.batch_size, n_items) :]
-            loss = terms["loss"]
-            if supervised:
-                rows = rows.to(device)
-                terms["ranking"] = ranking(adapter(q[rows]), adapter(d[rows]))
-                loss = loss + config.supervised_weight * terms["ranking"]
-                terms["loss"] = loss
-            if not torch.isfinite(loss):
-                raise MRLError(f"fitting diverged at epoch {epoch + 1}, step {step}: loss is {loss.item()}; lower --lr")
-            optimizer.zero_grad(set_to_none=True)
+            yield anchor_rows, rows
+
+    def backward(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        anchor_rows, rows = batch
+        if neighbour_index is not None:
+            nbr_rows = neighbour_index[anchor_rows]  # [A, k]
+            batch = corpus[torch.cat([anchor_rows, nbr_rows.reshape(-1)])]
+            adapted = adapter(batch)
+            terms = unsupervised(
+                adapted[:anchors], batch[:anchors],
+                adapted[anchors:].view(anchors, k, -1), batch[anchors:].view(anchors, k, -1),
+                pairwise_adapted=adapted, pairwise_embeddings=batch,
+            )
+        else:
+            batch = corpus[anchor_rows]
+            terms = unsupervised(adapter(batch), batch)
+        loss = terms["loss"]
+        if supervised:
+            rows = rows.to(device)
+            terms["ranking"] = ranking(adapter(q[rows]), adapter(d[rows]))
+            loss = terms["loss"] = loss + config.supervised_weight * terms["ranking"]
+        if torch.isfinite(loss):
             loss.backward()
-            optimizer.step()
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
-            bar.update(1)
-        record = {"epoch": epoch + 1, **{name: total / steps for name, total in sums.items()}}
-        history.append(record)
-        bar.set_postfix(loss=f"{record['loss']:.4f}")
-        log.info("epoch %d: %s", epoch + 1, {name: round(value, 5) for name, value in record.items() if name != "epoch"})
-    bar.close()
+        return loss.detach(), torch.stack([terms[name].detach().double() for name in names])
+
+    history: list[dict[str, float]] = []
+
+    def end_epoch(position: Position, means: torch.Tensor) -> dict[str, float]:
+        history.append({"epoch": position.epoch, **dict(zip(names, means.tolist()))})
+        return history[-1]
+
+    adapter.train()
+    Loop(optimizer, lambda step: config.lr, backward, names, what="fitting", desc="fit adapter", progress=progress).run(
+        batches, config.epochs, steps, end_epoch=end_epoch)
     adapter.eval()
     return history
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from mrl.config import TrainConfig
 from mrl.data import Dataset
@@ -58,9 +57,7 @@ def steps_per_epoch(config: TrainConfig, data: Dataset) -> int:
     return max(1, len(data.train) // config.batch_size)
 
 
-def epoch_batches(
-    config: TrainConfig, data: Dataset, epoch: int, progress: bool = False, desc: str = "",
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def epoch_batches(config: TrainConfig, data: Dataset, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Train batches (x, y) of one epoch, shuffled and augmented exactly as :func:`mrl.training.train`
     does in one process: a generator seeded by (seed, epoch) draws the permutation, then each
     batch's augmentation.
@@ -76,21 +73,10 @@ def epoch_batches(
     gen = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
     perm = torch.randperm(len(data.train), generator=gen)
     use_augment = config.augment and data.kind == "image"
-    for i in tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+    for i in range(steps):
         idx = perm[i * config.batch_size : (i + 1) * config.batch_size]
         x, y = data.train.x[idx], data.train.y[idx]
         yield (augment(x, gen) if use_augment else x), y
-
-
-def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float, where: str) -> None:
-    """Set the learning rate, refuse a non-finite loss (naming ``where``), backpropagate and step."""
-    if not torch.isfinite(loss):
-        raise MRLError(f"training diverged at {where}: loss is {loss.item()}; lower --lr")
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
 
 
 def eval_record(nesting: list[int], logits: torch.Tensor, labels: torch.Tensor, knn: dict[int, float], method: str) -> dict:

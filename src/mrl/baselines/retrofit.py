@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mrl.baselines.parts import epoch_batches, eval_record, optimizer_step, split_backbone, steps_per_epoch
+from mrl.baselines.parts import epoch_batches, eval_record, split_backbone, steps_per_epoch
 from mrl.config import TrainConfig
 from mrl.data import Dataset
 from mrl.errors import MRLError
@@ -28,6 +28,7 @@ from mrl.artifacts import kind_of, read_manifest, write_manifest
 from mrl.evaluation import embed, knn1_accuracy, load_run
 from mrl.heads import MatryoshkaLinear
 from mrl.io import atomic_directory, read_json, save_tensors, write_json
+from mrl.loop import Loop
 from mrl.losses import MatryoshkaLoss
 from mrl.models import MatryoshkaClassifier
 from mrl.nesting import parse_nesting
@@ -88,17 +89,22 @@ def retrofit(
     criterion = MatryoshkaLoss(nesting=config.nesting).to(device)
     steps = steps_per_epoch(config, data)
     total, warmup = steps * config.epochs, int(config.warmup_epochs * steps)
-    started, step = time.time(), 0
-    for epoch in range(config.epochs):
-        model.eval()
+
+    def backward(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        model.eval()  # the frozen trunk keeps the FF-d model's BatchNorm statistics
         parts.last.train(last_layer)
-        batches = epoch_batches(config, data, epoch, progress, f"retro-fit epoch {epoch + 1}/{config.epochs}")
-        for i, (x, y) in enumerate(batches):
-            with torch.no_grad():
-                h = parts.trunk(x.to(device))
-            loss = criterion(model.head(parts.finish(parts.last(h))), y.to(device))
-            optimizer_step(optimizer, loss, lr_at(step, total, warmup, config.lr), f"retro-fit epoch {epoch + 1}, step {i}")
-            step += 1
+        x, y = batch
+        with torch.no_grad():
+            h = parts.trunk(x.to(device))
+        loss = criterion(model.head(parts.finish(parts.last(h))), y.to(device))
+        if torch.isfinite(loss):
+            loss.backward()
+        return loss.detach(), loss.detach().reshape(1)
+
+    started = time.time()
+    Loop(optimizer, lambda step: lr_at(step, total, warmup, config.lr), backward, ["loss"], what="retro-fit",
+         desc="retro-fit epoch", progress=progress).run(
+        lambda epoch, first: epoch_batches(config, data, epoch), config.epochs, steps)
     seconds = time.time() - started
     result = _evaluate(model, config, data, device)
     result["train_seconds"] = seconds

@@ -34,13 +34,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mrl.baselines.parts import epoch_batches, eval_record, optimizer_step, split_backbone, steps_per_epoch
+from mrl.baselines.parts import epoch_batches, eval_record, split_backbone, steps_per_epoch
 from mrl.config import TrainConfig
 from mrl.data import Dataset, load_dataset
 from mrl.errors import MRLError
 from mrl.artifacts import lock
 from mrl.evaluation import knn1_accuracy, topk_accuracy
-from mrl.io import append_jsonl, read_jsonl
+from mrl.loop import Loop, Position
 from mrl.losses import MatryoshkaLoss
 from mrl.models import create_model
 from mrl.nesting import validate_nesting
@@ -156,27 +156,32 @@ def _train_slimmable(config: TrainConfig, out: Path, resume: bool, progress: boo
     steps = steps_per_epoch(config, data)
     total_steps = steps * config.epochs
     warmup = int(config.warmup_epochs * steps)
-    for epoch in range(start_epoch, config.epochs):
-        started = time.time()
+
+    def backward(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         model.train()
-        sums = torch.zeros(len(config.nesting))
-        batches = epoch_batches(config, data, epoch, progress, f"slimmable epoch {epoch + 1}/{config.epochs}")
-        for i, (x, y) in enumerate(batches):
-            per_size = criterion.per_size(model(x.to(device)), y.to(device))
-            optimizer_step(optimizer, (criterion.weights * per_size).sum(), lr_at(step, total_steps, warmup, config.lr),
-                           f"slimmable epoch {epoch + 1}, step {i}")
-            step += 1
-            sums += per_size.detach().cpu()
+        x, y = batch
+        per_size = criterion.per_size(model(x.to(device)), y.to(device))
+        loss = (criterion.weights * per_size).sum()
+        if torch.isfinite(loss):
+            loss.backward()
+        return loss.detach(), per_size.detach()
+
+    def end_epoch(position: Position, mean_losses: torch.Tensor) -> dict:
         val_top1 = topk_accuracy(_predict(model, data.val.x, device), data.val.y, 1)
-        record = {
-            "epoch": epoch + 1,
-            "loss_per_size": {str(m): v for m, v in zip(config.nesting, (sums / steps).tolist())},
+        return {
+            "epoch": position.epoch,
+            "loss_per_size": {str(m): v for m, v in zip(config.nesting, mean_losses.tolist())},
             "val_top1": {str(m): float(v) for m, v in zip(config.nesting, val_top1)},
-            "seconds": time.time() - started,
+            "seconds": time.time() - loop.epoch_started,
         }
-        if not any(r.get("epoch") == epoch + 1 for r in read_jsonl(out / METRICS_FILE)):
-            append_jsonl(out / METRICS_FILE, record)
-        save_checkpoint(out, model, optimizer, epoch + 1, step)
+
+    loop = Loop(
+        optimizer, lambda step: lr_at(step, total_steps, warmup, config.lr), backward, config.nesting,
+        what="slimmable training", desc="slimmable epoch", progress=progress, metrics=out / METRICS_FILE,
+        checkpoint=lambda position: save_checkpoint(out, model, optimizer, position.epoch, position.step),
+    )
+    loop.run(lambda epoch, first: epoch_batches(config, data, epoch), config.epochs, steps, Position(start_epoch, step),
+             end_epoch=end_epoch)
     return out
 
 

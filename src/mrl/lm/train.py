@@ -24,22 +24,22 @@ import math
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mrl.artifacts import MANIFEST, Manifest, kind_of, lock, read_manifest, write_manifest
 from mrl.config import config_from_dict
 from mrl.errors import MRLError
-from mrl.io import append_jsonl, atomic_write_text, load_npy, load_tensors, read_json, read_jsonl, save_npy, save_tensors, write_json
+from mrl.io import atomic_write_text, load_npy, load_tensors, read_json, read_jsonl, save_npy, save_tensors, write_json
 from mrl.lm.corpus import load_corpus
 from mrl.lm.model import LMConfig, MatryoshkaLM
 from mrl.lm.tokenizer import LMTokenizer
+from mrl.loop import Loop, Position
 from mrl.losses import MatryoshkaLoss
 from mrl.training import load_optimizer_tensors, optimizer_tensors
 from mrl.validation import check_float, check_int, check_seed
@@ -327,38 +327,45 @@ def _train(run_dir: Path, resume: bool, stop_after: int | None, progress: bool) 
     val_ids = torch.from_numpy(load_npy(run_dir / "tokens_val.npy").astype(np.int64))
     loss_fn = MatryoshkaLoss(nesting=model.nesting)
     last = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    model.train()
     started = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"lm {model_config.head}", disable=not progress)
-    while step < last:
-        lr = learning_rate(step, cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        x, y = sample_batch(train_ids, model_config.context, cfg.batch_size, generator)
+
+    def batches(epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        while True:  # random windows; the checkpointed generator makes them resume exactly
+            yield sample_batch(train_ids, model_config.context, cfg.batch_size, generator)
+
+    def backward(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch
         per_size = sum(
             loss_fn.per_size(model.per_size_logits(model.hidden(x, w).flatten(0, 1)), y.flatten())
             for w in model_config.widths or [None]
         )
         loss = (loss_fn.weights * per_size).sum()
-        if not torch.isfinite(loss):
-            raise MRLError(f"training diverged at step {step + 1}: loss is {loss.item()}; lower --lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if torch.isfinite(loss):
+            loss.backward()
+        return loss.detach(), per_size.detach()
+
+    def step_optimizer() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{per_size[-1].item():.3f}")
-        log_now = step % cfg.log_every == 0 or step == last
-        checkpoint_now = step % cfg.checkpoint_every == 0 or step == last
-        if log_now or checkpoint_now:
-            record = {"step": step, "lr": lr, "nesting": model.nesting, "train_loss": per_size.tolist(),
-                      "elapsed_s": time.perf_counter() - started}
-            if checkpoint_now:
-                record["val_loss"] = validation_loss(model, val_ids, cfg.batch_size, cfg.eval_batches)
-                save_checkpoint(run_dir, model, opt, generator, step)
-            append_jsonl(run_dir / "metrics.jsonl", record)
-    bar.close()
+
+    def end_step(position: Position, per_size: torch.Tensor) -> dict | None:
+        checkpoint_now = position.step % cfg.checkpoint_every == 0 or position.step == last
+        if not (checkpoint_now or position.step % cfg.log_every == 0):
+            return None
+        record = {"step": position.step, "lr": learning_rate(position.step - 1, cfg), "nesting": model.nesting,
+                  "train_loss": per_size.tolist(), "elapsed_s": time.perf_counter() - started}
+        if checkpoint_now:
+            record["val_loss"] = validation_loss(model, val_ids, cfg.batch_size, cfg.eval_batches)
+        return record
+
+    model.train()
+    loop = Loop(
+        opt, lambda i: learning_rate(i, cfg), backward, model.nesting, step_optimizer=step_optimizer,
+        desc=f"lm {model_config.head}", progress=progress, metrics=run_dir / "metrics.jsonl",
+        checkpoint=lambda position: save_checkpoint(run_dir, model, opt, generator, position.step),
+        checkpoint_every=cfg.checkpoint_every,
+    )
+    step = loop.run(batches, 1, cfg.steps, Position(0, step), stop_at=stop_after, end_step=end_step).step
     if step >= cfg.steps:
         save_tensors(run_dir / FINAL_WEIGHTS, model.state_dict(), metadata={"step": str(step)})
         record_files(run_dir, add=[FINAL_WEIGHTS])

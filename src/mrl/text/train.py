@@ -25,21 +25,20 @@ of the global batch, and the gradients are averaged over ranks. Only rank 0 writ
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from mrl.artifacts import check_writable, lock, read_manifest, write_manifest
 from mrl.config import config_from_dict
 from mrl.errors import MRLError
-from mrl.io import append_jsonl, atomic_directory, load_tensors, read_json, read_jsonl, save_tensors, sha256_file, write_json
+from mrl.io import atomic_directory, load_tensors, read_json, save_tensors, sha256_file, write_json
+from mrl.loop import Loop, Position
 from mrl.nesting import validate_nesting
 from mrl.validation import check_choice, check_float, check_int, check_seed
 from mrl.text.losses import LOSSES, TextPairLoss
@@ -47,7 +46,6 @@ from mrl.text.model import embed_with_grad, embedding_dim, load_text_model
 from mrl.text.pairs import Pairs, load_pairs
 from mrl.training import load_optimizer_tensors, lr_at, optimizer_tensors, setup_process
 
-log = logging.getLogger(__name__)
 FORMAT = "mrl-text-run"
 KIND = "text-run"
 CONFIG_FILE = "config.json"
@@ -322,41 +320,36 @@ def train_text(
 
 def _loop(config, out, model, loss_fn, optimizer, pairs, sizes, env, step, steps, stop_after, progress, model_files) -> None:
     per_rank = config.batch_size // env.world_size
+    per_epoch = len(pairs) // config.batch_size
     warmup = int(config.warmup_fraction * steps)
     end = steps if stop_after is None else min(steps, stop_after)
-    model.train()
-    sums, count, started = torch.zeros(len(sizes)), 0, time.time()
-    bar = tqdm(total=end, initial=step, desc="mrl text train", disable=not (progress and env.is_main),
-               leave=False, dynamic_ncols=True)
-    while step < end:
-        rows = batch_rows(config, len(pairs), step)[env.rank * per_rank : (env.rank + 1) * per_rank]
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, warmup, config.lr)
-        torch.manual_seed(config.seed * 1_000_003 + step)  # dropout is a function of the step: exact resume
-        optimizer.zero_grad(set_to_none=True)
+    sums, count, started = torch.zeros(len(sizes)), 0, time.time()  # since the last metrics line
+
+    def batches(epoch: int, first: int) -> Iterator[tuple[int, torch.Tensor]]:
+        for global_step in range(epoch * per_epoch + first, (epoch + 1) * per_epoch):
+            yield global_step, batch_rows(config, len(pairs), global_step)[env.rank * per_rank : (env.rank + 1) * per_rank]
+
+    def backward(batch: tuple[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        global_step, rows = batch
+        torch.manual_seed(config.seed * 1_000_003 + global_step)  # dropout is a function of the step: exact resume
         per_size = train_step(model, loss_fn, pairs, rows)
-        if not torch.isfinite(per_size).all():
-            raise MRLError(f"training diverged at step {step}: loss per size {per_size.tolist()}; lower --lr")
-        optimizer.step()
-        step += 1
-        sums += per_size.cpu()
-        count += 1
-        bar.update(1)
-        if step % 10 == 0 or step == end:
-            bar.set_postfix_str(" ".join(f"{m}:{v:.3f}" for m, v in zip(sizes, (sums / count).tolist())))
-        if env.is_main and (step % config.save_every == 0 or step == end):
-            _log_metrics(out, step, sizes, sums / count, optimizer.param_groups[0]["lr"], time.time() - started)
-            save_checkpoint(out, model, optimizer, step, model_files)
-            sums, count, started = torch.zeros(len(sizes)), 0, time.time()
-    bar.close()
+        return (loss_fn.matryoshka.weights.cpu() * per_size.cpu()).sum(), per_size
 
+    def end_step(position: Position, per_size: torch.Tensor) -> dict | None:
+        nonlocal sums, count, started
+        sums, count = sums + per_size, count + 1
+        if not env.is_main or (position.step % config.save_every and position.step != end):
+            return None
+        means, seconds = sums / count, time.time() - started
+        sums, count, started = torch.zeros(len(sizes)), 0, time.time()
+        return {"step": position.step, "loss": float(means.sum()),
+                "loss_per_size": {str(m): float(v) for m, v in zip(sizes, means)},
+                "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}
 
-def _log_metrics(out: Path, step: int, sizes: list[int], means: torch.Tensor, lr: float, seconds: float) -> None:
-    # An attempt that dies between the metrics line and the checkpoint redoes those steps with
-    # identical results; it must not log them twice.
-    if any(r.get("step") == step for r in read_jsonl(out / METRICS_FILE)):
-        return
-    record = {"step": step, "loss": float(means.sum()), "loss_per_size": {str(m): float(v) for m, v in zip(sizes, means)},
-              "lr": lr, "seconds": seconds}
-    append_jsonl(out / METRICS_FILE, record)
-    log.info("step %d: %s", step, record)
+    model.train()
+    Loop(
+        optimizer, lambda i: lr_at(i, steps, warmup, config.lr), backward, sizes, desc="mrl text train",
+        progress=progress and env.is_main, metrics=out / METRICS_FILE if env.is_main else None,
+        checkpoint=(lambda position: save_checkpoint(out, model, optimizer, position.step, model_files)) if env.is_main else None,
+        checkpoint_every=config.save_every,
+    ).run(batches, config.epochs, per_epoch, Position(step // per_epoch, step), stop_at=end, end_step=end_step)
