@@ -75,7 +75,7 @@ def main(argv=None) -> None:
             cells = []
             for metric in METRICS:
                 mean, std = _series(group, metric, "funnel")
-                cells.append(f"{metric} {100 * mean[funnel]:.2f} +- {100 * std[funnel]:.2f}")
+                cells.append(f"{metric} {100 * mean[funnel]:.2f}" + (f" +- {100 * std[funnel]:.2f}" if len(group) > 1 else ""))
             print(f"{name:>18} {funnel:>8}: " + ", ".join(cells))
     ndcg = {name: _series(group, "ndcg@10")[0] for name, group in runs.items()}
     mrl, plain, raw = ndcg["MRL fine-tuned"], ndcg["plain fine-tuned"], ndcg["raw"]
