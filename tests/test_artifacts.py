@@ -155,3 +155,21 @@ def test_prepare_output_refuses_unwritable_parent(tmp_path):
             prepare_output(parent / "out", "index", overwrite=False)
     finally:
         parent.chmod(0o755)
+
+
+@pytest.mark.parametrize(("reader", "noun", "other_kind"), [
+    ("mrl.runs:read_run", "run directory", "lm-run"),
+    ("mrl.lm.train:read_lm_run", "LM run directory", "training-run"),
+])
+def test_training_and_lm_runs_are_read_by_one_function(tmp_path, reader, noun, other_kind):
+    import importlib
+
+    module, name = reader.split(":")
+    read = getattr(importlib.import_module(module), name)
+    with pytest.raises(MRLError, match=f"^{noun} {tmp_path / 'missing'} does not exist$"):
+        read(tmp_path / "missing")
+    with pytest.raises(MRLError, match=r"\(no valid manifest.json\); create one with `mrl (lm )?train`$"):
+        read(tmp_path)
+    write_manifest(tmp_path, other_kind, [])
+    with pytest.raises(MRLError, match=f"is an mrl '{other_kind}' artifact, not"):
+        read(tmp_path)

@@ -380,3 +380,18 @@ def test_in_memory_commands_refuse_a_streamed_folder(folder, tmp_path, args):
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
     assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+
+
+def test_only_the_writing_rank_opens_every_header(tmp_path, monkeypatch):
+    """Under torchrun rank 0 checks the headers; the other ranks list the folder without opening a file."""
+    import mrl.data.image_folder
+
+    root = make_folder(tmp_path / "d", n_train=2, n_val=1)
+    bad = root / "train" / CLASSES[0] / "broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(MRLError, match=f"cannot read image {bad}"):
+        load_dataset(str(root))
+    real, opened = mrl.data.image_folder._open_rgb, []
+    monkeypatch.setattr(mrl.data.image_folder, "_open_rgb", lambda path, **kw: opened.append(path) or real(path, **kw))
+    data = load_dataset(str(root), check_images=False)
+    assert opened == [] and len(data.train) == 3 * 2 + 1

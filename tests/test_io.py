@@ -1,5 +1,6 @@
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,3 +81,76 @@ def test_atomic_directory_success_and_failure(tmp_path):
     with atomic_directory(target, overwrite=True) as tmp:
         atomic_write_text(tmp / "b.txt", "two")
     assert sorted(p.name for p in target.iterdir()) == ["b.txt"]
+
+
+def test_reading_the_umask_never_changes_it(monkeypatch):
+    """Setting the umask to read it would give 022 to a file another thread creates meanwhile."""
+    import mrl.io
+
+    old = os.umask(0o077)
+    try:
+        real_umask, set_to = os.umask, []
+
+        def recording_umask(mask):
+            set_to.append(mask)
+            return real_umask(mask)
+
+        monkeypatch.setattr(mrl.io.os, "umask", recording_umask)
+        assert mrl.io.current_umask() == 0o077
+        assert all(mask == 0o077 for mask in set_to), f"the umask passed through {[oct(m) for m in set_to]}"
+        # Without /proc the fallback still reads it right and leaves it as it was.
+        monkeypatch.setattr(mrl.io, "_PROC_STATUS", "/nonexistent/status")
+        assert mrl.io.current_umask() == 0o077
+        assert real_umask(0o077) == 0o077
+    finally:
+        os.umask(old)
+
+
+def test_only_write_errors_are_reported_as_cannot_write(tmp_path):
+    import errno
+
+    from mrl.io import atomic_file
+
+    target = tmp_path / "out.bin"
+    with pytest.raises(FileNotFoundError, match="input.npy"):  # the caller's own error, unchanged
+        with atomic_file(target):
+            open(tmp_path / "input.npy", "rb")
+    with pytest.raises(MRLError, match=f"^cannot write {target}: No space left on device$"):
+        with atomic_file(target) as tmp, open(tmp, "wb") as f:
+            f.write(b"x")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with pytest.raises(MRLError, match=f"^cannot write {target}: Permission denied$"):
+        with atomic_file(target) as tmp:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(tmp))  # as open(tmp, "wb") raises it
+    assert os.listdir(tmp_path) == []  # no output, no temp file
+
+
+def test_a_killed_writers_temp_files_are_removed_by_the_next_write(tmp_path):
+    """mrl embed --out x.npz killed with -9 leaves .x.npz.XXXXXXXX.tmp; the next write of x.npz removes it,
+    but never the temp file of a writer still running, nor files that are not x.npz's temp files."""
+    import signal
+    import subprocess
+    import sys
+
+    target = tmp_path / "x.npz"
+    script = ("import sys, time; from mrl.io import atomic_file\n"
+              "with atomic_file(sys.argv[1]) as tmp:\n"
+              "    tmp.write_bytes(b'half'); print(tmp, flush=True); time.sleep(60)\n")
+    writer = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True)
+    try:
+        live = Path(writer.stdout.readline().strip())
+        assert live.exists() and live.parent == tmp_path
+        others = [tmp_path / ".x.npz.notes", tmp_path / ".y.npz.abcd1234.tmp", tmp_path / "x.npz.abcd1234.tmp"]
+        for path in others:
+            path.write_text("not x.npz's temp file")
+        save_npz(target, a=np.arange(3))
+        assert live.exists(), "a running writer's temp file was removed"
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        save_npz(target, a=np.arange(4))
+        assert not live.exists()
+        assert load_npz(target)["a"].tolist() == [0, 1, 2, 3]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["x.npz", *(p.name for p in others)])
+    finally:
+        writer.kill()
+        writer.wait()

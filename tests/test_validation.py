@@ -77,3 +77,19 @@ def test_click_check_gives_one_error_line_and_exit_1():
     result = runner.invoke(group, ["run", "--top-k", "0"])
     assert result.exit_code == 1
     assert result.output == "Error: --top-k must be an integer >= 1, got 0\n"
+
+
+@pytest.mark.parametrize(("bad", "match"), [
+    ([0.5, 0.25, 1], r"^widths must be strictly ascending, got \[0.5, 0.25, 1.0\]$"),
+    ([0.5, 0.5], r"^widths must be strictly ascending, got \[0.5, 0.5\]$"),
+    ([0, 1], r"^every width must be a finite number > 0 and <= 1, got 0.0$"),
+    ([0.5, math.inf], r"^every width must be a finite number > 0 and <= 1, got inf$"),
+    ([0.5, True], r"^every width must be a finite number > 0 and <= 1, got True$"),
+    ([], r"^widths must be a non-empty list of numbers, got \[\]$"),
+])
+def test_ascending_fractions_share_the_integer_checker(bad, match):
+    """One ascending checker for integer nesting sizes and fractional widths (models.widths uses it)."""
+    assert check_ascending("widths", [0.25, 0.5, 1], min=0, max=1, element=check_float, each="every width",
+                           min_open=True) == [0.25, 0.5, 1.0]
+    with pytest.raises(MRLError, match=match):
+        check_ascending("widths", bad, min=0, max=1, element=check_float, each="every width", min_open=True)

@@ -168,6 +168,33 @@ def read_manifest(
     return Manifest(found, format_version, checksums, meta)
 
 
+def read_made_by(
+    directory: str | os.PathLike, kind: str, format_version: int, command: str, noun: str, described: str,
+    verify: Iterable[str] | None = None,
+) -> Manifest:
+    """:func:`read_manifest` of a folder that ``command`` makes, with messages naming that command.
+
+    Args:
+        directory: the folder.
+        kind, format_version, verify: as :func:`read_manifest`.
+        command: the command that makes such a folder ("mrl train").
+        noun: what the folder is called when it is missing ("run directory").
+        described: what it should have been when it holds no manifest ("a run directory of `mrl train`").
+
+    Example:
+        >>> read_made_by("/nonexistent", "lm-run", 1, "mrl lm train", "LM run directory", "an LM run directory")
+        Traceback (most recent call last):
+        ...
+        mrl.errors.MRLError: LM run directory /nonexistent does not exist
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise MRLError(f"{noun} {directory} does not exist")
+    if kind_of(directory) is None:
+        raise MRLError(f"{directory} is not {described} (no valid {MANIFEST}); create one with `{command}`")
+    return read_manifest(directory, kind, format_version, verify=verify)
+
+
 def kind_of(directory: str | os.PathLike) -> str | None:
     """The kind named by ``directory``'s manifest, or None if it holds no readable mrl manifest."""
     directory = Path(directory)

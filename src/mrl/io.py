@@ -8,11 +8,15 @@ with ``allow_pickle=False`` for arrays; ``torch.load`` is only ever called with 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -38,10 +42,28 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+_PROC_STATUS = "/proc/self/status"
+_UMASK_LOCK = threading.Lock()
+# errno values of a failed write itself; an OSError without a file name and another errno comes
+# from something else the caller did inside an atomic_file block (reading an input, say).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+
+
 def current_umask() -> int:
-    """The process umask (read by setting it and putting it back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
+    """The process umask, read without changing it where the system allows.
+
+    Linux reports it in /proc/self/status (``Umask:``). Elsewhere it can only be read by setting
+    it and putting it back; a file another thread creates in between would get the temporary
+    mask, so that fallback at least never overlaps itself (a lock).
+    """
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open(_PROC_STATUS, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
     return mask
 
 
@@ -56,23 +78,63 @@ def _writing(path: Path) -> Iterator[None]:
         raise MRLError(f"cannot write {path}: {exc.strerror}") from None
 
 
+def _remove_stale_temps(path: Path) -> None:
+    """Delete the temp files of ``path`` that killed writers left beside it.
+
+    A live writer holds an exclusive flock on its temp file until the rename, and a flock dies
+    with its process, so a temp file whose lock can be taken is a dead writer's. Only plain files
+    named as :func:`atomic_file` names them for this very ``path`` are touched.
+    """
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")  # mkstemp's ".NAME.XXXXXXXX.tmp"
+    try:
+        with os.scandir(path.parent) as entries:
+            stale = [e.path for e in entries if pattern.fullmatch(e.name) and e.is_file(follow_symlinks=False)]
+    except OSError:  # an unlistable folder: cleaning is best effort, the write itself may still succeed
+        return
+    for name in stale:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live writer's
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success fsync it and rename it onto ``path``.
 
     Lets writers that stream to a file (np.save, faiss.write_index) write atomically without
-    building the whole file in memory first. On error the temp file is removed. The file gets
-    the mode a plain ``open`` would give it (0666 less the umask), not mkstemp's 0600.
+    building the whole file in memory first. On error the temp file is removed, and temp files
+    of ``path`` left by writers killed earlier are removed on the next write. The file gets the
+    mode a plain ``open`` would give it (0666 less the umask), not mkstemp's 0600. An OSError of
+    the write or rename is one MRLError naming ``path``; any other error of the caller's block
+    (reading an input, say) passes through unchanged.
     """
     path = Path(path)
     with _writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, 0o666 & ~current_umask())
-        os.close(fd)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held until the rename: marks the temp file as a live writer's
         with _writing(path):
+            os.fchmod(fd, 0o666 & ~current_umask())
+        try:
             yield Path(tmp)
+        except OSError as exc:
+            written = exc.filename is not None and os.fspath(exc.filename) == tmp
+            if exc.errno is not None and (written or (exc.filename is None and exc.errno in _WRITE_ERRNOS)):
+                raise MRLError(f"cannot write {path}: {exc.strerror}") from None
+            raise
+        with _writing(path):
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -80,6 +142,8 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    finally:
+        os.close(fd)
     _fsync_dir(path.parent)
 
 

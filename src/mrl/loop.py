@@ -65,14 +65,15 @@ class Loop:
     Args:
         optimizer: zeroed before, and stepped after, every batch.
         lr: the learning rate of a global step; each group gets ``lr * lr_scale``.
-        backward: forward and backward pass of one batch; returns the loss (a scalar, checked
-            to be finite before the optimizer steps) and the values averaged over the epoch [K].
+        backward: ``backward(batch, step)``, the forward and backward pass of one batch at global
+            step ``step``; returns the loss (a scalar, checked to be finite before the optimizer
+            steps) and the values averaged over the epoch [K].
         labels: names of the K values (nesting sizes, loss terms), shown on the progress bar.
         step_optimizer: how the optimizer steps; by default ``optimizer.step()``.
         what: the word of the divergence message ("training diverged at ...").
         desc: progress bar label.
         progress: show a progress bar per epoch.
-        metrics: JSONL log that the records returned by ``end_epoch`` go to (once per epoch).
+        metrics: JSONL log that the records of ``end_step`` and ``end_epoch`` go to, each once.
         checkpoint: commits a checkpoint at a position, after that position's metrics line.
         checkpoint_every: commit one every this many steps and at the last step (step-based
             trainers); None: at the end of each epoch.
@@ -80,7 +81,7 @@ class Loop:
 
     optimizer: torch.optim.Optimizer
     lr: Callable[[int], float]
-    backward: Callable[[Any], tuple[torch.Tensor, torch.Tensor]]
+    backward: Callable[[Any, int], tuple[torch.Tensor, torch.Tensor]]
     labels: Sequence[Any]
     step_optimizer: Callable[[], None] | None = None
     what: str = "training"
@@ -157,12 +158,14 @@ class Loop:
         return position
 
     def _step(self, batch: Any, epoch: int, index: int, step: int) -> torch.Tensor:
-        lr = self.lr(step)
-        set_learning_rate(self.optimizer, lr)
+        set_learning_rate(self.optimizer, self.lr(step))
         self.optimizer.zero_grad(set_to_none=True)
-        loss, values = self.backward(batch)
+        loss, values = self.backward(batch, step)
         if not torch.isfinite(loss):
-            raise MRLError(f"{self.what} diverged at epoch {epoch + 1}, step {index}: loss is {loss.item()}; lower --lr")
+            # Step-based runs number their steps from 1 (as metrics.jsonl does); epoch-based runs
+            # name the epoch and the batch within it.
+            where = f"step {step + 1}" if self.checkpoint_every is not None else f"epoch {epoch + 1}, step {index}"
+            raise MRLError(f"{self.what} diverged at {where}: loss is {loss.item()}; lower --lr")
         if self.step_optimizer is not None:
             self.step_optimizer()
         else:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mrl.artifacts import LOCK_FILE, Manifest, check_overlap, check_writable, kind_of, read_manifest, write_manifest
+from mrl.artifacts import LOCK_FILE, Manifest, check_overlap, check_writable, kind_of, read_made_by, write_manifest
 from mrl.config import TrainConfig
 from mrl.errors import MRLError
 from mrl.io import load_tensors, read_json, save_npy, save_tensors, sha256_file, write_json
@@ -98,12 +98,8 @@ def is_run_dir(path: str | os.PathLike) -> bool:
 
 def read_run(run_dir: str | os.PathLike, verify: list[str] | None = None) -> Manifest:
     """The verified manifest of a training run (every listed file by default)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise MRLError(f"run directory {run_dir} does not exist")
-    if kind_of(run_dir) is None:
-        raise MRLError(f"{run_dir} is not a run directory of `mrl train` (no valid manifest.json); create one with `mrl train`")
-    return read_manifest(run_dir, KIND, FORMAT_VERSION, verify=verify)
+    return read_made_by(run_dir, KIND, FORMAT_VERSION, "mrl train", "run directory", "a run directory of `mrl train`",
+                        verify=verify)
 
 
 def load_config(run_dir: str | os.PathLike) -> TrainConfig:

@@ -1,4 +1,4 @@
-"""The training loop for MRL, MRL-E and FF runs: single process or DistributedDataParallel.
+"""The classifier trainer for MRL, MRL-E and FF runs (on :mod:`mrl.loop`): single process or DistributedDataParallel.
 
 One run is one directory, laid out and checkpointed by :mod:`mrl.runs` (a streamed image folder's
 class list is saved with it). A checkpoint is written
@@ -226,7 +226,7 @@ def _train(
     if env.is_main:
         check_new_run(config, out, resume)
     data = data if data is not None else load_dataset(
-        config.data, config.data_dir, config.max_train, image_size=config.image_size
+        config.data, config.data_dir, config.max_train, image_size=config.image_size, check_images=env.is_main
     )
     if config.nesting[-1] > config.rep_dim:
         raise MRLError(f"nesting size {config.nesting[-1]} is larger than the representation size {config.rep_dim}")
@@ -279,7 +279,7 @@ def _train(
             return lr_at(step, total_steps, warmup, config.lr)
         return step_lr_at(step, steps_per_epoch, warmup, config.lr, config.lr_step_epochs, config.lr_gamma)
 
-    def backward(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def backward(batch: tuple[torch.Tensor, torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
         if config.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -93,8 +93,19 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> Any:
     return value
 
 
-def check_ascending(name: str, seq: Sequence[Any], min: int | None = None, max: int | None = None) -> list[int]:
-    """A non-empty, strictly ascending list of integers within [min, max].
+def check_ascending(
+    name: str, seq: Sequence[Any], min: float | None = None, max: float | None = None,
+    element: Callable[..., Any] = check_int, each: str | None = None, **bounds: Any,
+) -> list:
+    """A non-empty, strictly ascending list whose every entry passes ``element`` within [min, max].
+
+    Args:
+        name: the list's name in messages.
+        seq: the values.
+        min, max: bounds of every entry.
+        element: the check of one entry: :func:`check_int` (default) or :func:`check_float`.
+        each: an entry's name in messages (default "every size of NAME").
+        **bounds: more arguments of ``element`` (``min_open=True``).
 
     Example:
         >>> check_ascending("nesting", [8, 16], min=1, max=16)
@@ -103,10 +114,13 @@ def check_ascending(name: str, seq: Sequence[Any], min: int | None = None, max: 
         Traceback (most recent call last):
         ...
         mrl.errors.MRLError: nesting must be strictly ascending, got [16, 8]
+        >>> check_ascending("widths", [0.5, 1], min=0, max=1, element=check_float, each="every width", min_open=True)
+        [0.5, 1.0]
     """
     if isinstance(seq, (str, bytes)) or not isinstance(seq, Sequence) or len(seq) == 0:
-        raise MRLError(f"{name} must be a non-empty list of integers, got {seq!r}")
-    values = [check_int(f"every size of {name}", v, min=min, max=max) for v in seq]
+        kind = "integers" if element is check_int else "numbers"
+        raise MRLError(f"{name} must be a non-empty list of {kind}, got {seq!r}")
+    values = [element(each or f"every size of {name}", v, min=min, max=max, **bounds) for v in seq]
     if any(b <= a for a, b in zip(values, values[1:])):
         raise MRLError(f"{name} must be strictly ascending, got {values}")
     return values

@@ -211,7 +211,7 @@ def fit_adapter(
                 rows = order[-min(config.batch_size, n_items) :]
             yield anchor_rows, rows
 
-    def backward(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def backward(batch: tuple[torch.Tensor, torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor]:
         anchor_rows, rows = batch
         if neighbour_index is not None:
             nbr_rows = neighbour_index[anchor_rows]  # [A, k]

@@ -90,7 +90,7 @@ def retrofit(
     steps = steps_per_epoch(config, data)
     total, warmup = steps * config.epochs, int(config.warmup_epochs * steps)
 
-    def backward(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def backward(batch: tuple[torch.Tensor, torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor]:
         model.eval()  # the frozen trunk keeps the FF-d model's BatchNorm statistics
         parts.last.train(last_layer)
         x, y = batch

@@ -157,7 +157,7 @@ def _train_slimmable(config: TrainConfig, out: Path, resume: bool, progress: boo
     total_steps = steps * config.epochs
     warmup = int(config.warmup_epochs * steps)
 
-    def backward(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def backward(batch: tuple[torch.Tensor, torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor]:
         model.train()
         x, y = batch
         per_size = criterion.per_size(model(x.to(device)), y.to(device))

@@ -234,7 +234,7 @@ def load_image_folder(root: Path, max_train: int | None = None) -> Dataset:
 
 def load_dataset(
     name: str, data_dir: str | Path | None = None, max_train: int | None = None, image_size: int | None = None,
-    streaming: bool = True,
+    streaming: bool = True, check_images: bool = True,
 ) -> Dataset | StreamingDataset:
     """Load a data set by name or path.
 
@@ -246,6 +246,7 @@ def load_dataset(
         max_train: keep at most this many training examples (seeded).
         image_size: crop side of a streamed folder (default 224); an error for other data.
         streaming: whether the caller can use a streamed folder; False refuses one up front.
+        check_images: open every header of a streamed folder (see :func:`load_streaming_folder`).
     """
     path = Path(name)
     if name not in DATASETS and path.is_dir() and is_streaming_folder(path):
@@ -254,7 +255,7 @@ def load_dataset(
                 f"{name} is an ImageNet-style folder (ROOT/train, ROOT/val) that only `mrl train` and `mrl eval` "
                 "stream; this command holds its data in memory: give it IDX files, an .npz or a flat image folder"
             )
-        return load_streaming_folder(path, image_size, max_train, SPLIT_SEED)
+        return load_streaming_folder(path, image_size, max_train, SPLIT_SEED, check_images=check_images)
     if image_size is not None:
         raise MRLError(
             f"--image-size applies to streamed image folders (ROOT/train/<class>, ROOT/val/<class>), not {name!r}"

@@ -231,7 +231,8 @@ class StreamingDataset:
 
 
 def load_streaming_folder(
-    root: str | Path, image_size: int | None = None, max_train: int | None = None, split_seed: int = 0
+    root: str | Path, image_size: int | None = None, max_train: int | None = None, split_seed: int = 0,
+    check_images: bool = True,
 ) -> StreamingDataset:
     """List ROOT/train and ROOT/val (and ROOT/test, else val doubles as test) and check every header.
 
@@ -242,6 +243,8 @@ def load_streaming_folder(
         root: the folder.
         image_size: side S of the crops (default 224).
         max_train: keep the first N training images of a permutation seeded by ``split_seed``.
+        check_images: open every header; under torchrun rank 0 alone does (the rank that writes,
+            and whose failure ends the others), instead of every rank reading every file.
     """
     root = Path(root)
     image_size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
@@ -252,7 +255,7 @@ def load_streaming_folder(
     _, val_paths, val_labels = _list_split(root / "val", classes)
     has_test = (root / "test").is_dir()
     test_parts = _list_split(root / "test", classes)[1:] if has_test else (val_paths, val_labels)
-    for paths in (train_paths, val_paths, test_parts[0] if has_test else ()):
+    for paths in (train_paths, val_paths, test_parts[0] if has_test else ()) if check_images else ():
         for path in paths:
             _open_rgb(os.fsdecode(path), verify_only=True)
     return StreamingDataset(

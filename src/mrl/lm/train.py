@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mrl.artifacts import MANIFEST, Manifest, kind_of, lock, read_manifest, write_manifest
+from mrl.artifacts import MANIFEST, Manifest, lock, read_made_by, write_manifest
 from mrl.config import config_from_dict
 from mrl.errors import MRLError
 from mrl.io import atomic_write_text, load_npy, load_tensors, read_json, read_jsonl, save_npy, save_tensors, write_json
@@ -123,12 +123,8 @@ def checkpoint_name(step: int) -> str:
 
 def read_lm_run(run_dir: str | os.PathLike, verify: list[str] | None = None) -> Manifest:
     """The verified manifest of an LM run directory (every listed file by default)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise MRLError(f"LM run directory {run_dir} does not exist")
-    if kind_of(run_dir) is None:
-        raise MRLError(f"{run_dir} is not an LM run directory (no valid manifest.json); create one with `mrl lm train`")
-    return read_manifest(run_dir, KIND, FORMAT_VERSION, verify=verify)
+    return read_made_by(run_dir, KIND, FORMAT_VERSION, "mrl lm train", "LM run directory", "an LM run directory",
+                        verify=verify)
 
 
 def checkpoint_step(manifest: Manifest) -> int:
@@ -333,7 +329,7 @@ def _train(run_dir: Path, resume: bool, stop_after: int | None, progress: bool) 
         while True:  # random windows; the checkpointed generator makes them resume exactly
             yield sample_batch(train_ids, model_config.context, cfg.batch_size, generator)
 
-    def backward(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def backward(batch: tuple[torch.Tensor, torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
         per_size = sum(
             loss_fn.per_size(model.per_size_logits(model.hidden(x, w).flatten(0, 1)), y.flatten())

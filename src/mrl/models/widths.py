@@ -27,7 +27,7 @@ from torch import nn
 
 from mrl.errors import MRLError
 from mrl.models.mlp import REP_ACTIVATIONS
-from mrl.validation import check_choice, check_float
+from mrl.validation import check_ascending, check_choice, check_float
 
 WidthSpec = float | Sequence[float] | None
 """A width to run: None (full), one fraction for every layer, or one fraction per hidden layer."""
@@ -49,10 +49,7 @@ def validate_widths(widths: Iterable[float]) -> list[float]:
         raise MRLError(f"widths must be a list of fractions in (0, 1], got {widths!r}") from None
     if not values:
         raise MRLError("widths must not be empty")
-    out = [check_float("every width", w, min=0, max=1, min_open=True) for w in values]
-    for a, b in zip(out, out[1:]):
-        if b <= a:
-            raise MRLError(f"widths must be strictly ascending, got {out}")
+    out = check_ascending("widths", values, min=0, max=1, element=check_float, each="every width", min_open=True)
     if out[-1] != 1.0:
         raise MRLError(f"the last width must be 1 (the full model), got {out}")
     return out

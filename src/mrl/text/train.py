@@ -325,13 +325,12 @@ def _loop(config, out, model, loss_fn, optimizer, pairs, sizes, env, step, steps
     end = steps if stop_after is None else min(steps, stop_after)
     sums, count, started = torch.zeros(len(sizes)), 0, time.time()  # since the last metrics line
 
-    def batches(epoch: int, first: int) -> Iterator[tuple[int, torch.Tensor]]:
+    def batches(epoch: int, first: int) -> Iterator[torch.Tensor]:
         for global_step in range(epoch * per_epoch + first, (epoch + 1) * per_epoch):
-            yield global_step, batch_rows(config, len(pairs), global_step)[env.rank * per_rank : (env.rank + 1) * per_rank]
+            yield batch_rows(config, len(pairs), global_step)[env.rank * per_rank : (env.rank + 1) * per_rank]
 
-    def backward(batch: tuple[int, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        global_step, rows = batch
-        torch.manual_seed(config.seed * 1_000_003 + global_step)  # dropout is a function of the step: exact resume
+    def backward(rows: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(config.seed * 1_000_003 + step)  # dropout is a function of the step: exact resume
         per_size = train_step(model, loss_fn, pairs, rows)
         return (loss_fn.matryoshka.weights.cpu() * per_size.cpu()).sum(), per_size
 
