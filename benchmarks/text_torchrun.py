@@ -14,7 +14,7 @@ ranks, padding to each rank's longest text), which AdamW's normalised steps carr
 
 Reproduce:
 
-    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/text_torchrun.py --steps 3 --work-dir runs/text_torchrun
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/text_torchrun.py --steps 2 --work-dir runs/text_torchrun
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def losses(run: Path) -> list[dict[str, float]]:
 
 def main(argv=None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=3, help="optimizer steps of each run")
+    parser.add_argument("--steps", type=int, default=2, help="optimizer steps of each run")
     parser.add_argument("--batch-size", type=int, default=32, help="global batch (each of 2 ranks takes half)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/text_torchrun"), help="scratch folder (replaced)")
