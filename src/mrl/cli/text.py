@@ -62,7 +62,8 @@ def text_group() -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-def train_command(ctx: click.Context, nesting: str | None, loss_weights: str | None, plain: bool, out: Path, resume: bool, quiet: bool, **params) -> None:
+def train_command(ctx: click.Context, nesting: str | None, loss_weights: str | None, plain: bool, out: Path, resume: bool,
+                  quiet: bool, **params) -> None:
     """Fine-tune a sentence-transformers model with MRL's nested loss (or --plain) into --out.
 
     Runs unchanged under `torchrun --nproc_per_node=K`: K ranks of batch B/K train like one process
