@@ -31,14 +31,15 @@ from mrl.experiments import claim_folder, run_or_reuse, run_status
 from mrl.nesting import parse_nesting
 from mrl.report import markdown_table
 
-# Each variant is a set of TrainConfig overrides; "paper" is the method as published (ReLU features,
+# Each variant is a set of TrainConfig overrides, each naming its representation activation (the
+# default changed to "none" after this search); "paper" is the method as published (ReLU features,
 # c_m = 1, one learning rate).
 VARIANTS: dict[str, dict] = {
-    "paper": {},
+    "paper": {"rep_activation": "relu"},
     "linear-rep": {"rep_activation": "none"},
-    "head-lr-x4": {"head_lr_scale": 4.0},
+    "head-lr-x4": {"rep_activation": "relu", "head_lr_scale": 4.0},
     "linear-rep-head-lr-x4": {"rep_activation": "none", "head_lr_scale": 4.0},
-    "weights-large": {"loss_weights": "large"},
+    "weights-large": {"rep_activation": "relu", "loss_weights": "large"},
     "linear-rep-weights-large": {"rep_activation": "none", "loss_weights": "large"},
     "linear-rep-weights-small": {"rep_activation": "none", "loss_weights": "small"},
 }
@@ -59,7 +60,7 @@ def zero_prefix_share(z: np.ndarray, nesting: list[int]) -> dict[int, float]:
 
 def ff_folder(ff_overrides: dict) -> str:
     """FF runs depend only on the overrides that reach an FF model, so variants share them."""
-    return "ff" + "".join(f"_{k}={v}" for k, v in sorted(ff_overrides.items())) if ff_overrides else "ff_paper"
+    return "ff" + "".join(f"_{k}={v}" for k, v in sorted(ff_overrides.items()))
 
 
 def variant_runs(name: str, seeds: list[int], methods: list[str], ff_sizes: list[int], common: dict, rep_dim: int):

@@ -1,26 +1,30 @@
 """Nested widths (MatFormer) x Matryoshka dims: each submodel vs a model trained at its width alone.
 
-Classification (Fashion-MNIST, MLP backbone): one run trained with ``--widths`` (every width's
-Matryoshka loss summed per step) against one run per width trained alone (same recipe, same
-epochs, hidden layers of round(w * 512) units), compared at every (width, dim) on test top-1 and
-1-NN; then the (width, dim) cascade of :class:`mrl.adaptive.WidthDimCascade`, fitted on val,
-measured on test: its cost-accuracy curve and the budget policy's point (full-model accuracy -
-0.2 points). WordNet LM: one LM trained with FFN widths against one LM per width trained alone
-(FFN of round(w * 4d) units), validation perplexity per (width, head size). The plain MLP
-(BatchNorm, no widths) is trained too, as the reference the nested recipe (LayerNorm) departs from.
+Classification (Fashion-MNIST, MLP backbone), per seed: one nested run per norm (``--norms``:
+switchable BatchNorm and/or LayerNorm, every width's Matryoshka loss summed per step) against one
+run per width trained alone with the same norm and recipe (hidden layers of round(w * 512) units;
+the BatchNorm ones are the plain MLP), compared at every (width, dim) on test top-1 and 1-NN; nested
+runs that sample widths per step (``--samplings``: random, sandwich) on the first norm; and per
+nested run the (width, dim) cascade of :class:`mrl.adaptive.WidthDimCascade`, fitted on val,
+measured on test: its cost-accuracy curve and the budget policy's point (full-model accuracy - 0.2
+points). Training cost of a sampling rule: multiply-adds of the widths it trains, summed over the
+run's steps, relative to training every width (exact), and its wall-clock ratio (noisy on a shared
+machine). Over several seeds the table gives mean +- std. WordNet LM: one LM trained with FFN
+widths against one LM per width trained alone (FFN of round(w * 4d) units), validation perplexity
+per (width, head size).
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/widths.py --out runs/widths
 
 The defaults are the demo setting (all of Fashion-MNIST, 512-512 -> 2048, 10 epochs) and the LM
 benchmark's (d=128, 2 layers, 400 steps); ``--max-train``, ``--epochs``, ``--rep-dim`` and
-``--lm-steps`` make a smaller proxy. Each phase skips the runs already done, so an interrupted
-benchmark picks up where it stopped. Writes OUT/results.json and OUT/table.md.
+``--lm-steps`` make a smaller proxy. Runs live in OUT/classify/seed{S}/{name}; each is skipped once
+done, so an interrupted benchmark (or one run again with more seeds) picks up where it stopped.
+Writes OUT/results.json and OUT/table.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -31,40 +35,76 @@ from mrl.adaptive import WidthDimCascade, max_softmax, pareto_curve
 from mrl.config import TrainConfig
 from mrl.data import load_dataset
 from mrl.experiments import run_or_reuse
-from mrl.io import atomic_write_text, load_npy, read_json, write_json
-from mrl.models.widths import parse_widths, units_at
-from mrl.runs import read_run
+from mrl.io import atomic_write_text, load_npy, read_json, read_jsonl, write_json
+from mrl.models.widths import parse_widths, units_at, widths_for_step
+from mrl.runs import METRICS_FILE, read_run
 
 MLP_HIDDEN = 512
 
 
-def classify_runs(args) -> dict[str, TrainConfig]:
+def classify_runs(args, seed: int) -> dict[str, TrainConfig]:
     common = dict(data=args.data, data_dir=args.data_dir, arch="mlp", rep_dim=args.rep_dim, epochs=args.epochs,
-                  max_train=args.max_train, seed=args.seed)
-    runs = {"nested": TrainConfig(widths=args.widths, **common)}
-    for w in args.widths:
-        runs[f"alone-{w}"] = TrainConfig(widths=[1.0], hidden=[units_at(MLP_HIDDEN, w)] * 2, **common)
-    runs["plain"] = TrainConfig(**common)  # today's MLP (BatchNorm), the recipe the nested one departs from
+                  max_train=args.max_train, seed=seed, rep_activation=args.rep_activation)
+    runs = {}
+    for norm in args.norms:
+        runs[f"nested-{norm}"] = TrainConfig(widths=args.widths, width_norm=norm, **common)
+    for sampling in args.samplings:
+        runs[f"nested-{args.norms[0]}-{sampling}"] = TrainConfig(
+            widths=args.widths, width_norm=args.norms[0], width_sampling=sampling, width_samples=args.width_samples,
+            **common)
+    for norm in args.norms:
+        for w in args.widths:
+            hidden = [units_at(MLP_HIDDEN, w)] * 2
+            runs[f"alone-{norm}-{w}"] = (
+                TrainConfig(hidden=None if w == 1.0 else hidden, **common) if norm == "batch"  # the plain MLP
+                else TrainConfig(widths=[1.0], hidden=hidden, **common)
+            )
     return runs
 
 
-def run_classification(args) -> dict:
+def training_cost(config: TrainConfig, run_dir: Path, grid: dict, steps_per_epoch: int) -> dict:
+    """Multiply-adds per example of the widths trained, averaged over the run's steps, and its seconds.
+
+    The forward pass at width w costs the grid's FLOPs of (w, d); backward is about twice that at
+    every width alike, so the ratio between sampling rules holds for the whole step.
+    """
+    flops = {w: grid["flops"][str(w)][str(grid["nesting"][-1])] for w in config.widths}
+    steps = steps_per_epoch * config.epochs
+    total = sum(flops[w] for step in range(steps)
+                for w in widths_for_step(config.widths, config.width_sampling, config.width_samples, config.seed, step))
+    return {"forward_flops_per_example": total / steps,
+            "train_seconds": sum(r["seconds"] for r in read_jsonl(run_dir / METRICS_FILE))}
+
+
+def run_classification(args, previous: dict) -> dict:
     root = args.out / "classify"
     data = load_dataset(args.data, args.data_dir, args.max_train)
-    results = {
-        name: run_or_reuse(config, root / name, data=data, progress=False, save_logits=name == "nested")
-        for name, config in classify_runs(args).items()
-    }
-    grid = results["nested"]["grid"]
-    nesting = grid["nesting"]
-    comparison = {}
-    for w in args.widths:
-        alone = results[f"alone-{w}"]
-        comparison[str(w)] = {
-            key: {str(m): grid[key][str(w)][str(m)] - alone[key][str(m)] for m in nesting} for key in ("top1", "knn1")
+    steps_per_epoch = max(1, len(data.split("train")) // 256)  # TrainConfig's batch size; the last partial batch is dropped
+    per_seed = dict(previous.get("per_seed", {}))
+    for seed in args.seeds:
+        configs = classify_runs(args, seed)
+        results = {
+            name: run_or_reuse(config, root / f"seed{seed}" / name, data=data, progress=False,
+                               save_logits=name.startswith("nested"))
+            for name, config in configs.items()
         }
-    return {"grid": grid, "alone": {str(w): results[f"alone-{w}"] for w in args.widths}, "plain": results["plain"],
-            "nested_minus_alone": comparison, "cascade": cascade_curve(root / "nested", grid)}
+        nested = {}
+        for name, config in configs.items():
+            if not name.startswith("nested"):
+                continue
+            grid = results[name]["grid"]
+            diff = {}
+            for w in args.widths:
+                alone = results[f"alone-{config.width_norm}-{w}"]
+                diff[str(w)] = {key: {str(m): grid[key][str(w)][str(m)] - alone[key][str(m)] for m in grid["nesting"]}
+                                for key in ("top1", "knn1")}
+            nested[name] = {"grid": grid, "nested_minus_alone": diff,
+                            "cascade": cascade_curve(root / f"seed{seed}" / name, grid),
+                            "cost": training_cost(config, root / f"seed{seed}" / name, grid, steps_per_epoch)}
+        alone = {name: {"top1": r["top1"], "knn1": r["knn1"]} for name, r in results.items() if name.startswith("alone")}
+        before = per_seed.get(str(seed), {"nested": {}, "alone": {}})
+        per_seed[str(seed)] = {"nested": {**before["nested"], **nested}, "alone": {**before["alone"], **alone}}
+    return {"widths": args.widths, "per_seed": per_seed}
 
 
 def cascade_curve(run_dir: Path, grid: dict) -> dict:
@@ -113,7 +153,7 @@ def run_lm(args) -> dict:
     for name, config in runs.items():
         run_dir = root / name
         if not (run_dir / "config.json").exists():
-            prepare_run(run_dir, "wordnet", config, LMTrainConfig(steps=args.lm_steps, seed=args.seed), tokens_from=first)
+            prepare_run(run_dir, "wordnet", config, LMTrainConfig(steps=args.lm_steps, seed=args.seeds[0]), tokens_from=first)
         first = first or run_dir
         if not (run_dir / "model.safetensors").exists():
             lm_train(run_dir, resume=True, progress=False)
@@ -129,51 +169,97 @@ def run_lm(args) -> dict:
             "ppl_ratio_nested_over_alone": ratio}
 
 
-def table(results: dict) -> str:
-    lines = []
-    if "classify" in results:
-        c = results["classify"]
-        grid = c["grid"]
-        d = str(grid["nesting"][-1])
-        lines += ["| width | FLOPs/example | top-1 nested | top-1 alone | diff (pts) | worst diff over dims | "
-                  "1-NN nested | 1-NN alone | diff (pts) |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for w in grid["widths"]:
-            w = str(w)
-            alone = c["alone"][w]
-            diffs = c["nested_minus_alone"][w]
+def mean_std(values) -> str:
+    """``mean +- std`` in points (sample std over seeds; one seed shows only its value)."""
+    values = 100 * np.asarray(list(values), dtype=np.float64)
+    return f"{values.mean():.2f}" if len(values) == 1 else f"{values.mean():.2f} +- {values.std(ddof=1):.2f}"
+
+
+def signed_mean_std(values) -> str:
+    values = 100 * np.asarray(list(values), dtype=np.float64)
+    return f"{values.mean():+.2f}" if len(values) == 1 else f"{values.mean():+.2f} +- {values.std(ddof=1):.2f}"
+
+
+def classify_table(c: dict) -> list[str]:
+    seeds = sorted(c["per_seed"], key=int)
+    runs = [c["per_seed"][s] for s in seeds]
+    widths = [str(w) for w in c["widths"]]
+    variants = list(dict.fromkeys(name for r in runs for name in r["nested"]))  # seeds may hold different runs
+    d = str(next(iter(runs[0]["nested"].values()))["grid"]["nesting"][-1])
+    lines = [f"Seeds: {', '.join(seeds)} (mean +- sample std over seeds; points of test top-1 / 1-NN at d={d})"]
+    for name in variants:
+        norm = name.split("-")[1]
+        have = [r for r in runs if name in r["nested"]]
+        lines += ["", f"{name} minus alone-{norm} ({len(have)} seed(s)):", "",
+                  "| width | FLOPs/example | top-1 nested | top-1 alone | diff | worst diff over dims | 1-NN diff |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        for w in widths:
+            nested = [r["nested"][name] for r in have]
+            diffs = [n["nested_minus_alone"][w] for n in nested]
+            nesting = list(diffs[0]["top1"])
+            worst = min(np.mean([x["top1"][m] for x in diffs]) for m in nesting)
             lines.append(
-                f"| {w} | {grid['flops'][w][d]:,} | {100 * grid['top1'][w][d]:.2f} | {100 * alone['top1'][d]:.2f} | "
-                f"{100 * diffs['top1'][d]:+.2f} | {100 * min(diffs['top1'].values()):+.2f} | "
-                f"{100 * grid['knn1'][w][d]:.2f} | {100 * alone['knn1'][d]:.2f} | {100 * diffs['knn1'][d]:+.2f} |"
+                f"| {w} | {nested[0]['grid']['flops'][w][d]:,} | {mean_std(n['grid']['top1'][w][d] for n in nested)} | "
+                f"{mean_std(r['alone'][f'alone-{norm}-{w}']['top1'][d] for r in have)} | "
+                f"{signed_mean_std(x['top1'][d] for x in diffs)} | {100 * worst:+.2f} | "
+                f"{signed_mean_std(x['knn1'][d] for x in diffs)} |"
             )
-        lines += ["", "Nested top-1 per (width, dim):", "", "| m | " + " | ".join(f"w={w}" for w in grid["widths"]) + " |",
-                  "|---:|" + "---:|" * len(grid["widths"])]
-        for m in grid["nesting"]:
-            lines.append(f"| {m} | " + " | ".join(f"{100 * grid['top1'][str(w)][str(m)]:.2f}" for w in grid["widths"]) + " |")
-        plain = c["plain"]
-        lines += ["", f"Reference, the plain MLP (BatchNorm, no widths): top-1 {100 * plain['top1'][d]:.2f}, "
-                  f"1-NN {100 * plain['knn1'][d]:.2f} at d={d}"]
-        casc = c["cascade"]
-        b = casc["budget_policy"]
-        lines += ["", f"Full model test top-1 {100 * casc['full_top1']:.2f} at {casc['full_flops']:,.0f} FLOPs/example; "
-                  f"cascade stages {casc['stages']}",
-                  f"Budget policy (fit on val, target full - 0.2 pts): test top-1 {100 * b['accuracy']:.2f} at "
-                  f"{b['flops_fraction']:.3f} of the full FLOPs"]
-        best = casc["cheapest_within_0.2_points"]
-        if best:
-            lines.append(f"Cheapest curve point within 0.2 pts on test: top-1 {100 * best['test_top1']:.2f} at "
-                         f"{best['flops_fraction']:.3f} of the full FLOPs")
-        lines += ["", "| FLOPs fraction | test top-1 |", "|---:|---:|"]
-        shown = np.unique(np.linspace(0, len(casc["curve"]) - 1, 15).round().astype(int))  # all of it: results.json
-        lines += [f"| {casc['curve'][i]['flops_fraction']:.3f} | {100 * casc['curve'][i]['test_top1']:.2f} |" for i in shown]
+    norms = sorted({name.split("-")[1] for name in runs[0]["alone"]})
+    runs_with_norms = [r for r in runs if all(f"alone-{n}-{widths[0]}" in r["alone"] for n in norms)]
+    if len(norms) > 1:
+        lines += ["", "Models trained alone, top-1 per norm:", "", "| width | " + " | ".join(norms) + " |",
+                  "|---:|" + "---:|" * len(norms)]
+        for w in widths:
+            lines.append(f"| {w} | " + " | ".join(mean_std(r["alone"][f"alone-{n}-{w}"]["top1"][d] for r in runs_with_norms)
+                                               for n in norms) + " |")
+    lines += ["", "Cascade over (width, dim), fitted on val, on test (target: full - 0.2 pts at <= 0.25 of its FLOPs):", "",
+              "| run | full top-1 | budget policy top-1 | its FLOPs fraction | cheapest curve point within 0.2 pts |",
+              "|---|---:|---:|---:|---:|"]
+    for name in variants:
+        cascades = [r["nested"][name]["cascade"] for r in runs if name in r["nested"]]
+        cheapest = ", ".join("none" if x["cheapest_within_0.2_points"] is None
+                             else f"{x['cheapest_within_0.2_points']['flops_fraction']:.3f}" for x in cascades)
+        budget = ", ".join(f"{x['budget_policy']['flops_fraction']:.3f}" for x in cascades)
+        lines.append(
+            f"| {name} | {mean_std(x['full_top1'] for x in cascades)} | "
+            f"{mean_std(x['budget_policy']['accuracy'] for x in cascades)} | {budget} | {cheapest} |"
+        )
+    lines += ["", "Training cost per sampling rule (forward FLOPs per example and step, summed over the trained widths; "
+              "wall clock from metrics.jsonl, noisy on a shared machine):", "",
+              "| run | FLOPs / all widths' | seconds / all widths' |", "|---|---:|---:|"]
+    for name in variants:
+        reference = f"nested-{name.split('-')[1]}"
+        both = [r["nested"] for r in runs if name in r["nested"] and reference in r["nested"]]
+        if not both:
+            continue
+        flops = [n[name]["cost"]["forward_flops_per_example"] / n[reference]["cost"]["forward_flops_per_example"] for n in both]
+        seconds = [n[name]["cost"]["train_seconds"] / n[reference]["cost"]["train_seconds"] for n in both]
+        lines.append(f"| {name} | {np.mean(flops):.3f} | {np.mean(seconds):.2f} |")
+    first = [r["nested"][variants[0]] for r in runs if variants[0] in r["nested"]]
+    lines += ["", f"{variants[0]} top-1 per (width, dim), mean over {len(first)} seed(s):", "",
+              "| m | " + " | ".join(f"w={w}" for w in widths) + " |", "|---:|" + "---:|" * len(widths)]
+    for m in first[0]["grid"]["nesting"]:
+        cells = [f"{100 * np.mean([n['grid']['top1'][w][str(m)] for n in first]):.2f}" for w in widths]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    curve = first[0]["cascade"]["curve"]
+    lines += ["", f"Cascade curve of {variants[0]}, its first seed (all points: results.json):", "",
+              "| FLOPs fraction | test top-1 |", "|---:|---:|"]
+    shown = np.unique(np.linspace(0, len(curve) - 1, 15).round().astype(int))
+    lines += [f"| {curve[i]['flops_fraction']:.3f} | {100 * curve[i]['test_top1']:.2f} |" for i in shown]
+    return lines
+
+
+def table(results: dict) -> str:
+    lines = classify_table(results["classify"]) if "classify" in results else []
     if "lm" in results:
         lm = results["lm"]
         sizes = list(next(iter(lm["alone"].values())))
         lines += ["", "WordNet LM validation perplexity, nested / alone (ratio):", "",
-                  "| width | " + " | ".join(f"head {m}" for m in sizes) + " |", "|---:|" + "---:|" * len(sizes)]
+                  "| width | trunk MACs/token | " + " | ".join(f"head {m}" for m in sizes) + " |",
+                  "|---:|---:|" + "---:|" * len(sizes)]
         for w, ratio in lm["ppl_ratio_nested_over_alone"].items():
             cells = [f"{lm['nested'][w]['ppl'][m]:.2f} / {lm['alone'][w][m]:.2f} ({ratio[m]:.3f})" for m in sizes]
-            lines.append(f"| {w} | " + " | ".join(cells) + " |")
+            lines.append(f"| {w} | {lm['nested'][w]['trunk_flops']:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -185,9 +271,15 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--widths", default="0.125,0.25,0.5,1")
     parser.add_argument("--rep-dim", type=int, default=2048)
+    parser.add_argument("--rep-activation", choices=["relu", "none"], default="relu",
+                        help="the representation's last activation; the README's figures were measured with relu")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--max-train", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds; the LM part uses the first")
+    parser.add_argument("--norms", default="batch,layer", help="nested-width norms to compare, each with its own alone runs")
+    parser.add_argument("--samplings", default="sandwich,random",
+                        help="width sampling rules trained beside summing every width (on the first norm); '' for none")
+    parser.add_argument("--width-samples", type=int, default=1, help="k of the random and sandwich rules")
     parser.add_argument("--lm-widths", default="0.25,0.5,1")
     parser.add_argument("--lm-nesting", default="8,16,32,64,128")
     parser.add_argument("--lm-steps", type=int, default=400)
@@ -199,20 +291,22 @@ def main() -> None:
     args = parser.parse_args()
     args.widths = parse_widths(args.widths)
     args.lm_widths = parse_widths(args.lm_widths)
+    args.seeds = [int(v) for v in args.seeds.split(",")]
+    args.norms = [v for v in args.norms.split(",") if v]
+    args.samplings = [v for v in args.samplings.split(",") if v]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     # parts run separately accumulate in one results.json
     results = read_json(args.out / "results.json") if (args.out / "results.json").exists() else {}
     results[f"args_{args.part}"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     if args.part in ("classify", "all"):
-        results["classify"] = run_classification(args)
+        results["classify"] = run_classification(args, results.get("classify", {}))
     if args.part in ("lm", "all"):
         results["lm"] = run_lm(args)
     write_json(args.out / "results.json", results)
     text = table(results)
     atomic_write_text(args.out / "table.md", text)
     print(text)
-    print(json.dumps(results.get("classify", {}).get("cascade", {}).get("budget_policy", {}), indent=1))
 
 
 if __name__ == "__main__":

@@ -172,7 +172,9 @@ def test_recipe_options_reach_the_model_and_the_optimizer(tmp_path, fashion_subs
     model = build_model(config, data).eval()
     z = model.embed(data.train.x[:64])
     assert (z < 0).any()  # no ReLU after the representation's BatchNorm
-    assert (build_model(small_config(fashion_subset_dir), data).eval().embed(data.train.x[:64]) >= 0).all()
+    assert (build_model(small_config(fashion_subset_dir), data).eval().embed(data.train.x[:64]) < 0).any()  # the default
+    relu = small_config(fashion_subset_dir, rep_activation="relu")  # the paper's recipe
+    assert (build_model(relu, data).eval().embed(data.train.x[:64]) >= 0).all()
     groups = param_groups(model, config)
     assert [g["lr_scale"] for g in groups] == [1.0, 4.0]
     assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in model.parameters()}

@@ -20,7 +20,7 @@ from mrl.lm.train import load_model
 from mrl.lm.model import LMConfig, MatryoshkaLM
 from mrl.losses import MatryoshkaLoss
 from mrl.models import MLP, MatryoshkaClassifier, NestedFFN, NestedWidthMLP
-from mrl.models.widths import units_at, validate_widths
+from mrl.models.widths import per_layer, units_at, validate_widths, widths_for_step
 from mrl.training import build_model, train
 from mrl.width_grid import evaluate_grid, grid_flops
 
@@ -69,6 +69,162 @@ def test_a_sliced_width_equals_a_separately_built_smaller_mlp(width):
     torch.testing.assert_close(net.forward_features(x, width=width), small.forward_features(x), rtol=1e-5, atol=1e-6)
 
 
+def copy_to_plain_batchnorm_mlp(net: NestedWidthMLP, width) -> MLP:
+    """The plain BatchNorm MLP of the width's sizes: copies of the sliced weights and, per layer,
+    the BatchNorm of that layer's width (the representation's: the last hidden layer's width)."""
+    fractions = per_layer(width, len(net.hidden))
+    units = net.units(width)
+    small = MLP(net.in_features, net.num_features, hidden=units)
+    with torch.no_grad():
+        fan_in = net.in_features
+        for i, (k, w) in enumerate(zip(units, fractions)):
+            small.body[3 * i].weight.copy_(net.body[3 * i].weight[:k, :fan_in])
+            small.body[3 * i].bias.copy_(net.body[3 * i].bias[:k])
+            small.body[3 * i + 1].load_state_dict(net.body[3 * i + 1][net.widths.index(w)].state_dict())
+            fan_in = k
+        small.proj[0].weight.copy_(net.proj[0].weight[:, :fan_in])
+        small.proj[0].bias.copy_(net.proj[0].bias)
+        small.proj[1].load_state_dict(net.proj[1][net.widths.index(fractions[-1])].state_dict())
+    return small
+
+
+def batchnorm_states(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.clone() for name, value in net.state_dict().items() if "running" in name or "tracked" in name}
+
+
+@pytest.mark.parametrize("width", [0.25, 0.5, 1.0, [0.25, 1.0], [1.0, 0.5]])
+def test_a_switchable_batchnorm_width_equals_the_plain_batchnorm_mlp_of_that_width(width):
+    torch.manual_seed(0)
+    net = NestedWidthMLP(20, num_features=12, hidden=(16, 24), norm="batch", widths=[0.25, 0.5, 1.0])
+    randomize(net)
+    with torch.no_grad():  # running statistics that differ per width, so picking the wrong one would show
+        for name, buffer in net.named_buffers():
+            if "running_mean" in name:
+                buffer.normal_()
+            elif "running_var" in name:
+                buffer.uniform_(0.5, 2.0)
+    small = copy_to_plain_batchnorm_mlp(net, width)
+    x = torch.randn(32, 20)
+    net.eval(), small.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x, width=width), small(x), rtol=1e-5, atol=1e-5)
+    # training mode: batch statistics, and the running statistics move exactly as the plain model's
+    before = batchnorm_states(net)
+    net.train(), small.train()
+    torch.testing.assert_close(net(x, width=width), small(x), rtol=1e-5, atol=1e-5)
+    for name, value in batchnorm_states(copy_to_plain_batchnorm_mlp(net, width)).items():
+        torch.testing.assert_close(value, batchnorm_states(small)[name])
+    fractions = per_layer(width, 2)
+    used = {f"body.1.{net.widths.index(fractions[0])}.", f"body.4.{net.widths.index(fractions[1])}.",
+            f"proj.1.{net.widths.index(fractions[1])}."}
+    for name, value in batchnorm_states(net).items():
+        changed = not torch.equal(value, before[name])
+        assert changed == name.startswith(tuple(used)), name  # only the running widths' BatchNorms moved
+
+
+def test_switchable_batchnorm_runs_only_trained_widths():
+    with pytest.raises(MRLError, match=r"norm batch \(switchable BatchNorm\) needs the trained widths"):
+        NestedWidthMLP(4, num_features=4, hidden=(8,), norm="batch")
+    with pytest.raises(MRLError, match="norm must be one of layer, batch, got 'group'"):
+        NestedWidthMLP(4, num_features=4, hidden=(8,), norm="group")
+    net = NestedWidthMLP(4, num_features=4, hidden=(8, 8), norm="batch", widths=[0.5, 1.0])
+    with pytest.raises(MRLError, match=r"runs its trained widths \[0.5, 1.0\] only, got 0.25"):
+        net(torch.randn(3, 4), width=[1.0, 0.25])
+    # one BatchNorm per width and layer, sized to the width; the representation's are all d wide
+    assert [bn.num_features for bn in net.body[1]] == [4, 8] and [bn.num_features for bn in net.proj[1]] == [4, 4]
+
+
+@pytest.mark.parametrize("sampling", ["random", "sandwich"])
+def test_sampled_widths_are_a_pure_function_of_seed_and_step_with_the_promised_frequencies(sampling):
+    widths = [0.125, 0.25, 0.5, 0.75, 1.0]
+    k, steps = 2, 3000
+    draws = [widths_for_step(widths, sampling, k, seed=3, step=t) for t in range(steps)]
+    assert draws == [widths_for_step(widths, sampling, k, seed=3, step=t) for t in range(steps)]
+    assert draws != [widths_for_step(widths, sampling, k, seed=4, step=t) for t in range(steps)]
+    pool = widths if sampling == "random" else widths[1:-1]
+    for draw in draws:
+        assert draw == sorted(set(draw)) and set(draw) <= set(widths)
+        if sampling == "random":
+            assert len(draw) == k
+        else:
+            assert draw[0] == 0.125 and draw[-1] == 1.0 and len(draw) == k + 2
+    # each width of the pool is drawn with probability k / len(pool): within 4.5 binomial std
+    p = k / len(pool)
+    for w in pool:
+        count = sum(w in draw for draw in draws)
+        assert abs(count - p * steps) < 4.5 * np.sqrt(steps * p * (1 - p)), (w, count)
+    assert widths_for_step(widths, "all", 0, seed=3, step=5) == widths
+
+
+def test_training_runs_exactly_the_widths_sampled_for_each_step(tmp_path, fashion_subset_dir):
+    widths = [0.25, 0.5, 1.0]
+    config = TrainConfig(data="fashion-mnist", data_dir=str(fashion_subset_dir), arch="mlp", rep_dim=16,
+                         nesting=[8, 16], widths=widths, hidden=[16, 16], width_norm="batch",
+                         width_sampling="random", width_samples=1, epochs=1, batch_size=64, max_train=600)
+    run = train(config, tmp_path / "run", progress=False)
+    _, model, _, _ = load_run(run)
+    steps = 600 // 64
+    expected = [sum(w in widths_for_step(widths, "random", 1, config.seed, t) for t in range(steps)) for w in widths]
+    assert 0 < min(expected) and sum(expected) == steps  # the draw over 9 steps leaves no width out (seed 0)
+    # a BatchNorm counts the training batches it normalised: the steps whose draw held its width
+    for layer in (model.backbone.body[1], model.backbone.body[4], model.backbone.proj[1]):
+        assert [int(bn.num_batches_tracked) for bn in layer] == expected
+
+
+def test_a_run_that_samples_widths_resumes_to_the_same_weights(tmp_path, fashion_subset_dir):
+    config = TrainConfig(data="fashion-mnist", data_dir=str(fashion_subset_dir), arch="mlp", rep_dim=16,
+                         nesting=[8, 16], widths=[0.25, 0.5, 1.0], hidden=[16, 16], width_norm="batch",
+                         width_sampling="sandwich", width_samples=1, epochs=2, batch_size=64, max_train=300)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_first_epoch(epoch: int) -> None:
+        if epoch == 1:
+            raise Interrupted
+
+    full = train(config, tmp_path / "full", progress=False)
+    with pytest.raises(Interrupted):
+        train(config, tmp_path / "cut", progress=False, on_epoch_end=stop_after_first_epoch)
+    cut = train(config, tmp_path / "cut", resume=True, progress=False)
+    full_state, cut_state = load_run(full)[1].state_dict(), load_run(cut)[1].state_dict()
+    assert full_state.keys() == cut_state.keys()
+    for name in full_state:
+        assert torch.equal(full_state[name], cut_state[name]), name
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(width_norm="batch"), "width-norm and width-sampling apply to nested widths; pass --widths"),
+        (dict(width_sampling="random"), "width-norm and width-sampling apply to nested widths; pass --widths"),
+        (dict(widths=[0.5, 1], width_sampling="some"), "width-sampling must be one of all, random, sandwich"),
+        (dict(widths=[0.25, 0.5, 1], width_sampling="sandwich", width_samples=2),
+         "width-samples must be an integer >= 0 and <= 1, got 2"),
+        (dict(widths=[0.5, 1], width_sampling="random", width_samples=0),
+         "width-samples must be an integer >= 1 and <= 2, got 0"),
+        (dict(widths=[0.5, 1], width_norm="group"), "width-norm must be one of layer, batch"),
+        (dict(hidden="64,x"), "hidden must be comma-separated layer sizes, got '64,x'"),
+    ],
+)
+def test_bad_width_options_raise_mrl_error(settings, message):
+    with pytest.raises(MRLError, match=message):
+        TrainConfig(arch="mlp", **settings)
+
+
+def test_cli_hidden_and_switchable_batchnorm_build_the_asked_model(tmp_path, fashion_subset_dir):
+    out = tmp_path / "run"
+    result = run_cli("train", "--data", "mnist", "--data-dir", fashion_subset_dir, "--arch", "mlp", "--rep-dim", 16,
+                     "--nesting", "8,16", "--widths", "0.5,1", "--hidden", "24,12", "--width-norm", "batch",
+                     "--width-sampling", "sandwich", "--width-samples", 0, "--epochs", 1, "--max-train", 300,
+                     "--batch-size", 64, "--quiet", "--out", out)
+    assert result.exit_code == 0, result.output
+    config, model, _, _ = load_run(out)
+    assert config.hidden == [24, 12] and config.width_norm == "batch" and config.width_sampling == "sandwich"
+    assert model.backbone.hidden == [24, 12]
+    assert [bn.num_features for bn in model.backbone.body[1]] == [12, 24]
+
+
 @pytest.mark.parametrize("width", [0.125, 0.5, 1.0])
 def test_a_sliced_ffn_equals_a_separately_built_smaller_ffn(width):
     torch.manual_seed(0)
@@ -94,14 +250,18 @@ def test_slices_are_views_not_copies():
     assert grad[:4].abs().sum() > 0 and grad[4:].abs().sum() == 0  # units beyond the width are untouched
 
 
-def test_gradients_reach_every_unit_when_the_loss_sums_the_widths():
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_gradients_reach_every_unit_when_the_loss_sums_the_widths(norm):
     torch.manual_seed(0)
     widths = [0.125, 0.25, 0.5, 1.0]
-    model = MatryoshkaClassifier(NestedWidthMLP(20, num_features=16, hidden=(32, 32)), 5, [4, 16])
+    backbone = NestedWidthMLP(20, num_features=16, hidden=(32, 32), norm=norm, widths=widths)
+    model = MatryoshkaClassifier(backbone, 5, [4, 16])
     loss = MatryoshkaLoss(nesting=[4, 16])
     x, y = torch.randn(64, 20), torch.randint(0, 5, (64,))
     sum(loss(model(x, width=w), y) for w in widths).backward()
     for name, p in model.named_parameters():
+        if norm == "batch" and name in ("backbone.body.0.bias", "backbone.body.3.bias", "backbone.proj.0.bias"):
+            continue  # a bias before a training-mode BatchNorm is subtracted with the batch mean: zero gradient
         unit_grads = p.grad.abs().reshape(p.shape[0], -1).sum(1) if p.dim() else p.grad.abs()
         assert (unit_grads > 0).all(), name  # every row (output unit) of every parameter
 
@@ -173,6 +333,10 @@ def test_widths_apply_to_the_mlp_only_and_per_layer_specs_are_checked():
         (["train", "--arch", "mlp", "--widths", "1,0.5"], "Error: widths must be strictly ascending, got [1.0, 0.5]"),
         (["lm", "train", "--widths", "0.5,0.25,1"], "Error: widths must be strictly ascending, got [0.5, 0.25, 1.0]"),
         (["lm", "train", "--widths", "1.5"], "Error: every width must be a finite number > 0 and <= 1, got 1.5"),
+        (["train", "--arch", "mlp", "--widths", "0.5,1", "--width-sampling", "sandwich", "--width-samples", "1"],
+         "Error: width-samples must be an integer >= 0 and <= 0, got 1"),
+        (["train", "--arch", "mlp", "--hidden", "64,-1"], "Error: every hidden size must be an integer >= 1"),
+        (["train", "--arch", "mlp", "--width-norm", "batch"], "Error: width-norm and width-sampling apply to nested widths"),
     ],
 )
 def test_cli_bad_widths_give_one_error_line_and_write_nothing(tmp_path, command, message):
@@ -288,6 +452,10 @@ def test_lm_trains_every_width_and_eval_reports_perplexity_per_width_and_head(tm
     assert result.exit_code == 0, result.output
     assert "perplexity per (FFN width, head size)" in result.output
     summary = read_json(out / "eval.json")
+    # trunk multiply-adds per token by hand (d=16, T=8, one block, FFN of 64 units): 4 d^2 + d (T + 1) + 2 d k
+    assert summary["widths"]["0.25"]["trunk_flops"] == 4 * 16 * 16 + 16 * 9 + 2 * 16 * 16 == 1680
+    assert summary["widths"]["1.0"]["trunk_flops"] == summary["trunk_flops"] == 4 * 16 * 16 + 16 * 9 + 2 * 16 * 64
+    assert "1,680" in result.output and "3,216" in result.output
     assert list(summary["widths"]) == ["0.25", "1.0"]
     assert summary["widths"]["1.0"]["ppl"] == summary["ppl"]
     # the narrow width's perplexity is the model's own at that width, computed here independently

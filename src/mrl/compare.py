@@ -176,7 +176,7 @@ def compare(
     out: str | Path, data: str = "fashion-mnist", data_dir: str | None = None, methods: str | Sequence[str] | None = None,
     nesting: str | Sequence[int] | None = None, epochs: int = 5, seeds: int = 3, arch: str | None = None,
     rep_dim: int = 2048, max_train: int | None = None, batch_size: int = 256, lr: float = 2e-3, rand_draws: int = 3,
-    progress: bool = True, echo: Callable[[str], None] = print, on_run_done: Callable[[str], None] | None = None,
+    rep_activation: str = "none", progress: bool = True, echo: Callable[[str], None] = print, on_run_done: Callable[[str], None] | None = None,
     dataset: Dataset | None = None,
 ) -> dict:
     """Train or reuse every run the comparison needs under ``out``, aggregate over seeds, write the report.
@@ -193,7 +193,7 @@ def compare(
     if isinstance(rand_draws, bool) or not isinstance(rand_draws, int) or rand_draws < 1:
         raise MRLError(f"rand-draws must be a positive integer, got {rand_draws!r}")
     common = dict(data=data, data_dir=data_dir, arch=arch, epochs=epochs, max_train=max_train,
-                  batch_size=batch_size, lr=lr)
+                  batch_size=batch_size, lr=lr, rep_activation=rep_activation)
     TrainConfig(rep_dim=rep_dim, nesting=sizes, **common)  # validate every setting before any work
     check_folder(out, "compare", inputs=[data, data_dir])  # before the data set loads
     dataset = dataset if dataset is not None else load_dataset(data, data_dir, max_train, streaming=False)
@@ -298,7 +298,7 @@ def compare(
         return write_report(out, per_seed, per_seed_probe, seconds, sizes, dict(
             data=data, arch=arch or ("resnet" if dataset.kind == "image" else "mlp"), rep_dim=rep_dim, epochs=epochs,
             seeds=seeds, max_train=max_train, n_train=len(dataset.train), n_test=len(dataset.test), rand_draws=rand_draws,
-            batch_size=batch_size, lr=lr), echo)
+            batch_size=batch_size, lr=lr, rep_activation=rep_activation), echo)
 
 
 def protocols_table(heads: tuple[dict, dict], probe: tuple[dict, dict], sizes: Sequence[int]) -> str:
@@ -344,7 +344,7 @@ def write_report(out: Path, per_seed: dict[str, list[dict]], per_seed_probe: dic
     cost_lines = [f"| {name} | {m:.1f} ± {s:.1f} |" for name, (m, s) in cost.items()]
     described = (f"Data `{setting['data']}` ({setting['n_train']} train / {setting['n_test']} test examples), backbone "
                  f"`{setting['arch']}`, d = {setting['rep_dim']}, {setting['epochs']} epoch(s) per run, batch "
-                 f"{setting['batch_size']}, lr {setting['lr']}, seeds 0..{setting['seeds'] - 1}; random features: "
+                 f"{setting['batch_size']}, lr {setting['lr']}, representation activation `{setting['rep_activation']}`, seeds 0..{setting['seeds'] - 1}; random features: "
                  f"{setting['rand_draws']} draw(s) per size and seed.")
     report = "\n".join([
         f"# MRL comparison: {setting['data']}", "", described,

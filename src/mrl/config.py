@@ -17,7 +17,7 @@ from mrl.errors import MRLError
 from mrl.io import read_json, write_json
 from mrl.models import MODELS, is_model_name
 from mrl.models.mlp import REP_ACTIVATIONS
-from mrl.models.widths import parse_widths
+from mrl.models.widths import NORMS, WIDTH_SAMPLING, max_width_samples, parse_widths
 from mrl.nesting import parse_nesting, validate_nesting
 from mrl.recipe import OPTIMIZERS, PRECISIONS, SCHEDULES
 from mrl.validation import check_choice, check_float, check_int, check_seed
@@ -54,9 +54,14 @@ class TrainConfig:
     ff_dim: int | None = None  # representation size of an FF run (mode "ff" only)
     nesting: list[int] | None = None  # None: 8, 16, ..., rep_dim (the paper's M)
     loss_weights: list[float] | None = None  # c_m; None: all 1 as in the paper
-    rep_activation: str = "relu"  # mlp only: "none" drops the ReLU after the representation's BatchNorm
+    # mlp only: "none" ends the representation at its BatchNorm; "relu" adds the paper's final ReLU
+    # (its pooled ResNet features end with one). "none" won at the demo setting over 3 seeds (README).
+    rep_activation: str = "none"
     head_lr_scale: float = 1.0  # the heads' learning rate relative to lr
     widths: list[float] | None = None  # MatFormer widths of the MLP's hidden layers; None: the plain MLP
+    width_norm: str = "layer"  # nested widths' norm: layer, or batch (switchable BatchNorm, one per width)
+    width_sampling: str = "all"  # widths trained per step: all, random (k of them), sandwich (smallest + full + k)
+    width_samples: int = 1  # k of random / sandwich; 1 is MatFormer's one random granularity per step
     hidden: list[int] | None = None  # MLP hidden layer sizes; None: the backbone's default (512, 512)
     epochs: int = 10
     batch_size: int = 256  # global batch, split across DDP ranks
@@ -122,12 +127,27 @@ class TrainConfig:
                 raise MRLError(f"loss weights need one value per nesting size ({len(self.nesting)}), got {self.loss_weights!r}")
             self.loss_weights = [check_float("every loss weight", w, min=0, max=1e6) for w in self.loss_weights]
         self.widths = parse_widths(self.widths)
+        self._check_width_options()
+        if isinstance(self.hidden, str):
+            try:
+                self.hidden = [int(part) for part in self.hidden.split(",")]
+            except ValueError:
+                raise MRLError(f"hidden must be comma-separated layer sizes, got {self.hidden!r}") from None
         if self.hidden is not None:
             if not isinstance(self.hidden, list) or not self.hidden:
                 raise MRLError(f"hidden must be a non-empty list of layer sizes, got {self.hidden!r}")
             self.hidden = [check_int("every hidden size", h, min=1, max=MAX_DIM) for h in self.hidden]
         if self.arch not in (None, "mlp") and (self.widths is not None or self.hidden is not None):
             raise MRLError("widths and hidden apply to the mlp backbone; pass --arch mlp")
+
+    def _check_width_options(self) -> None:
+        check_choice("width-norm", self.width_norm, NORMS)
+        check_choice("width-sampling", self.width_sampling, WIDTH_SAMPLING)
+        if self.widths is None and (self.width_norm != "layer" or self.width_sampling != "all"):
+            raise MRLError("width-norm and width-sampling apply to nested widths; pass --widths")
+        least = 1 if self.width_sampling == "random" else 0
+        most = MAX_DIM if self.width_sampling == "all" else max_width_samples(self.widths, self.width_sampling)
+        self.width_samples = check_int("width-samples", self.width_samples, min=least, max=most)
 
     def _check_scale_settings(self) -> None:
         self.accumulate = check_int("accumulate", self.accumulate, min=1, max=MAX_BATCH)

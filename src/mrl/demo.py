@@ -29,7 +29,7 @@ def run_dir_name(name: str, seed: int, first_seed: int) -> str:
 def run_demo(
     out: str | Path, data: str = "fashion-mnist", data_dir: str | None = None, arch: str = "mlp",
     rep_dim: int = 2048, ff_dims: str = "8,32,2048", epochs: int = 10, max_train: int | None = None, seed: int = 0,
-    seeds: int = 1, rep_activation: str = "relu", progress: bool = True, echo: Callable[[str], None] = print,
+    seeds: int = 1, rep_activation: str = "none", progress: bool = True, echo: Callable[[str], None] = print,
 ) -> dict:
     """Train (or reuse) every demo run under ``out`` for seeds ``seed .. seed + seeds - 1``, evaluate,
     and write the report (mean ± sample std over seeds when there are several)."""

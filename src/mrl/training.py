@@ -15,7 +15,8 @@ Batches come from :mod:`mrl.data.batches` (an in-memory split, or an image folde
 DataLoader workers); the optimizer, schedule and mixed precision from :mod:`mrl.recipe`.
 
 With nested widths (``TrainConfig.widths``, MatFormer) each step sums the Matryoshka loss of every
-width; metrics.jsonl's losses are then sums over widths and its val top-1 is the full width's.
+width, or of the widths sampled for that step (:func:`mrl.models.widths.widths_for_step`);
+metrics.jsonl's losses are then sums over widths and its val top-1 is the full width's.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from mrl.artifacts import lock
 from mrl.loop import Loop, Position
 from mrl.losses import MatryoshkaLoss
 from mrl.models import MatryoshkaClassifier, NestedWidthMLP, create_model
+from mrl.models.widths import widths_for_step
 from mrl.recipe import Precision, lr_at, make_optimizer, step_lr_at
 from mrl.runs import (
     CLASSES_FILE,
@@ -112,7 +114,8 @@ def build_model(config: TrainConfig, data: Dataset | StreamingDataset) -> Matryo
     hidden = {} if config.hidden is None else {"hidden": config.hidden}
     if arch == "mlp" and config.widths is not None:
         backbone = NestedWidthMLP(
-            math.prod(data.input_shape), config.rep_dim, rep_activation=config.rep_activation, **hidden
+            math.prod(data.input_shape), config.rep_dim, rep_activation=config.rep_activation, **hidden,
+            norm=config.width_norm, widths=config.widths,
         )
     elif arch == "mlp":
         backbone = create_model(
@@ -261,7 +264,11 @@ def _train(
     precision = Precision(config.precision, device)
     start_epoch, step = restore_checkpoint(model, optimizer, out, precision.scaler) if resume else (0, 0)
     ddp_model: nn.Module = (
-        nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            # sampled widths leave the switchable BatchNorms of the other widths without gradient
+            find_unused_parameters=config.width_sampling != "all",
+        )
         if env.world_size > 1
         else model
     )
@@ -293,8 +300,9 @@ def _train(
                 with precision.autocast():
                     if config.widths is None:
                         outputs = [forward(xk)]
-                    else:  # MatFormer: every width's Matryoshka loss in one step
-                        outputs = [forward(xk, width=w) for w in config.widths]
+                    else:  # MatFormer: the Matryoshka loss of this step's widths (all, or sampled)
+                        outputs = [forward(xk, width=w) for w in widths_for_step(
+                            config.widths, config.width_sampling, config.width_samples, config.seed, step)]
                 part = sum(criterion.per_size(logits.float(), yk) for logits in outputs)
                 loss = (criterion.weights * part).sum()
                 if not torch.isfinite(loss):  # a non-finite micro-batch stops the step before its backward

@@ -117,7 +117,8 @@ def build_slimmable(config: TrainConfig, data: Dataset) -> SlimmableClassifier:
     if arch == "resnet":
         backbone = create_model("resnet", in_channels=data.input_shape[0], num_features=config.rep_dim)
     else:
-        backbone = create_model("mlp", in_features=math.prod(data.input_shape), num_features=config.rep_dim)
+        backbone = create_model("mlp", in_features=math.prod(data.input_shape), num_features=config.rep_dim,
+                                rep_activation=config.rep_activation)
     return SlimmableClassifier(backbone, data.num_classes, config.nesting)
 
 

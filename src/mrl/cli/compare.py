@@ -22,6 +22,8 @@ import click
 @click.option("--max-train", type=int, default=None, help="Use at most this many training examples.")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Batch size of every run.")
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak AdamW learning rate.")
+@click.option("--rep-activation", type=click.Choice(["relu", "none"]), default="none", show_default=True,
+              help="mlp: the representation's last activation for every method; relu is the paper's.")
 @click.option("--rand-draws", type=int, default=3, show_default=True,
               help="Random feature selection: draws per size and seed (averaged).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")

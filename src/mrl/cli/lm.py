@@ -122,10 +122,11 @@ def eval_command(run_dir: Path, max_tokens: int | None, tolerance: float, batch_
     for m in summary["nesting"]:
         click.echo(f"{m:>4}  {summary['ppl'][str(m)]:>10.2f}  {100 * summary['top1'][str(m)]:5.1f}%")
     if "widths" in summary:
-        click.echo("perplexity per (FFN width, head size)")
-        click.echo("width  " + "  ".join(f"{m:>8}" for m in summary["nesting"]))
+        click.echo("perplexity per (FFN width, head size); trunk multiply-adds per token")
+        click.echo("width  " + "  ".join(f"{m:>8}" for m in summary["nesting"]) + "  trunk MACs")
         for w, part in summary["widths"].items():
-            click.echo(f"{w:>5}  " + "  ".join(f"{part['ppl'][str(m)]:>8.2f}" for m in summary["nesting"]))
+            click.echo(f"{w:>5}  " + "  ".join(f"{part['ppl'][str(m)]:>8.2f}" for m in summary["nesting"])
+                       + f"  {part['trunk_flops']:>10,}")
     if len(summary["nesting"]) > 1:
         a = fit_adaptive(run_dir, tolerance=tolerance)
         c = a["chosen"]

@@ -10,6 +10,7 @@ from mrl.config import MODES, TrainConfig
 from mrl.recipe import OPTIMIZERS, PRECISIONS, SCHEDULES
 from mrl.errors import MRLError
 from mrl.io import save_npz
+from mrl.models.widths import NORMS, WIDTH_SAMPLING
 
 _OPTION_FIELDS = {
     "data": "data", "data_dir": "data_dir", "mode": "mode", "arch": "arch", "ff_dim": "ff_dim",
@@ -19,7 +20,8 @@ _OPTION_FIELDS = {
     "compile": "compile", "accumulate": "accumulate", "label_smoothing": "label_smoothing", "optimizer": "optimizer",
     "momentum": "momentum", "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "schedule": "schedule",
     "lr_step_epochs": "lr_step_epochs", "lr_gamma": "lr_gamma", "rep_activation": "rep_activation",
-    "head_lr_scale": "head_lr_scale", "widths": "widths",
+    "head_lr_scale": "head_lr_scale", "widths": "widths", "width_norm": "width_norm",
+    "width_sampling": "width_sampling", "width_samples": "width_samples", "hidden": "hidden",
 }
 
 
@@ -64,6 +66,13 @@ def _config_from_options(ctx: click.Context, params: dict, resume: bool, out: Pa
 @click.option("--nesting", default=None, help="Comma-separated ascending sizes (default 8,16,...,d).")
 @click.option("--widths", default=None,
               help="Nested widths of the MLP's hidden layers (MatFormer): ascending fractions ending at 1, e.g. 0.125,0.25,0.5,1.")
+@click.option("--width-norm", type=click.Choice(NORMS), default="layer", show_default=True,
+              help="Norm of a nested-width MLP: layer (LayerNorm, any width runs) or batch (one BatchNorm per width).")
+@click.option("--width-sampling", type=click.Choice(WIDTH_SAMPLING), default="all", show_default=True,
+              help="Widths trained per step: all, random (--width-samples of them) or sandwich "
+                   "(smallest + full + --width-samples others).")
+@click.option("--width-samples", type=int, default=1, show_default=True, help="k of --width-sampling random / sandwich.")
+@click.option("--hidden", default=None, help="MLP hidden layer sizes, comma-separated (default 512,512).")
 @click.option("--epochs", type=int, default=10, show_default=True, help="Training epochs.")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Global batch size.")
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (after warm-up).")
@@ -89,8 +98,8 @@ def _config_from_options(ctx: click.Context, params: dict, resume: bool, out: Pa
               help="cosine to 0, or step (x --lr-gamma every --lr-step-epochs).")
 @click.option("--lr-step-epochs", type=int, default=30, show_default=True, help="Step schedule: epochs per step.")
 @click.option("--lr-gamma", type=float, default=0.1, show_default=True, help="Step schedule: factor per step.")
-@click.option("--rep-activation", type=click.Choice(["relu", "none"]), default="relu", show_default=True,
-              help="mlp: the representation's last activation; none drops the ReLU after its BatchNorm.")
+@click.option("--rep-activation", type=click.Choice(["relu", "none"]), default="none", show_default=True,
+              help="mlp: the representation's last activation; none ends at its BatchNorm, relu is the paper's.")
 @click.option("--head-lr-scale", type=float, default=1.0, show_default=True,
               help="Learning rate of the heads relative to --lr.")
 @click.option("--config", type=click.Path(dir_okay=False, exists=True), default=None,
@@ -173,8 +182,8 @@ def embed_command(run_dir: Path, split: str, out: Path, quiet: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (the first one with --seeds).")
 @click.option("--seeds", type=int, default=1, show_default=True,
               help="Train every run with this many seeds (seed, seed+1, ...); the report shows mean ± std.")
-@click.option("--rep-activation", type=click.Choice(["relu", "none"]), default="relu", show_default=True,
-              help="mlp: the representation's last activation; none drops the ReLU after its BatchNorm.")
+@click.option("--rep-activation", type=click.Choice(["relu", "none"]), default="none", show_default=True,
+              help="mlp: the representation's last activation; none ends at its BatchNorm, relu is the paper's.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo_command(out: Path, data: str, data_dir: str | None, arch: str, rep_dim: int, ff_dims: str, epochs: int,
                  max_train: int | None, seed: int, seeds: int, rep_activation: str, quiet: bool) -> None:

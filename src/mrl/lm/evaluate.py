@@ -109,9 +109,10 @@ def evaluate_run(run_dir: str | os.PathLike, batch_size: int = 32, max_tokens: i
     """Evaluate a trained run on its validation stream; writes eval.json and token_stats.npz.
 
     Returns:
-        The summary of :func:`summarize` plus ``head`` and ``vocab_size``; for a model with
-        ``widths``, ``widths`` maps each width to its own :func:`summarize` (token_stats.npz and
-        the top-level numbers stay those of the full model).
+        The summary of :func:`summarize` plus ``head``, ``vocab_size`` and ``trunk_flops``
+        (multiply-adds per token of the blocks, :meth:`~mrl.lm.model.MatryoshkaLM.trunk_flops`); for
+        a model with ``widths``, ``widths`` maps each width to its own :func:`summarize` and
+        ``trunk_flops`` (token_stats.npz and the top-level numbers stay those of the full model).
     """
     run_dir = Path(run_dir)
     if max_tokens is not None:
@@ -126,9 +127,13 @@ def evaluate_run(run_dir: str | os.PathLike, batch_size: int = 32, max_tokens: i
         stats = token_stats(model, windows, batch_size, progress)
         summary = {"head": model.config.head, "vocab_size": model.config.vocab_size, "d_model": model.config.d_model}
         summary.update(summarize(stats, model.nesting))
+        summary["trunk_flops"] = model.trunk_flops()
         if model.config.widths is not None:
             summary["widths"] = {
-                str(w): summarize(stats if w == 1.0 else token_stats(model, windows, batch_size, progress, w), model.nesting)
+                str(w): {
+                    **summarize(stats if w == 1.0 else token_stats(model, windows, batch_size, progress, w), model.nesting),
+                    "trunk_flops": model.trunk_flops(w),
+                }
                 for w in model.config.widths
             }
         record_files(run_dir, drop=OUTPUTS)  # the old outputs leave the manifest before they are replaced

@@ -211,5 +211,23 @@ class MatryoshkaLM(nn.Module):
     def forward(self, ids: torch.Tensor, width: WidthSpec = None) -> torch.Tensor:
         return self.logits_from_hidden(self.hidden(ids, width))
 
+    def trunk_flops(self, width: WidthSpec = None) -> int:
+        """Multiply-adds per token of the transformer blocks at ``width``, over a full context.
+
+        Per block: the attention projections 4 d^2, the scores and the weighted sum d (T + 1) (a
+        token at position t attends to t + 1 positions; the mean over the T positions of 2 d (t + 1)),
+        and the FFN 2 d k at its k active units. Embeddings, norms, softmax and the head not counted
+        (the head's cost per size is :func:`mrl.lm.evaluate.decoding_costs`).
+
+        Example:
+            >>> model = MatryoshkaLM(LMConfig(vocab_size=50, context=8, d_model=16, n_layers=1, n_heads=2,
+            ...                               nesting=[4, 16], widths=[0.25, 1]))
+            >>> model.trunk_flops(), model.trunk_flops(0.25)  # 4*256 + 16*9 + 2*16*64, then k = 16
+            (3216, 1680)
+        """
+        d, T = self.config.d_model, self.config.context
+        return sum(4 * d * d + d * (T + 1) + block.mlp.flops(w)
+                   for block, w in zip(self.blocks, per_layer(width, len(self.blocks))))
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

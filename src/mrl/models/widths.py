@@ -10,17 +10,31 @@ jointly); at inference each layer may take its own width ("mix'n'match").
 Widths are fractions of each hidden layer's size: strictly ascending, in (0, 1], ending at 1 so
 that the full model is one of them.
 
-Normalisation. The MLP here uses LayerNorm over the active units where the plain
-:class:`~mrl.models.mlp.MLP` uses BatchNorm: a BatchNorm's running statistics of a unit depend on
-the widths of the layers below it, so one set of statistics cannot serve every width (slimmable
-networks, Yu et al. 2019, needed a private BatchNorm per width for this), while LayerNorm keeps no
-running state and the width-w slice is exactly a smaller LayerNorm model, at any per-layer mix.
+Normalisation (``norm``). A BatchNorm's running statistics of a unit depend on the widths of the
+layers below it, so one set of statistics cannot serve every width. Two answers:
+
+* ``"layer"``: LayerNorm over the active units. It keeps no running state, so the width-w slice is
+  exactly a smaller LayerNorm model at any per-layer mix; but it departs from the plain
+  :class:`~mrl.models.mlp.MLP`'s BatchNorm recipe.
+* ``"batch"``: switchable BatchNorm (Slimmable Networks, Yu et al., ICLR 2019, section 3.2): every
+  norm layer holds one private BatchNorm (statistics, gain and bias) per trained width, the linear
+  weights stay shared. The width-w slice is exactly the plain MLP of that width with width w's
+  BatchNorms. Each layer picks the BatchNorm of its own width, so only trained widths run, and a
+  per-layer mix uses statistics gathered below at that layer's width (an approximation: the
+  statistics of a mix were never collected). The representation's BatchNorm switches with the last
+  hidden layer's width, as its input statistics depend on it.
+
+Sampling widths per step (:func:`widths_for_step`): ``"all"`` sums the loss of every width
+(MatFormer); ``"random"`` draws k widths; ``"sandwich"`` always takes the smallest and the full
+width plus k drawn from the others (the sandwich rule of Universally Slimmable Networks, Yu &
+Huang, ICCV 2019: the extremes bound every width in between).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +45,9 @@ from mrl.validation import check_ascending, check_choice, check_float
 
 WidthSpec = float | Sequence[float] | None
 """A width to run: None (full), one fraction for every layer, or one fraction per hidden layer."""
+
+NORMS = ("layer", "batch")
+WIDTH_SAMPLING = ("all", "random", "sandwich")
 
 
 def validate_widths(widths: Iterable[float]) -> list[float]:
@@ -111,12 +128,66 @@ def sliced_linear(layer: nn.Linear, x: torch.Tensor, out_units: int | None = Non
     return F.linear(x, weight, bias)
 
 
-class NestedWidthMLP(nn.Module):
-    """Linear -> LayerNorm -> ReLU hidden blocks whose first w units form a smaller MLP.
+def max_width_samples(widths: Sequence[float], sampling: str) -> int:
+    """The largest k that ``sampling`` allows over ``widths`` (how many widths can be drawn)."""
+    return len(widths) if sampling == "random" else max(0, len(widths) - 2)
 
-    The representation layer (Linear -> LayerNorm -> ReLU to d units) is never narrowed: d is the
+
+def widths_for_step(widths: Sequence[float], sampling: str, samples: int, seed: int, step: int) -> list[float]:
+    """The widths trained at optimizer step ``step``, ascending; a pure function of (seed, step).
+
+    Being a function of the step (not of a generator's running state) keeps a resumed run exact.
+
+    Args:
+        widths: the validated trained widths, ascending.
+        sampling: ``"all"`` (every width), ``"random"`` (``samples`` widths drawn without
+            replacement) or ``"sandwich"`` (smallest, largest and ``samples`` drawn from between).
+        samples: k, at most :func:`max_width_samples`.
+
+    Example:
+        >>> widths_for_step([0.25, 0.5, 1.0], "all", 1, seed=0, step=7)
+        [0.25, 0.5, 1.0]
+        >>> widths_for_step([0.125, 0.25, 0.5, 1.0], "sandwich", 0, seed=0, step=7)
+        [0.125, 1.0]
+    """
+    check_choice("width sampling", sampling, WIDTH_SAMPLING)
+    if sampling == "all":
+        return list(widths)
+    limit = max_width_samples(widths, sampling)
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 0 <= samples <= limit:
+        raise MRLError(f"width samples must be an integer in [0, {limit}] for {sampling} over {list(widths)}, got {samples!r}")
+    rng = np.random.default_rng([seed, step])
+    pool = list(widths) if sampling == "random" else list(widths[1:-1])
+    drawn = {pool[i] for i in rng.choice(len(pool), size=samples, replace=False)}
+    if sampling == "sandwich":
+        drawn |= {widths[0], widths[-1]}
+    return sorted(drawn)
+
+
+class SwitchableBatchNorm(nn.ModuleList):
+    """One private ``BatchNorm1d`` per width (Slimmable Networks' switchable BN); pick one by index.
+
+    Args:
+        sizes: the feature count of each width's BatchNorm.
+
+    Shape:
+        forward(x, index): [B, sizes[index]] -> [B, sizes[index]]
+    """
+
+    def __init__(self, sizes: Sequence[int]) -> None:
+        super().__init__(nn.BatchNorm1d(n) for n in sizes)
+
+    def forward(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        return self[index](x)
+
+
+class NestedWidthMLP(nn.Module):
+    """Linear -> norm -> ReLU hidden blocks whose first w units form a smaller MLP.
+
+    The representation layer (Linear -> norm -> ReLU to d units) is never narrowed: d is the
     Matryoshka axis, nested separately by the heads. Parameter names follow
-    :class:`~mrl.models.mlp.MLP` (``body.{3i}``, ``body.{3i+1}``, ``proj.0``, ``proj.1``).
+    :class:`~mrl.models.mlp.MLP` (``body.{3i}``, ``body.{3i+1}``, ``proj.0``, ``proj.1``); with
+    ``norm="batch"`` each norm is a :class:`SwitchableBatchNorm` (``body.{3i+1}.{j}`` is width j's).
 
     Args:
         in_features: input size (images are flattened).
@@ -124,6 +195,9 @@ class NestedWidthMLP(nn.Module):
         hidden: full sizes of the hidden layers.
         rep_activation: ``"relu"`` or ``"none"`` after the representation's norm, as for
             :class:`~mrl.models.mlp.MLP`.
+        norm: ``"layer"`` (LayerNorm, any width runs) or ``"batch"`` (switchable BatchNorm, the
+            trained ``widths`` run); see the module docstring.
+        widths: the trained widths; needed by ``norm="batch"`` (one BatchNorm each).
 
     Shape:
         forward_features(x, width): [B, in_features] or [B, *image] -> [B, d]
@@ -133,30 +207,46 @@ class NestedWidthMLP(nn.Module):
         >>> x = torch.randn(3, 12)
         >>> net.forward_features(x, width=0.25).shape, net.units(0.25), net.units([0.5, 1.0])
         (torch.Size([3, 8]), [4, 4], [8, 16])
+        >>> bn = NestedWidthMLP(12, num_features=8, hidden=(16, 16), norm="batch", widths=[0.5, 1])
+        >>> bn.forward_features(x, width=0.5).shape, type(bn.body[1][0]).__name__, bn.body[1][0].num_features
+        (torch.Size([3, 8]), 'BatchNorm1d', 8)
     """
 
     def __init__(
-        self, in_features: int, num_features: int = 2048, hidden: Sequence[int] = (512, 512), rep_activation: str = "relu"
+        self, in_features: int, num_features: int = 2048, hidden: Sequence[int] = (512, 512), rep_activation: str = "relu",
+        norm: str = "layer", widths: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         check_choice("rep_activation", rep_activation, REP_ACTIVATIONS)
+        check_choice("norm", norm, NORMS)
         for name, value in (("in_features", in_features), ("num_features", num_features)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise MRLError(f"{name} must be a positive integer, got {value!r}")
         hidden = list(hidden)
         if not hidden or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
             raise MRLError(f"hidden must be a non-empty list of positive integers, got {hidden}")
+        if norm == "batch" and widths is None:
+            raise MRLError("norm batch (switchable BatchNorm) needs the trained widths, one BatchNorm each")
         self.in_features = in_features
         self.num_features = num_features
         self.hidden = hidden
+        self.norm = norm
+        self.widths = None if widths is None else validate_widths(widths)
+
+        def make_norm(size: int) -> nn.Module:
+            if norm == "layer":
+                return nn.LayerNorm(size)
+            return SwitchableBatchNorm([units_at(size, w) for w in self.widths])
+
         layers: list[nn.Module] = []
         width = in_features
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.LayerNorm(h), nn.ReLU()]
+            layers += [nn.Linear(width, h), make_norm(h), nn.ReLU()]
             width = h
         self.body = nn.Sequential(*layers)
         last = [nn.ReLU()] if rep_activation == "relu" else []
-        self.proj = nn.Sequential(nn.Linear(width, num_features), nn.LayerNorm(num_features), *last)
+        rep_norm = nn.LayerNorm(num_features) if norm == "layer" else SwitchableBatchNorm([num_features] * len(self.widths))
+        self.proj = nn.Sequential(nn.Linear(width, num_features), rep_norm, *last)
 
     def units(self, width: WidthSpec = None) -> list[int]:
         """Active units of each hidden layer at ``width``."""
@@ -172,15 +262,29 @@ class NestedWidthMLP(nn.Module):
         sizes = [self.in_features, *self.units(width), self.num_features]
         return sum(a * b for a, b in zip(sizes, sizes[1:]))
 
+    def _norm_index(self, fraction: float) -> int:
+        """Which switchable BatchNorm serves a layer at ``fraction`` (a trained width)."""
+        if fraction not in self.widths:
+            raise MRLError(f"a switchable-BatchNorm model runs its trained widths {self.widths} only, got {fraction}")
+        return self.widths.index(fraction)
+
     def forward_features(self, x: torch.Tensor, width: WidthSpec = None) -> torch.Tensor:
         x = x.flatten(1)
         if x.shape[1] != self.in_features:
             raise MRLError(f"MLP expects {self.in_features} input features, got shape {tuple(x.shape)}")
-        for i, k in enumerate(self.units(width)):
+        fractions = per_layer(width, len(self.hidden))
+        for i, (h, w) in enumerate(zip(self.hidden, fractions)):
             linear, norm = self.body[3 * i], self.body[3 * i + 1]
+            k = units_at(h, w)
             x = sliced_linear(linear, x, k)
-            x = F.relu(F.layer_norm(x, (k,), norm.weight[:k], norm.bias[:k], norm.eps))
-        return self.proj[1:](sliced_linear(self.proj[0], x))
+            if self.norm == "layer":
+                x = F.layer_norm(x, (k,), norm.weight[:k], norm.bias[:k], norm.eps)
+            else:
+                x = norm(x, self._norm_index(w))
+            x = F.relu(x)
+        x = sliced_linear(self.proj[0], x)
+        x = self.proj[1](x) if self.norm == "layer" else self.proj[1](x, self._norm_index(fractions[-1]))
+        return self.proj[2:](x)
 
     forward = forward_features
 
