@@ -146,6 +146,7 @@ def test_health_info_metrics(client, indexes):
     text = client.get("/metrics").text
     assert 'mrl_requests_total{route="/search",status="400"}' in text
     assert 'mrl_request_seconds_bucket{le="0.001",route="/search"}' in text
+    assert "mrl_searches_in_flight 0.0" in text  # every search above has finished
 
 
 NAN_BODY = b'{"vectors": [[' + b", ".join([b"NaN"] + [b"0.5"] * (DIM - 1)) + b"]]}"
@@ -289,6 +290,18 @@ def test_cli_refuses_bad_options_with_one_error_line(indexes, args, match, monke
     assert result.output.startswith("Error: ") and match in result.output and result.output.count("\n") == 1
 
 
+def _wait_until_searching(url: str, timeout: float = 60.0) -> None:
+    """Poll /metrics until a search is running (or, if it was quick, has already been answered)."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=url, timeout=10) as client:
+        while time.monotonic() < deadline:
+            text = client.get("/metrics").text
+            if "mrl_searches_in_flight 1.0" in text or "mrl_queries_total 1000.0" in text:
+                return
+            time.sleep(0.01)
+    raise AssertionError("the search never started")
+
+
 def test_sigterm_finishes_the_request_in_flight_and_exits_zero(indexes):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     process = subprocess.Popen([sys.executable, "-m", "mrl", "serve", str(indexes["root"] / "first"), "--port", "0", "--workers", "1"],
@@ -304,8 +317,8 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_zero(indexes):
         request = (f"POST /search?k=10&funnel=8:2000,64:10 HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/x-npy\r\n"
                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
         with socket.create_connection((host, int(port)), timeout=60) as conn:
-            conn.sendall(request)  # sent whole before the signal, so the request is in flight, not merely queued
-            time.sleep(0.3)
+            conn.sendall(request)
+            _wait_until_searching(url)  # in the search, not merely sent: a fixed sleep raced on a loaded machine
             process.send_signal(signal.SIGTERM)
             raw = b"".join(iter(lambda: conn.recv(1 << 16), b""))
         head, _, payload = raw.partition(b"\r\n\r\n")

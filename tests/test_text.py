@@ -216,6 +216,20 @@ def test_a_changed_checkpoint_or_model_file_is_refused(tiny_model_dir, tmp_path,
         load_run_model(run)
 
 
+def test_loss_weights_reach_the_loss(tiny_model_dir, tmp_path):
+    # Weight only on the full size: the nested loss is the plain loss, so both runs end alike.
+    pairs = _write_pairs(tmp_path / "pairs.jsonl")
+    common = dict(model=str(tiny_model_dir), pairs=str(pairs), batch_size=4, max_steps=2, lr=1e-3)
+    full_only = train_text(TextTrainConfig(nesting=[8, 16, 32], loss_weights=[0, 0, 1], **common), tmp_path / "w", progress=False)
+    plain = train_text(TextTrainConfig(nesting=[8, 16, 32], plain=True, **common), tmp_path / "p", progress=False)
+    equal = train_text(TextTrainConfig(nesting=[8, 16, 32], **common), tmp_path / "e", progress=False)
+    weights = {run: load_run_model(run).state_dict() for run in (full_only, plain, equal)}
+    for name, value in weights[plain].items():
+        torch.testing.assert_close(weights[full_only][name], value, atol=1e-6, rtol=1e-5, msg=name)
+    assert any(not torch.allclose(weights[equal][n], v, atol=1e-6) for n, v in weights[plain].items())
+    assert json.loads((full_only / "config.json").read_text())["loss_weights"] == [0.0, 0.0, 1.0]
+
+
 # -- evaluation -----------------------------------------------------------------------------------
 
 
@@ -321,6 +335,9 @@ def test_cli_train_embed_eval_round_trip(tiny_model_dir, tmp_path):
     ("empty pairs", "holds no pairs"),
     ("malformed line", "line 3: not valid JSON"),
     ("nesting above dimension", "nesting size 64 is larger than the representation size 32"),
+    ("loss weights per size", "loss weights need one value per nesting size [8, 16, 32]"),
+    ("loss weights of a plain run", "a --plain run has one size"),
+    ("loss weights not numbers", "--loss-weights must be comma-separated numbers"),
 ])
 def test_cli_train_bad_inputs_give_one_error_line_and_write_nothing(tiny_model_dir, tmp_path, case, message):
     pairs = _write_pairs(tmp_path / "pairs.jsonl", n=8)
@@ -331,12 +348,27 @@ def test_cli_train_bad_inputs_give_one_error_line_and_write_nothing(tiny_model_d
         pairs.write_text("\n")
     elif case == "malformed line":
         pairs.write_text(pairs.read_text().splitlines()[0] + "\n\n{'query': 'single quotes'}\n")
-    else:
+    elif case == "nesting above dimension":
         nesting = "8,64"
+    extra = {"loss weights per size": ["--loss-weights", "1,2"], "loss weights of a plain run": ["--plain", "--loss-weights", "1,1,2"],
+             "loss weights not numbers": ["--loss-weights", "1,x,2"]}.get(case, [])
     before = sorted(p.name for p in tmp_path.iterdir())
     result = CliRunner().invoke(cli, ["text", "train", "--model", model, "--pairs", str(pairs), "--nesting", nesting,
-                                      "--batch-size", "4", "--max-steps", "1", "--quiet", "--out", str(tmp_path / "run")])
+                                      "--batch-size", "4", "--max-steps", "1", "--quiet", "--out", str(tmp_path / "run"), *extra])
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and message in errors[0], result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_train_minilm_like_one_process(tmp_path):
+    # The benchmark's own comparison on the packaged MiniLM (dropout off), 2 steps: a few minutes on CPU.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("text_torchrun", Path(__file__).parents[1] / "benchmarks" / "text_torchrun.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--steps", "2", "--work-dir", str(tmp_path / "work")])
+    assert result["loss_diff"] < 1e-4
+    assert result["relative_weight_diff"] < 1e-2

@@ -14,6 +14,15 @@ from mrl.errors import MRLError
 _FIELDS = ("model", "pairs", "loss", "epochs", "batch_size", "max_steps", "lr", "max_seq_length", "save_every", "seed")
 
 
+def _weights_arg(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise MRLError(f"--loss-weights must be comma-separated numbers, got {text!r}") from None
+
+
 def _sizes_arg(text: str | None) -> list[int] | None:
     if text is None:
         return None
@@ -37,6 +46,8 @@ def text_group() -> None:
 @click.option("--nesting", default=None, help="Comma-separated ascending prefix sizes ending at the model's dimension "
               "(default d/16, d/8, d/4, d/2, d: 24,48,96,192,384 for MiniLM).")
 @click.option("--plain", is_flag=True, help="Train only the full size (the non-Matryoshka baseline).")
+@click.option("--loss-weights", default=None, help="Comma-separated weight c_m per nesting size (default all 1, "
+              "the paper's); e.g. 1,1,1,1,2 favours the full size.")
 @click.option("--loss", type=click.Choice(["mnrl", "cosent"]), default="mnrl", show_default=True,
               help="Per-size loss: in-batch negatives ranking (mnrl) or CoSENT.")
 @click.option("--epochs", type=int, default=1, show_default=True, help="Passes over the pairs.")
@@ -51,7 +62,8 @@ def text_group() -> None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-def train_command(ctx: click.Context, nesting: str | None, plain: bool, out: Path, resume: bool, quiet: bool, **params) -> None:
+def train_command(ctx: click.Context, nesting: str | None, loss_weights: str | None, plain: bool, out: Path, resume: bool,
+                  quiet: bool, **params) -> None:
     """Fine-tune a sentence-transformers model with MRL's nested loss (or --plain) into --out.
 
     Runs unchanged under `torchrun --nproc_per_node=K`: K ranks of batch B/K train like one process
@@ -61,11 +73,12 @@ def train_command(ctx: click.Context, nesting: str | None, plain: bool, out: Pat
 
     values = {name: params[name] for name in _FIELDS}
     values["nesting"] = _sizes_arg(nesting)
+    values["loss_weights"] = _weights_arg(loss_weights)
     values["plain"] = plain
     if resume:
         saved = read_run_config(out)
         given = {
-            name for name in (*_FIELDS, "nesting", "plain")
+            name for name in (*_FIELDS, "nesting", "loss_weights", "plain")
             if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
         }
         values = {**dataclasses.asdict(saved), **{name: values[name] for name in given}}

@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mrl.artifacts import kind_of
@@ -225,6 +225,7 @@ def create_app(
     latency = Histogram("mrl_request_seconds", "HTTP request latency by route", ["route"], registry=registry,
                         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
     queries_total = Counter("mrl_queries", "query vectors searched", registry=registry)
+    in_flight = Gauge("mrl_searches_in_flight", "searches running in the thread pool now", registry=registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -282,7 +283,8 @@ def create_app(
             scores, ids = index.search(vectors, k=k, funnel=chosen)
             return scores, ids, time.perf_counter() - start
 
-        scores, ids, seconds = await asyncio.get_running_loop().run_in_executor(executor, run)
+        with in_flight.track_inprogress():
+            scores, ids, seconds = await asyncio.get_running_loop().run_in_executor(executor, run)
         queries_total.inc(len(vectors))
         return Response(orjson.dumps({
             "ids": ids.tolist(),

@@ -63,6 +63,8 @@ class TextTrainConfig:
         nesting: prefix sizes; None: d/16, d/8, d/4, d/2, d (24 ... 384 for MiniLM), the sizes
             where an unadapted model's prefixes fall apart.
         plain: train only the full size (the baseline the Matryoshka run is compared with).
+        loss_weights: per-size weights c_m of the nested loss, one per nesting size; None: all 1, the
+            paper's equal weights (Kusupati et al. 2022, eq. 1).
         loss: ``mnrl`` (in-batch negatives) or ``cosent``.
         scale: inverse temperature of the cosine similarities (sentence-transformers' 20).
         epochs: passes over the pairs (ends early at ``max_steps``).
@@ -80,6 +82,7 @@ class TextTrainConfig:
     pairs: str = "wordnet"
     nesting: list[int] | None = None
     plain: bool = False
+    loss_weights: list[float] | None = None
     loss: str = "mnrl"
     scale: float = 20.0
     epochs: int = 1
@@ -116,6 +119,14 @@ class TextTrainConfig:
         check_seed("seed", self.seed)
         if self.nesting is not None:
             self.nesting = validate_nesting(self.nesting)
+        if self.loss_weights is not None:
+            if self.plain:
+                raise MRLError("loss weights apply to the nesting sizes of a Matryoshka run; a --plain run has one size")
+            if not isinstance(self.loss_weights, list) or not self.loss_weights:
+                raise MRLError(f"loss weights must be a non-empty list of numbers, got {self.loss_weights!r}")
+            self.loss_weights = [check_float("every loss weight", w, min=0, max=1e6) for w in self.loss_weights]
+            if not any(self.loss_weights):
+                raise MRLError(f"loss weights must not all be 0, got {self.loss_weights}")
         return self
 
     def sizes(self, dim: int) -> list[int]:
@@ -124,6 +135,8 @@ class TextTrainConfig:
         nesting = validate_nesting(nesting, dim)
         if nesting[-1] != dim:
             raise MRLError(f"the last nesting size must be the model's dimension {dim}, got {nesting}")
+        if self.loss_weights is not None and len(self.loss_weights) != len(nesting):
+            raise MRLError(f"loss weights need one value per nesting size {nesting}, got {self.loss_weights}")
         return [dim] if self.plain else nesting
 
 
@@ -282,7 +295,7 @@ def train_text(
     model = load_text_model(out / MODEL_DIR if resume else config.model, device=device, max_seq_length=config.max_seq_length)
     sizes = config.sizes(embedding_dim(model))
     steps = total_steps(config, len(pairs))
-    loss_fn = TextPairLoss(sizes, loss=config.loss, scale=config.scale).to(device)
+    loss_fn = TextPairLoss(sizes, loss=config.loss, scale=config.scale, weights=config.loss_weights).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step = 0
     if state is not None:
