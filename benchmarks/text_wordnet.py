@@ -20,6 +20,7 @@ differs; ``--loss-weights`` gives the per-size weights c_m of the MRL run):
     mrl text eval runs/text/w_plain_sS --task wordnet --limit 2000 --sizes 24,48,96,192,384 \\
         --out runs/text/w_plain_sS.json
     mrl text eval --model all-MiniLM-L6-v2 --task wordnet --limit 2000 --out runs/text/w_raw.json
+    # the README's weighted row: the MRL runs again with --loss-weights 1,1,1,1,4 (seeds 0 and 1)
     .venv/bin/python benchmarks/text_wordnet.py runs/text/w_raw.json --mrl runs/text/w_mrl_s*.json \\
         --plain runs/text/w_plain_s*.json
 """
