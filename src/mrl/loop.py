@@ -1,4 +1,4 @@
-"""The one training loop that mrl's trainers share (classifier, slimmable, retro-fit, LM, adapter).
+"""The one training loop that mrl's trainers share (classifier, slimmable, retro-fit, LM, adapter, text).
 
 nanoGPT keeps one loop; so does mrl. What every trainer does the same way lives here: iterating
 epochs and steps from a resume position, the learning rate of each step (a pure function of the
