@@ -75,14 +75,9 @@ class VectorStore:
     def _fused_dots(self, q: np.ndarray, safe_ids: np.ndarray, dim: int) -> np.ndarray:
         # Viewing the [N, D] table as [N * D/dim, dim] rows makes the dim-prefix of vector i
         # row i * D/dim, so no [Q, K, dim] copy is ever built.
-        n_queries, n_candidates = safe_ids.shape
         table = np.asarray(self.array).reshape(-1, dim)
         rows = np.ascontiguousarray(safe_ids * (self.array.shape[1] // dim), dtype=np.int64)
-        out = np.empty((n_queries, n_candidates), dtype=np.float32)
-        faiss.fvec_inner_products_by_idx(
-            faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(table), faiss.swig_ptr(rows), dim, n_queries, n_candidates
-        )
-        return out
+        return _dots_by_index(q, table, rows)
 
     def _cached_sq_norms(self, dim: int) -> np.ndarray:
         """Squared norms [N] of every stored dim-prefix, computed once per dim (memory store only)."""
@@ -114,11 +109,7 @@ class VectorStore:
             unique, inverse = np.unique(safe_ids[start:stop], return_inverse=True)
             rows = self._rows(unique, dim)
             positions = np.ascontiguousarray(inverse.reshape(stop - start, n_candidates), dtype=np.int64)
-            q_block = np.ascontiguousarray(q[start:stop])
-            faiss.fvec_inner_products_by_idx(
-                faiss.swig_ptr(dots[start:stop]), faiss.swig_ptr(q_block), faiss.swig_ptr(rows), faiss.swig_ptr(positions),
-                dim, stop - start, n_candidates,
-            )
+            dots[start:stop] = _dots_by_index(np.ascontiguousarray(q[start:stop]), rows, positions)
             if sq is not None:
                 row_sq = np.empty(len(unique), dtype=np.float32)
                 faiss.fvec_norms_L2sqr(faiss.swig_ptr(row_sq), faiss.swig_ptr(rows), dim, len(unique))
@@ -131,3 +122,15 @@ class VectorStore:
         if gathered.dtype == np.float32:
             return np.ascontiguousarray(gathered)
         return torch.from_numpy(np.ascontiguousarray(gathered)).float().numpy()
+
+
+def _dots_by_index(q: np.ndarray, table: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """[Q, K] float32 dots of q [Q, dim] with table[rows[i, j]], by FAISS's fused gather + dot (no [Q, K, dim] copy).
+
+    q and table are C-contiguous float32 with the same dim; rows is C-contiguous int64 [Q, K].
+    """
+    out = np.empty(rows.shape, dtype=np.float32)
+    faiss.fvec_inner_products_by_idx(
+        faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(table), faiss.swig_ptr(rows), q.shape[1], *rows.shape
+    )
+    return out
