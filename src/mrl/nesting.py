@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from mrl.errors import MRLError
+from mrl.validation import split_numbers
 
 ArrayLike = TypeVar("ArrayLike", torch.Tensor, np.ndarray)
 
@@ -81,11 +82,7 @@ def parse_nesting(text: str | Sequence[int] | None, dim: int) -> list[int]:
     if text is None or (isinstance(text, str) and not text.strip()):
         return default_nesting(dim)
     if isinstance(text, str):
-        try:
-            values = [int(part) for part in text.split(",") if part.strip()]
-        except ValueError:
-            raise MRLError(f"nesting must be comma-separated integers, got {text!r}") from None
-        return validate_nesting(values, dim)
+        return validate_nesting(split_numbers(text, int, f"nesting must be comma-separated integers, got {text!r}"), dim)
     return validate_nesting(text, dim)
 
 

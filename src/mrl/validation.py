@@ -126,6 +126,19 @@ def check_ascending(
     return values
 
 
+def split_numbers(text: str, convert: Callable[[str], Any], message: str) -> list:
+    """``convert`` of every non-blank comma-separated part of ``text``; MRLError(message) if one fails.
+
+    Example:
+        >>> split_numbers("8, 16,", int, "sizes must be comma-separated integers")
+        [8, 16]
+    """
+    try:
+        return [convert(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise MRLError(message) from None
+
+
 def check_seed(name: str, value: Any) -> int:
     """A random seed in [0, 2**32 - 1]."""
     return check_int(name, value, min=0, max=SEED_MAX)

@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 from mrl.errors import MRLError
-from mrl.validation import check_float, check_int, check_seed, click_check
+from mrl.validation import check_float, check_int, check_seed, click_check, split_numbers
 from mrl.io import atomic_write_text, load_npz, save_npz, write_json
 
 
@@ -292,10 +292,8 @@ def export(index_dir, target, qdrant_path, qdrant_url, api_key_file, collection,
     from mrl.retrieval.qdrant import export_to_qdrant
 
     location, api_key = _qdrant_location(qdrant_path, qdrant_url, api_key_file)
-    try:
-        sizes = None if stages is None else [int(part) for part in stages.split(",") if part.strip()]
-    except ValueError:
-        raise MRLError(f"--stages must be comma-separated prefix sizes such as 16,64,2048, got {stages!r}") from None
+    message = f"--stages must be comma-separated prefix sizes such as 16,64,2048, got {stages!r}"
+    sizes = None if stages is None else split_numbers(stages, int, message)
     result = export_to_qdrant(index_dir, location, collection, stages=sizes, quantization=quantization, batch=batch,
                               api_key=api_key, progress=not quiet, shards=shards, replicas=replicas)
     click.echo(f"exported {result['written']} points to {target} collection {collection} "

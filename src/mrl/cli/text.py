@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from mrl.errors import MRLError
+from mrl.validation import split_numbers
 
 # Flag name -> TextTrainConfig field; with --resume only flags given on the command line are checked
 # against the saved config.
@@ -17,19 +18,13 @@ _FIELDS = ("model", "pairs", "loss", "epochs", "batch_size", "max_steps", "lr", 
 def _weights_arg(text: str | None) -> list[float] | None:
     if text is None:
         return None
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise MRLError(f"--loss-weights must be comma-separated numbers, got {text!r}") from None
+    return split_numbers(text, float, f"--loss-weights must be comma-separated numbers, got {text!r}")
 
 
 def _sizes_arg(text: str | None) -> list[int] | None:
     if text is None:
         return None
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise MRLError(f"sizes must be comma-separated integers, got {text!r}") from None
+    return split_numbers(text, int, f"sizes must be comma-separated integers, got {text!r}")
 
 
 @click.group("text")

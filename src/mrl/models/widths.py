@@ -41,7 +41,7 @@ from torch import nn
 
 from mrl.errors import MRLError
 from mrl.models.mlp import REP_ACTIVATIONS
-from mrl.validation import check_ascending, check_choice, check_float
+from mrl.validation import check_ascending, check_choice, check_float, split_numbers
 
 WidthSpec = float | Sequence[float] | None
 """A width to run: None (full), one fraction for every layer, or one fraction per hidden layer."""
@@ -82,11 +82,7 @@ def parse_widths(text: str | Sequence[float] | None) -> list[float] | None:
     if text is None or (isinstance(text, str) and not text.strip()):
         return None
     if isinstance(text, str):
-        try:
-            values = [float(part) for part in text.split(",") if part.strip()]
-        except ValueError:
-            raise MRLError(f"widths must be comma-separated fractions, got {text!r}") from None
-        return validate_widths(values)
+        return validate_widths(split_numbers(text, float, f"widths must be comma-separated fractions, got {text!r}"))
     return validate_widths(text)
 
 
