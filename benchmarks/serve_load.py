@@ -20,8 +20,11 @@ Data: synthetic MRL-like unit vectors (benchmarks/funnel_search.py `synthetic`),
     .venv/bin/python benchmarks/serve_load.py --n 100000 --dim 2048 --soak-seconds 120
     .venv/bin/python benchmarks/serve_load.py --database runs/demo/mrl_train.npz --queries runs/demo/mrl_test.npz --soak-seconds 0
     .venv/bin/python benchmarks/serve_load.py --n 5000 --dim 256 --requests 200 --soak-seconds 5    # smoke run
-    # 1M x 2048: data written to disk in chunks, float16 vectors memory-mapped by both servers (~6 GB RAM in all)
-    .venv/bin/python benchmarks/serve_load.py --n 1000000 --dim 2048 --store mmap --skip-qdrant --soak-seconds 120
+    # 1M x 2048: the data generated once to a float16 .npy in chunks and its exact top-k cached
+    # (benchmarks/synthetic_cache.py, reused by benchmarks/pareto.py --cache-dir); both servers map
+    # float16 vectors, the exact one also holds FAISS float16 codes (4 GB); tuning bounded to n_1 <= 1024
+    .venv/bin/python benchmarks/serve_load.py --n 1000000 --dim 2048 --store mmap --cache-dir runs/cache --skip-qdrant \
+        --tune-max-length 1024 --requests 600 --time-cap 45 --soak-seconds 120
 
 Goals (issue 10): 0 errors; RSS growth <= 5% over the soak; at concurrency 8 the funnel serves >= 10x
 the QPS of exact search at kNN-recall@10 >= 0.99; Qdrant exact agrees with FunnelIndex on >= 99.5% of
