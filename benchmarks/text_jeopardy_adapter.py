@@ -21,7 +21,10 @@ Methods at every size m of --sizes, all fitted on the train vectors only (withou
   PCA and training starts from PCA's prefixes; the table then also shows that starting point.
   With ``--supervised`` it adds the ranking loss on (clue, another train clue of its category)
   pairs of the train part (one pair per train clue, seeded): the categories of the database, never
-  those of the test queries.
+  those of the test queries. With ``--patience P`` the fit keeps the epoch (0: the start) whose
+  prefixes best retrieve the train clues' own full-size top-10 neighbours
+  (:func:`mrl.adapter.neighbour_recall`: no labels, no test clue) and stops after P epochs without
+  a better one.
 
 The "% of full" table divides by raw ada-002 at 1536 dims. Reproduce:
 
@@ -32,6 +35,9 @@ The "% of full" table divides by raw ada-002 at 1536 dims. Reproduce:
         --work-dir runs/text_jeopardy_pca
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/text_jeopardy_adapter.py --start pca --supervised \
         --epochs 10 --work-dir runs/text_jeopardy_pca_sup
+    # for S in 0 1 2: from PCA, lr 1e-4, the epoch kept by neighbour recall on the train clues
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/text_jeopardy_adapter.py --start pca --lr 1e-4 \
+        --patience 2 --epochs 8 --seed S --work-dir runs/text_jeopardy_pca_sel_sS
 """
 
 from __future__ import annotations
