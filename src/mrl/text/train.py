@@ -68,7 +68,7 @@ class TextTrainConfig:
         full_size_weight: c_d of the full size when ``loss_weights`` is None. 4, not the paper's
             equal weights (Kusupati et al. 2022, eq. 1): on WordNet (100 steps, 3 seeds) it keeps the
             full size within 1 nDCG@10 point of a plainly fine-tuned model, where equal weights
-            trail it by 1.6, for about 1 point at 24 dims and 0.3 at 48. Runs saved before this
+            trail it by 1.5, for 0.9 points at 24 dims and 0.2 at 48. Runs saved before this
             field trained with equal weights; their config reads as 1.
         loss: ``mnrl`` (in-batch negatives) or ``cosent``.
         scale: inverse temperature of the cosine similarities (sentence-transformers' 20).
