@@ -257,6 +257,12 @@ def test_candidate_funnels_are_valid_and_end_at_k():
         assert lengths == sorted(lengths, reverse=True)
 
 
+def test_candidate_funnels_shortlist_lengths_step_by_sqrt2():
+    first = sorted({funnel[0][1] for funnel in candidate_funnels(2048, 16, 10**6, 10)})
+    assert first == [10, 20, 28, 40, 57, 80, 113, 160, 226, 320, 453, 640, 905, 1280, 1810]
+    assert max(funnel[0][1] for funnel in candidate_funnels(2048, 16, 100, 10)) == 80  # never more than N
+
+
 def test_evaluate_configurations_rows():
     db, queries = _data(10)
     labels = (db[:, 0] > 0).astype(np.int64)
