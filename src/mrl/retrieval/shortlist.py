@@ -165,6 +165,10 @@ class Shortlist:
     def __init__(self, spec: ShortlistSpec, metric: str, index: object, coarse: faiss.Index | None, mips_norm: float | None) -> None:
         self.spec, self.metric, self.mips_norm = spec, metric, mips_norm
         self._index, self._coarse = index, coarse
+        # ivf: per-search constants, read from FAISS once (a Python loop over nlist lists cost
+        # ~0.3 ms per call, more than a one-query search itself); add() forgets the sizes.
+        self._list_sizes: np.ndarray | None = None
+        self._centroids: np.ndarray | None = None
 
     # -- building ---------------------------------------------------------------------------------
 
@@ -275,6 +279,7 @@ class Shortlist:
         ``assign`` int64 [n] may pass the ivf lists already computed on the coarse prefix.
         """
         spec = self.spec
+        self._list_sizes = None
         if self.mips_norm is not None:
             for block in _prefix_blocks(vectors, spec.dim, self.metric):
                 if np.einsum("nd,nd->n", block, block).max() > self.mips_norm**2 * (1 + 1e-6):
@@ -320,8 +325,9 @@ class Shortlist:
             nprobe = min(spec.nprobe if nprobe is None else nprobe, spec.nlist)
             _, lists = self._coarse.search(prefix(queries, spec.coarse_dim, self.metric), nprobe)
             scores, ids = self._search_lists(codes, length, lists, self._coarse_distances(q, lists))
-            sizes = np.array([self._index.invlists.list_size(int(l)) for l in range(spec.nlist)])
-            distances = float(spec.nlist + sizes[lists].sum() / max(n_queries, 1))
+            if self._list_sizes is None:
+                self._list_sizes = np.array([self._index.invlists.list_size(int(l)) for l in range(spec.nlist)])
+            distances = float(spec.nlist + self._list_sizes[lists].sum() / max(n_queries, 1))
         scores = np.asarray(scores, dtype=np.float32)
         if spec.encoding == "binary" or self.metric == "l2" or spec.kind == "hnsw":
             if self.mips_norm is not None:  # back from |q' - x'|^2 to the inner product q.x
@@ -358,7 +364,9 @@ class Shortlist:
         """Query-to-centroid scores [Q, nprobe] in the shortlist space, which residual codes add back."""
         if self.spec.encoding == "binary":
             return np.zeros(lists.shape, dtype=np.int32)
-        centroids = self._index.quantizer.reconstruct_n(0, self.spec.nlist)[lists]
+        if self._centroids is None:
+            self._centroids = self._index.quantizer.reconstruct_n(0, self.spec.nlist)
+        centroids = self._centroids[lists]
         if self.metric == "l2":
             return np.ascontiguousarray(((centroids - q[:, None, :]) ** 2).sum(-1), dtype=np.float32)
         return np.ascontiguousarray(np.einsum("qpd,qd->qp", centroids, q), dtype=np.float32)
