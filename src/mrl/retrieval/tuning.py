@@ -3,8 +3,9 @@
 The MRL paper (Kusupati et al., NeurIPS 2022, section 4.3 and appendix G) picks funnel shapes by
 hand (16 -> 2048 with 200 candidates; 16 -> 32 -> 64 -> 128 -> 2048 with 800, 400, 200, 50, 10).
 :class:`FunnelTuner` instead measures kNN-recall@k against exact full-dim search on sample
-queries for a grid of funnels and keeps the cheapest (theoretical FLOPs, then wall-clock) whose
-recall reaches the target, in the scikit-learn style: parameters in ``__init__``, state ending in
+queries for a grid of funnels and keeps the cheapest whose recall reaches the target: by measured
+wall-clock (default), or by theoretical FLOPs, which favours deep cascades that are cheap in
+arithmetic but pay a gather and a top-k per stage, in the scikit-learn style: parameters in ``__init__``, state ending in
 ``_`` learned by :meth:`FunnelTuner.fit`.
 """
 
@@ -22,11 +23,14 @@ from mrl.metrics import knn_recall_at_k
 from mrl.retrieval.funnel import Funnel, format_funnel, validate_funnel
 from mrl.retrieval.ground_truth import exact_search
 from mrl.retrieval.shortlist import ShortlistSpec
+from mrl.validation import check_choice
 
 if TYPE_CHECKING:
     from mrl.retrieval.funnel import FunnelIndex
 
 logger = logging.getLogger(__name__)
+
+OBJECTIVES = ("ms", "flops")
 
 
 def candidate_funnels(dim: int, shortlist_dim: int, n_database: int, k: int, max_length: int = 2048) -> list[Funnel]:
@@ -82,6 +86,8 @@ class FunnelTuner:
         candidates: funnels to try (default :func:`candidate_funnels`).
         repeats: timed searches per candidate after one warm-up; ms_per_query is their median.
         search_options: keyword arguments passed to every search (``nprobe``, ``ef_search``).
+        objective: what "cheapest" means: ``"ms"`` (measured ms/query, then FLOPs) or
+            ``"flops"`` (theoretical FLOPs per query, then ms; reproducible across machines).
 
     Attributes:
         exact_ids_: int [Q, k] exact full-dim results for the sample.
@@ -102,13 +108,14 @@ class FunnelTuner:
 
     def __init__(
         self, k: int = 10, target_recall: float = 0.99, candidates: Sequence[Sequence[tuple[int, int]]] | None = None,
-        repeats: int = 1, search_options: dict | None = None,
+        repeats: int = 1, search_options: dict | None = None, objective: str = "ms",
     ) -> None:
         self.k = k
         self.target_recall = target_recall
         self.candidates = candidates
         self.repeats = repeats
         self.search_options = search_options
+        self.objective = objective
 
     def fit(self, index: FunnelIndex, sample_queries: np.ndarray, exact_ids: np.ndarray | None = None) -> FunnelTuner:
         """Search ``sample_queries`` [Q, D] with the candidates and choose; returns self.
@@ -124,6 +131,7 @@ class FunnelTuner:
         """
         for name in ("exact_ids_", "results_", "best_", "best_funnel_", "target_met_"):
             self.__dict__.pop(name, None)
+        check_choice("objective", self.objective, OBJECTIVES)
         if not isinstance(self.target_recall, (int, float)) or not 0 < self.target_recall <= 1:
             raise MRLError(f"target_recall must be in (0, 1], got {self.target_recall!r}")
         if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or not 1 <= self.k <= index.ntotal:
@@ -165,7 +173,8 @@ class FunnelTuner:
             )
         meeting = [r for r in results if r["meets_target"]]
         if meeting:
-            best = min(meeting, key=lambda r: (r["flops_per_query"], r["ms_per_query"]))
+            keys = ("ms_per_query", "flops_per_query") if self.objective == "ms" else ("flops_per_query", "ms_per_query")
+            best = min(meeting, key=lambda r: tuple(r[key] for key in keys))
         else:
             best = max(results, key=lambda r: (r["knn_recall"], -r["flops_per_query"]))
             logger.warning(
