@@ -14,13 +14,14 @@ IndexIVFPQ and OPQ+IVFPQ (--pq-bytes bytes per vector; "opq" in --baselines), In
 codes (IndexBinaryFlat) re-scored in float. FAISS scans a scalar-quantised table once per query
 (no blocking of queries as its flat index does with BLAS), so SQ8 reads all N x D code bytes for
 every query: memory-bound at best (QT_8bit_uniform), and QT_8bit's per-dimension decoding is
-slower still; it is slower than exact IndexFlatIP on batches, not a broken build. mrl funnels: FunnelIndex over a prefix
-with each --mrl-shortlists structure, each tuned on separate tuning queries (mrl.retrieval.IndexTuner)
-with the full vectors float16 memory-mapped from disk, for kNN-recall@10 >= --target-recall, plus
-the fastest point it found >= --low-target and >= each --extra-targets. Each point is then timed with the full vectors float16
-memory-mapped ("[mmap f16]": RAM counts the process's own memory only, the shortlist structure;
-the page cache the OS keeps for the file is shared and reclaimable) and, with --stores memory,
-float32 in RAM ("[RAM f32]": 4 D bytes more per vector).
+slower still; it is slower than exact IndexFlatIP on batches, not a broken build.
+mrl funnels: FunnelIndex over a prefix with each --mrl-shortlists structure, each tuned on separate
+tuning queries (mrl.retrieval.IndexTuner) with the full vectors float16 memory-mapped from disk;
+for --target-recall, --low-target and each --extra-targets the fastest point reaching it on the
+tuning queries is kept. Each point is then timed with the full vectors float16 memory-mapped
+("[mmap f16]": RAM counts the process's own memory only, the shortlist structure; the page cache
+the OS keeps for the file is shared and reclaimable) and, with --stores memory, float32 in RAM
+("[RAM f32]": 4 D bytes more per vector).
 
 For every point: kNN-recall@10 against exact full-dim search, mAP@10 (labels), ms/query batched
 (median of --repeats interleaved rounds after a warm-up) and one query at a time (--single
@@ -346,7 +347,7 @@ def main() -> None:
     parser.add_argument("--extra-targets", type=lambda text: [float(t) for t in text.split(",") if t.strip()], default=[],
                         help="more recall levels (comma-separated, e.g. 0.5,0.999) at which each structure's fastest point is kept")
     parser.add_argument("--mrl-shortlists", default="flat:float32:16;flat:int8:32;flat:binary:64;hnsw:float32:16;ivf:int8:32:16",
-                        help="mrl structures (kind:encoding:dim[:coarse_dim], ';'-separated)")
+                        help="mrl structures (kind:encoding:dim[:coarse_dim | :opq_niter], ';'-separated)")
     parser.add_argument("--stores", default="mmap,memory",
                         help="where the mrl points keep full vectors: mmap (float16 on disk, always) and memory (float32 in RAM)")
     parser.add_argument("--baselines", default="hnsw,ivf,ivfpq,opq,sq8,binary",

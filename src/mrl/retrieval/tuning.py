@@ -3,10 +3,10 @@
 The MRL paper (Kusupati et al., NeurIPS 2022, section 4.3 and appendix G) picks funnel shapes by
 hand (16 -> 2048 with 200 candidates; 16 -> 32 -> 64 -> 128 -> 2048 with 800, 400, 200, 50, 10).
 :class:`FunnelTuner` instead measures kNN-recall@k against exact full-dim search on sample
-queries for a grid of funnels and keeps the cheapest whose recall reaches the target: by measured
-wall-clock (default), or by theoretical FLOPs, which favours deep cascades that are cheap in
-arithmetic but pay a gather and a top-k per stage, in the scikit-learn style: parameters in ``__init__``, state ending in
-``_`` learned by :meth:`FunnelTuner.fit`.
+queries for a grid of funnels and keeps the cheapest whose recall reaches the target, by measured
+wall-clock (default) or by theoretical FLOPs (which leave out the gather and top-k every stage
+pays), in the scikit-learn style: parameters in ``__init__``, state ending in ``_`` learned by
+:meth:`FunnelTuner.fit`.
 """
 
 from __future__ import annotations
