@@ -4,7 +4,8 @@ Classification (Fashion-MNIST, MLP backbone), per seed: one nested run per norm 
 switchable BatchNorm and/or LayerNorm, every width's Matryoshka loss summed per step) against one
 run per width trained alone with the same norm and recipe (hidden layers of round(w * 512) units;
 the BatchNorm ones are the plain MLP), compared at every (width, dim) on test top-1 and 1-NN; nested
-runs that sample widths per step (``--samplings``: random, sandwich) on the first norm; and per
+runs that sample widths per step (``--samplings``: random, sandwich) and runs with in-place
+distillation from the full width (``--distills``: weights of ``width_distill``) on the first norm; and per
 nested run the (width, dim) cascade of :class:`mrl.adaptive.WidthDimCascade`, fitted on val,
 measured on test: its cost-accuracy curve and the budget policy's point (full-model accuracy - 0.2
 points). Training cost of a sampling rule: multiply-adds of the widths it trains, summed over the
@@ -48,6 +49,9 @@ def classify_runs(args, seed: int) -> dict[str, TrainConfig]:
     runs = {}
     for norm in args.norms:
         runs[f"nested-{norm}"] = TrainConfig(widths=args.widths, width_norm=norm, **common)
+    for distill in args.distills:
+        runs[f"nested-{args.norms[0]}-distill{distill}"] = TrainConfig(
+            widths=args.widths, width_norm=args.norms[0], width_distill=distill, **common)
     for sampling in args.samplings:
         runs[f"nested-{args.norms[0]}-{sampling}"] = TrainConfig(
             widths=args.widths, width_norm=args.norms[0], width_sampling=sampling, width_samples=args.width_samples,
@@ -271,14 +275,16 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--widths", default="0.125,0.25,0.5,1")
     parser.add_argument("--rep-dim", type=int, default=2048)
-    parser.add_argument("--rep-activation", choices=["relu", "none"], default="relu",
-                        help="the representation's last activation; the README's figures were measured with relu")
+    parser.add_argument("--rep-activation", choices=["relu", "none"], default="none",
+                        help="the representation's last activation (mrl train's default: none)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--max-train", type=int, default=None)
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; the LM part uses the first")
     parser.add_argument("--norms", default="batch,layer", help="nested-width norms to compare, each with its own alone runs")
     parser.add_argument("--samplings", default="sandwich,random",
                         help="width sampling rules trained beside summing every width (on the first norm); '' for none")
+    parser.add_argument("--distills", default="",
+                        help="comma-separated --width-distill weights, each a nested run beside plain summing (first norm)")
     parser.add_argument("--width-samples", type=int, default=1, help="k of the random and sandwich rules")
     parser.add_argument("--lm-widths", default="0.25,0.5,1")
     parser.add_argument("--lm-nesting", default="8,16,32,64,128")
@@ -294,6 +300,7 @@ def main() -> None:
     args.seeds = [int(v) for v in args.seeds.split(",")]
     args.norms = [v for v in args.norms.split(",") if v]
     args.samplings = [v for v in args.samplings.split(",") if v]
+    args.distills = [float(v) for v in args.distills.split(",") if v]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     # parts run separately accumulate in one results.json
