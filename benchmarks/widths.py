@@ -103,7 +103,8 @@ def run_classification(args, previous: dict) -> dict:
                 diff[str(w)] = {key: {str(m): grid[key][str(w)][str(m)] - alone[key][str(m)] for m in grid["nesting"]}
                                 for key in ("top1", "knn1")}
             nested[name] = {"grid": grid, "nested_minus_alone": diff,
-                            "cascade": cascade_curve(root / f"seed{seed}" / name, grid),
+                            "cascade": cascade_curve(root / f"seed{seed}" / name, grid, "pareto"),
+                            "cascade_per_width": cascade_curve(root / f"seed{seed}" / name, grid, "per-width"),
                             "cost": training_cost(config, root / f"seed{seed}" / name, grid, steps_per_epoch)}
         alone = {name: {"top1": r["top1"], "knn1": r["knn1"]} for name, r in results.items() if name.startswith("alone")}
         before = per_seed.get(str(seed), {"nested": {}, "alone": {}})
@@ -111,14 +112,15 @@ def run_classification(args, previous: dict) -> dict:
     return {"widths": args.widths, "per_seed": per_seed}
 
 
-def cascade_curve(run_dir: Path, grid: dict) -> dict:
+def cascade_curve(run_dir: Path, grid: dict, stages: str) -> dict:
     widths, nesting = grid["widths"], grid["nesting"]
     flops = np.array([[grid["flops"][str(w)][str(m)] for m in nesting] for w in widths])
     names = [f"{kind}_{s}.npy" for kind in ("logits_widths", "labels") for s in ("val", "test")]
     read_run(run_dir, verify=names)
     logits = {s: load_npy(run_dir / f"logits_widths_{s}.npy") for s in ("val", "test")}
     labels = {s: load_npy(run_dir / f"labels_{s}.npy") for s in ("val", "test")}
-    casc = WidthDimCascade(widths, nesting, flops, policy="budget", target_drop=0.002).fit(logits["val"], labels["val"])
+    casc = WidthDimCascade(widths, nesting, flops, policy="budget", target_drop=0.002, stages=stages).fit(
+        logits["val"], labels["val"])
     chosen = casc.evaluate(logits["test"], labels["test"])
     arrays = {}
     for s in ("val", "test"):
@@ -216,18 +218,23 @@ def classify_table(c: dict) -> list[str]:
         for w in widths:
             lines.append(f"| {w} | " + " | ".join(mean_std(r["alone"][f"alone-{n}-{w}"]["top1"][d] for r in runs_with_norms)
                                                for n in norms) + " |")
-    lines += ["", "Cascade over (width, dim), fitted on val, on test (target: full - 0.2 pts at <= 0.25 of its FLOPs):", "",
-              "| run | full top-1 | budget policy top-1 | its FLOPs fraction | cheapest curve point within 0.2 pts |",
-              "|---|---:|---:|---:|---:|"]
+    lines += ["", "Cascade over (width, dim), fitted on val, on test (target: full - 0.2 pts at <= 0.25 of its FLOPs); "
+              "stages: every Pareto pair (each charged its whole trunk) or one pair per width (exact cost); "
+              "FLOPs fractions per seed:", "",
+              "| run | stages | full top-1 | budget policy top-1 | its FLOPs fraction | cheapest curve point within 0.2 pts |",
+              "|---|---|---:|---:|---:|---:|"]
     for name in variants:
-        cascades = [r["nested"][name]["cascade"] for r in runs if name in r["nested"]]
-        cheapest = ", ".join("none" if x["cheapest_within_0.2_points"] is None
-                             else f"{x['cheapest_within_0.2_points']['flops_fraction']:.3f}" for x in cascades)
-        budget = ", ".join(f"{x['budget_policy']['flops_fraction']:.3f}" for x in cascades)
-        lines.append(
-            f"| {name} | {mean_std(x['full_top1'] for x in cascades)} | "
-            f"{mean_std(x['budget_policy']['accuracy'] for x in cascades)} | {budget} | {cheapest} |"
-        )
+        for key, stages in (("cascade", "pareto"), ("cascade_per_width", "per-width")):
+            cascades = [r["nested"][name][key] for r in runs if key in r["nested"].get(name, {})]
+            if not cascades:
+                continue
+            cheapest = ", ".join("none" if x["cheapest_within_0.2_points"] is None
+                                 else f"{x['cheapest_within_0.2_points']['flops_fraction']:.3f}" for x in cascades)
+            budget = ", ".join(f"{x['budget_policy']['flops_fraction']:.3f}" for x in cascades)
+            lines.append(
+                f"| {name} | {stages} | {mean_std(x['full_top1'] for x in cascades)} | "
+                f"{mean_std(x['budget_policy']['accuracy'] for x in cascades)} | {budget} | {cheapest} |"
+            )
     lines += ["", "Training cost per sampling rule (forward FLOPs per example and step, summed over the trained widths; "
               "wall clock from metrics.jsonl, noisy on a shared machine):", "",
               "| run | FLOPs / all widths' | seconds / all widths' |", "|---|---:|---:|"]
@@ -245,11 +252,14 @@ def classify_table(c: dict) -> list[str]:
     for m in first[0]["grid"]["nesting"]:
         cells = [f"{100 * np.mean([n['grid']['top1'][w][str(m)] for n in first]):.2f}" for w in widths]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    curve = first[0]["cascade"]["curve"]
-    lines += ["", f"Cascade curve of {variants[0]}, its first seed (all points: results.json):", "",
-              "| FLOPs fraction | test top-1 |", "|---:|---:|"]
-    shown = np.unique(np.linspace(0, len(curve) - 1, 15).round().astype(int))
-    lines += [f"| {curve[i]['flops_fraction']:.3f} | {100 * curve[i]['test_top1']:.2f} |" for i in shown]
+    for key in ("cascade", "cascade_per_width"):
+        if key not in first[0]:
+            continue
+        curve = first[0][key]["curve"]
+        lines += ["", f"Cascade curve of {variants[0]} ({key}), its first seed (all points: results.json):", "",
+                  "| FLOPs fraction | test top-1 |", "|---:|---:|"]
+        shown = np.unique(np.linspace(0, len(curve) - 1, 15).round().astype(int))
+        lines += [f"| {curve[i]['flops_fraction']:.3f} | {100 * curve[i]['test_top1']:.2f} |" for i in shown]
     return lines
 
 

@@ -440,6 +440,34 @@ def test_cascade_stages_are_ordered_by_flops_and_costs_match_a_brute_force_walk(
     np.testing.assert_array_equal(greedy.classifier_.thresholds_, reference.thresholds_)
 
 
+def test_per_width_cascade_runs_each_widths_most_accurate_pair_once():
+    rng = np.random.default_rng(1)
+    widths, nesting = [0.25, 0.5, 1.0], [4, 8, 16]
+    flops = np.array([[100, 140, 220], [180, 221, 300], [400, 440, 520]])
+    labels = rng.integers(0, 4, 600)
+    logits = rng.normal(size=(3, 3, 600, 4))
+    hit_rate = np.array([[0.5, 0.6, 0.55], [0.45, 0.7, 0.72], [0.8, 0.9, 0.85]])  # width 0.5 below 0.25 at size 4
+    for w in range(3):
+        for g in range(3):
+            hit = rng.random(600) < hit_rate[w, g]
+            logits[w, g, hit, labels[hit]] += 5.0
+    accuracy = (logits.argmax(-1) == labels).mean(-1)
+    casc = WidthDimCascade(widths, nesting, flops, stages="per-width", policy="budget").fit(logits, labels)
+    # one pair per width, the most accurate one (a brute-force argmax), and the full model last
+    expected = [(widths[w], nesting[int(np.argmax(accuracy[w]))]) for w in range(2)] + [(1.0, 16)]
+    assert casc.pairs_ == expected and list(casc.flops_) == [flops[widths.index(w), nesting.index(m)] for w, m in expected]
+    stats = casc.evaluate(logits, labels)
+    conf = max_softmax_of(stages_of(logits, casc))
+    assert stats["expected_flops"] == pytest.approx(
+        brute_force_cascade_flops(conf, casc.classifier_.thresholds_, casc.flops_))
+    with pytest.raises(MRLError, match="stages must be one of pareto, per-width, got 'all'"):
+        WidthDimCascade(widths, nesting, flops, stages="all").fit(logits, labels)
+
+
+def max_softmax_of(stages):
+    return np.exp(stages.max(-1)) / np.exp(stages).sum(-1)
+
+
 def stages_of(logits, casc):
     return logits.reshape(-1, *logits.shape[2:])[casc.stages_]
 
