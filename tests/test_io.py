@@ -8,12 +8,14 @@ import torch
 
 from mrl.errors import MRLError
 from mrl.io import (
+    append_jsonl,
     atomic_directory,
     atomic_write_text,
     load_npy,
     load_npz,
     load_tensors,
     read_json,
+    read_jsonl,
     save_npy,
     save_npz,
     save_tensors,
@@ -154,3 +156,45 @@ def test_a_killed_writers_temp_files_are_removed_by_the_next_write(tmp_path):
     finally:
         writer.kill()
         writer.wait()
+
+
+def test_append_jsonl_appends_in_place_and_cuts_a_torn_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    append_jsonl(path, {"step": 1})
+    inode = path.stat().st_ino
+    append_jsonl(path, {"step": 2})
+    assert path.stat().st_ino == inode  # appended, not rewritten through a temp file
+    with open(path, "ab") as f:
+        f.write(b'{"step": 3, "lo')  # a writer killed mid-line
+    assert read_jsonl(path) == [{"step": 1}, {"step": 2}]
+    append_jsonl(path, {"step": 3})
+    assert path.read_bytes() == b'{"step": 1}\n{"step": 2}\n{"step": 3}\n'
+
+
+def test_append_jsonl_cuts_a_torn_line_longer_than_its_read_chunk(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"a": 1}\n' + b"x" * 200_000)
+    append_jsonl(path, {"a": 2})
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+    path.write_bytes(b"y" * 100)  # no complete line at all
+    append_jsonl(path, {"a": 3})
+    assert path.read_bytes() == b'{"a": 3}\n'
+
+
+def test_append_jsonl_does_not_follow_a_symlink(tmp_path):
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("keep\n")
+    (tmp_path / "metrics.jsonl").symlink_to(target)
+    with pytest.raises(MRLError, match="cannot write"):
+        append_jsonl(tmp_path / "metrics.jsonl", {"step": 1})
+    assert target.read_text() == "keep\n"
+
+
+def test_read_jsonl_names_a_bad_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"a": 1}\nnot json\n{"a": 2}\n')
+    with pytest.raises(MRLError, match=r"metrics.jsonl, line 2 is not valid JSON"):
+        read_jsonl(path)
+    path.write_bytes(b'{"a": 1}\n\xff\n')
+    with pytest.raises(MRLError, match="is not UTF-8 text"):
+        read_jsonl(path)

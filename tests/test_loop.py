@@ -145,3 +145,19 @@ def test_learning_rate_follows_each_groups_scale():
     optimizer = torch.optim.SGD([{"params": [a], "lr_scale": 0.5}, {"params": [b]}], lr=1.0)
     set_learning_rate(optimizer, 0.2)
     assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.2]
+
+
+def test_metrics_log_is_read_once_per_key_however_many_steps(tmp_path, monkeypatch):
+    # Each step's line used to re-read (and rewrite) the whole log: quadratic in the steps of a run.
+    import mrl.loop
+
+    reads = []
+    real = mrl.loop.read_jsonl
+    monkeypatch.setattr(mrl.loop, "read_jsonl", lambda path: reads.append(path) or real(path))
+    x, y = _problem()
+    model, optimizer = _fresh()
+    path = tmp_path / "metrics.jsonl"
+    _loop(model, optimizer, metrics=path).run(
+        _batches(x, y), EPOCHS, STEPS, end_step=lambda position, values: {"step": position.step})
+    assert len(reads) == 1
+    assert [r["step"] for r in real(path)] == list(range(1, EPOCHS * STEPS + 1))

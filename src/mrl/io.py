@@ -174,17 +174,62 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
-    """Append one JSON line; rewrites the file atomically so a crash never leaves half a line."""
+    """Append one JSON line in place (O_APPEND, fsync): the cost of a line does not grow with the log.
+
+    A writer killed mid-line leaves an unterminated last line; the next append cuts it off first,
+    and :func:`read_jsonl` skips it, so a log never holds half a record. The log itself is never
+    followed if it is a symbolic link (O_NOFOLLOW).
+    """
     path = Path(path)
-    old = path.read_bytes() if path.exists() else b""
-    atomic_write_bytes(path, old + (json.dumps(record) + "\n").encode("utf-8"))
+    line = (json.dumps(record) + "\n").encode("utf-8")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        raise MRLError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            os.ftruncate(fd, _end_of_last_line(fd, size))
+        os.write(fd, line)
+        os.fsync(fd)
+    except OSError as exc:
+        raise MRLError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+def _end_of_last_line(fd: int, size: int, chunk: int = 1 << 16) -> int:
+    """Offset just past the last newline among the first ``size`` bytes of ``fd`` (0 if none)."""
+    end = size
+    while end > 0:
+        start = max(0, end - chunk)
+        at = os.pread(fd, end - start, start).rfind(b"\n")
+        if at >= 0:
+            return start + at + 1
+        end = start
+    return 0
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a JSONL log; an unterminated last line (a writer killed mid-line) is skipped."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise MRLError(f"{path} is not UTF-8 text ({exc.reason})") from None
+    lines = text.split("\n")
+    lines.pop()  # the text after the last newline: empty, or a torn line
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise MRLError(f"{path}, line {number} is not valid JSON ({exc.msg})") from None
+    return records
 
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> Path:

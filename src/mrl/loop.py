@@ -46,15 +46,21 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = group.get("lr_scale", 1.0) * lr
 
 
-def log_once(path: str | os.PathLike, key: str, record: Mapping[str, Any]) -> bool:
+def log_once(path: str | os.PathLike, key: str, record: Mapping[str, Any], seen: set | None = None) -> bool:
     """Append ``record`` to the JSONL log ``path`` unless a line with the same ``record[key]`` is there.
 
     An attempt killed between its metrics line and its checkpoint redoes those steps with identical
-    results on resume; the redone line must not appear twice. Returns whether the line was written.
+    results on resume; the redone line must not appear twice. ``seen`` holds the ``key`` values
+    already in the log and is kept up to date, so a caller that logs every step reads the log once
+    (:meth:`Loop.run`) instead of at every line; without it the log is read. Returns whether the
+    line was written.
     """
-    if any(r.get(key) == record[key] for r in read_jsonl(path) if isinstance(r, dict)):
+    if seen is None:
+        seen = {r.get(key) for r in read_jsonl(path) if isinstance(r, dict)}
+    if record[key] in seen:
         return False
     append_jsonl(path, record)
+    seen.add(record[key])
     return True
 
 
@@ -91,6 +97,7 @@ class Loop:
     checkpoint: Callable[[Position], None] | None = None
     checkpoint_every: int | None = None
     epoch_started: float = field(default=0.0, init=False)  # time.time() when the current epoch began
+    _logged: dict[str, set] = field(default_factory=dict, init=False, repr=False)  # key -> values in ``metrics``
 
     def run(
         self,
@@ -174,5 +181,7 @@ class Loop:
 
     def _log(self, record: Mapping[str, Any], key: str) -> None:
         if self.metrics is not None:
-            log_once(self.metrics, key, record)
+            if key not in self._logged:  # read once per key, after any trimming done at resume
+                self._logged[key] = {r.get(key) for r in read_jsonl(self.metrics) if isinstance(r, dict)}
+            log_once(self.metrics, key, record, self._logged[key])
         log.info("%s %s: %s", key, record[key], {k: v for k, v in record.items() if k != key})
