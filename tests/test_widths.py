@@ -383,7 +383,7 @@ def test_widths_apply_to_the_mlp_only_and_per_layer_specs_are_checked():
         (["train", "--arch", "mlp", "--widths", "0.5,1", "--width-sampling", "sandwich", "--width-samples", "1"],
          "Error: width-samples must be an integer >= 0 and <= 0, got 1"),
         (["train", "--arch", "mlp", "--hidden", "64,-1"], "Error: every hidden size must be an integer >= 1"),
-        (["train", "--arch", "mlp", "--width-norm", "batch"], "Error: width-norm and width-sampling apply to nested widths"),
+        (["train", "--arch", "mlp", "--width-norm", "batch"], "Error: width-norm, width-sampling and width-distill apply to nested widths"),
     ],
 )
 def test_cli_bad_widths_give_one_error_line_and_write_nothing(tmp_path, command, message):
