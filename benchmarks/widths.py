@@ -153,7 +153,8 @@ def run_lm(args) -> dict:
     shape = dict(vocab_size=args.vocab_size, context=64, d_model=args.d_model, n_layers=args.layers, n_heads=4,
                  nesting=[int(v) for v in args.lm_nesting.split(",")])
     runs = {"nested": LMConfig(widths=args.lm_widths, **shape)}
-    runs.update({f"alone-{w}": LMConfig(ffn_hidden=units_at(4 * args.d_model, w), **shape) for w in args.lm_widths})
+    # widest first: the full width's gap is the one that decides, so it is known first if a run is cut short
+    runs.update({f"alone-{w}": LMConfig(ffn_hidden=units_at(4 * args.d_model, w), **shape) for w in args.lm_widths[::-1]})
     first = None
     results = {}
     for name, config in runs.items():
