@@ -151,7 +151,7 @@ class MatryoshkaLoss(nn.Module):
 def distillation_per_size(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of ``student`` against the soft predictions of ``teacher`` at every size, [G].
 
-    In-place distillation (Universally Slimmable Networks, Yu & Huang, ICCV 2019, section 3.3): a
+    In-place distillation (Universally Slimmable Networks, Yu & Huang, ICCV 2019): a
     smaller width learns from the full width's predictions, not only from the labels. The teacher is
     detached so that no gradient flows into it from the student. Per size g and example b the term
     is -sum_c softmax(teacher[g, b])_c * log_softmax(student[g, b])_c, averaged over b; it differs
