@@ -21,7 +21,10 @@ Methods at every size m of --sizes, all fitted on the train vectors only (withou
   PCA and training starts from PCA's prefixes; the table then also shows that starting point.
   With ``--supervised`` it adds the ranking loss on (clue, another train clue of its category)
   pairs of the train part (one pair per train clue, seeded): the categories of the database, never
-  those of the test queries.
+  those of the test queries. With ``--patience P`` the fit keeps the epoch (0: the start) whose
+  prefixes best retrieve the train clues' own full-size top-10 neighbours
+  (:func:`mrl.adapter.neighbour_recall`: no labels, no test clue) and stops after P epochs without
+  a better one.
 
 The "% of full" table divides by raw ada-002 at 1536 dims. Reproduce:
 
@@ -32,6 +35,9 @@ The "% of full" table divides by raw ada-002 at 1536 dims. Reproduce:
         --work-dir runs/text_jeopardy_pca
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/text_jeopardy_adapter.py --start pca --supervised \
         --epochs 10 --work-dir runs/text_jeopardy_pca_sup
+    # for S in 0 1 2: from PCA, lr 1e-4, the epoch kept by neighbour recall on the train clues
+    OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/text_jeopardy_adapter.py --start pca --lr 1e-4 \
+        --patience 2 --epochs 8 --seed S --work-dir runs/text_jeopardy_pca_sel_sS
 """
 
 from __future__ import annotations
@@ -92,7 +98,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work-dir", type=Path, default=Path("runs/text_jeopardy"), help="adapter and results (outside git)")
     parser.add_argument("--sizes", default="32,64,128,256,512,1024,1536", help="prefix sizes evaluated and trained")
-    parser.add_argument("--epochs", type=int, default=20, help="epochs of the adapter fit")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs of the adapter fit (at most, with --patience)")
+    parser.add_argument("--lr", type=float, default=FitConfig.lr, help="AdamW learning rate of the adapter")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="keep the epoch with the best neighbour recall on the train clues (no labels; epoch 0 = "
+                             "the start) and stop after this many epochs without a better one")
     parser.add_argument("--seed", type=int, default=0, help="seed of the adapter's weights and batch order")
     parser.add_argument("--split-seed", type=int, default=0, help="seed of the train/test split of the clues")
     parser.add_argument("--center", action="store_true", help="adapt train-mean-centred, re-normalised vectors")
@@ -130,7 +140,7 @@ def main(argv=None) -> None:
         x_train, x_test = (unit_rows(x - mean) for x in (x_train, x_test))
     torch.manual_seed(args.seed)
     adapter = MatryoshkaAdapter(dim, sizes)
-    config = FitConfig(epochs=args.epochs, seed=args.seed)
+    config = FitConfig(epochs=args.epochs, lr=args.lr, patience=args.patience, seed=args.seed)
     pairs = {}
     if args.supervised:
         anchors, positives = same_category_pairs(y_train, args.seed)
@@ -150,7 +160,9 @@ def main(argv=None) -> None:
     kept = {name: {m: v / full for m, v in r["map@10"].items()} for name, r in results.items()}
     lines = [
         f"Jeopardy same-category retrieval on ada-002 (d = {dim}): {len(test)} test clues query {len(train)} train clues; "
-        f"40 categories; split seed {args.split_seed}, adapter seed {args.seed}, {args.epochs} epochs. Values x100.", "",
+        f"40 categories; split seed {args.split_seed}, adapter seed {args.seed}, lr {args.lr:g}, "
+        + (f"kept epoch {history[-1]['kept']} of {len(history) - 1} run (patience {args.patience})"
+           if args.patience else f"{args.epochs} epochs") + ". Values x100.", "",
     ]
     for metric in METRICS:
         lines += [f"### {metric}", "", markdown_table({n: r[metric] for n, r in results.items()}, sizes), ""]
@@ -160,7 +172,8 @@ def main(argv=None) -> None:
     print(table)
     atomic_write_text(args.work_dir / "results.md", table + "\n")
     write_json(args.work_dir / "results.json", {
-        "split_seed": args.split_seed, "seed": args.seed, "epochs": args.epochs, "centred": args.center,
+        "split_seed": args.split_seed, "seed": args.seed, "epochs": args.epochs, "lr": args.lr,
+        "patience": args.patience, "history": history, "centred": args.center,
         "start": args.start, "supervised": args.supervised, "sizes": sizes, "fit_seconds": timings,
         "results": {n: {metric: {str(m): v for m, v in s.items()} for metric, s in r.items()} for n, r in results.items()},
         "kept_map@10": {n: {str(m): v for m, v in s.items()} for n, s in kept.items()},

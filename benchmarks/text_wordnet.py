@@ -9,20 +9,23 @@ per training seed for the MRL and the plain runs. This script puts them side by 
 * the MRL model at 48 dims >= the raw model at its full 384 dims (nDCG@10);
 * the MRL model >= the plain one by >= 5 points at 24 and 48 dims, and within 1 point at 384.
 
-Reproduce (for each seed S, the two runs take the same steps on the same batches; only the loss
-differs; ``--loss-weights`` gives the per-size weights c_m of the MRL run):
+Reproduce (for each seed S in 0 1 2, the runs take the same steps on the same batches; only the
+loss differs; the MRL run uses the default weights, 1 per size and 4 at the full size, the
+equal-weight run ``--loss-weights 1,1,1,1,1``):
 
     mrl text train --pairs wordnet --nesting 24,48,96,192,384 --batch-size 32 --max-steps 100 \\
         --max-seq-length 48 --seed S --out runs/text/w_mrl_sS
+    mrl text train --pairs wordnet --nesting 24,48,96,192,384 --loss-weights 1,1,1,1,1 --batch-size 32 \\
+        --max-steps 100 --max-seq-length 48 --seed S --out runs/text/w_equal_sS
     mrl text train --pairs wordnet --plain --batch-size 32 --max-steps 100 --max-seq-length 48 \\
         --seed S --out runs/text/w_plain_sS
     mrl text eval runs/text/w_mrl_sS --task wordnet --limit 2000 --out runs/text/w_mrl_sS.json
+    mrl text eval runs/text/w_equal_sS --task wordnet --limit 2000 --out runs/text/w_equal_sS.json
     mrl text eval runs/text/w_plain_sS --task wordnet --limit 2000 --sizes 24,48,96,192,384 \\
         --out runs/text/w_plain_sS.json
     mrl text eval --model all-MiniLM-L6-v2 --task wordnet --limit 2000 --out runs/text/w_raw.json
-    # the README's weighted row: the MRL runs again with --loss-weights 1,1,1,1,4 (seeds 0 and 1)
     .venv/bin/python benchmarks/text_wordnet.py runs/text/w_raw.json --mrl runs/text/w_mrl_s*.json \\
-        --plain runs/text/w_plain_s*.json
+        --plain runs/text/w_plain_s*.json --equal runs/text/w_equal_s*.json
 """
 
 from __future__ import annotations
@@ -56,15 +59,19 @@ def main(argv=None) -> None:
     parser.add_argument("raw", type=Path, help="eval JSON of the raw model")
     parser.add_argument("--mrl", type=Path, nargs="+", required=True, help="eval JSON of each MRL run (one per seed)")
     parser.add_argument("--plain", type=Path, nargs="+", required=True, help="eval JSON of each plain run (one per seed)")
+    parser.add_argument("--equal", type=Path, nargs="+", default=[],
+                        help="eval JSON of each MRL run with equal weights (--loss-weights 1,1,1,1,1), shown beside")
     args = parser.parse_args(argv)
     runs = {"raw": [read_json(args.raw)], "MRL fine-tuned": [read_json(p) for p in args.mrl],
             "plain fine-tuned": [read_json(p) for p in args.plain]}
+    if args.equal:
+        runs["MRL, equal weights"] = [read_json(p) for p in args.equal]
     counts = {(r["task"], r["n_queries"], r["n_documents"]) for group in runs.values() for r in group}
     if len(counts) != 1:
         raise MRLError(f"the files were evaluated on different queries: {sorted(counts)}")
     task, n_queries, n_documents = counts.pop()
     print(f"{task}: {n_queries} held-out queries x {n_documents} documents; values x100, mean +- std over "
-          f"{len(args.mrl)} MRL and {len(args.plain)} plain seeds\n")
+          f"{len(args.mrl)} MRL, {len(args.plain)} plain and {len(args.equal)} equal-weight seeds\n")
     for metric in METRICS:
         stats = {name: _series(group, metric) for name, group in runs.items()}
         table = markdown_table({n: s[0] for n, s in stats.items()},

@@ -18,6 +18,7 @@ from mrl.adapter import (
     fit_adapter,
     fit_info,
     nearest_neighbours,
+    neighbour_recall,
     read_fit_info,
     supervised_adapter_loss,
 )
@@ -262,6 +263,54 @@ def test_fit_is_deterministic_given_the_seed():
     assert torch.equal(*outs)
 
 
+def test_neighbour_recall_matches_a_brute_force_count():
+    e = _rotated_data(60)
+    torch.manual_seed(1)
+    adapter = MatryoshkaAdapter(16, NESTING)
+    torch.nn.init.normal_(adapter.linear.weight, std=0.3)  # not the identity: prefixes lose neighbours
+    x, a = _unit(e).numpy(), adapter.transform(e).numpy()
+    expected = []
+    for m in NESTING:
+        p = a[:, :m] / np.linalg.norm(a[:, :m], axis=1, keepdims=True)
+        sims_full, sims_m = x @ x.T, p @ p.T
+        np.fill_diagonal(sims_full, -np.inf)
+        np.fill_diagonal(sims_m, -np.inf)
+        truth, got = np.argsort(-sims_full, 1)[:, :4], np.argsort(-sims_m, 1)[:, :4]
+        expected.append(np.mean([len(set(t) & set(g)) / 4 for t, g in zip(truth, got)]))
+    value = neighbour_recall(adapter, e, nearest_neighbours(e, 4))
+    assert value == pytest.approx(np.mean(expected), abs=1e-6)
+    assert 0 < value < 1
+
+
+def test_patience_keeps_the_best_epoch_by_neighbour_recall():
+    e = _rotated_data(128)
+    config = FitConfig(epochs=6, batch_size=64, lr=3e-3, neighbours=5, seed=2)
+    torch.manual_seed(0)
+    plain = MatryoshkaAdapter(16, NESTING)
+    history = fit_adapter(plain, e, config=config)
+    torch.manual_seed(0)
+    selected = MatryoshkaAdapter(16, NESTING)
+    # A patience longer than the run never stops it, so epoch by epoch it takes the same steps.
+    records = fit_adapter(selected, e, config=FitConfig(**{**config.__dict__, "patience": 10}))
+    assert [r["epoch"] for r in records] == list(range(7))
+    assert [r["loss"] for r in records[1:]] == pytest.approx([r["loss"] for r in history], rel=1e-6)
+    recalls = [r["neighbour_recall"] for r in records]
+    # Here every epoch improves the recall, so the last is kept: the same adapter as without patience.
+    assert records[-1]["kept"] == int(np.argmax(recalls)) == 6
+    assert neighbour_recall(selected, e, nearest_neighbours(e, 5)) == pytest.approx(recalls[6])
+    assert torch.equal(selected.transform(e), plain.transform(e))
+
+
+def test_patience_stops_and_keeps_the_start_when_training_only_hurts():
+    e = _rotated_data(128)
+    adapter = MatryoshkaAdapter(16, NESTING)
+    # A huge learning rate wrecks the adapter in the first epoch: the start is kept and the fit ends.
+    records = fit_adapter(adapter, e, config=FitConfig(epochs=20, batch_size=64, lr=1.0, neighbours=5, patience=2))
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert records[-1]["kept"] == 0 and all(r["neighbour_recall"] < records[0]["neighbour_recall"] for r in records[1:])
+    assert torch.equal(adapter.transform(e), e)
+
+
 def test_fit_refuses_bad_inputs():
     adapter = MatryoshkaAdapter(16, NESTING)
     with pytest.raises(MRLError, match="embeddings have 8 dimensions but the adapter expects 16"):
@@ -274,6 +323,10 @@ def test_fit_refuses_bad_inputs():
         fit_adapter(adapter, torch.full((10, 16), float("nan")))
     with pytest.raises(MRLError, match="epochs must be an integer >= 1 and <= 100000, got 0"):
         fit_adapter(adapter, torch.randn(10, 16), config=FitConfig(epochs=0))
+    with pytest.raises(MRLError, match="patience must be an integer >= 1 and <= 100000, got 0"):
+        fit_adapter(adapter, torch.randn(10, 16), config=FitConfig(patience=0))
+    with pytest.raises(MRLError, match="patience selects epochs by neighbour recall, which needs neighbours >= 1"):
+        fit_adapter(adapter, torch.randn(10, 16), config=FitConfig(patience=2, neighbours=0))
     with pytest.raises(MRLError, match=r"unknown fit config key\(s\) \['epoch'\]"):
         FitConfig.from_dict({"epoch": 3})
 

@@ -219,15 +219,41 @@ def test_a_changed_checkpoint_or_model_file_is_refused(tiny_model_dir, tmp_path,
 def test_loss_weights_reach_the_loss(tiny_model_dir, tmp_path):
     # Weight only on the full size: the nested loss is the plain loss, so both runs end alike.
     pairs = _write_pairs(tmp_path / "pairs.jsonl")
-    common = dict(model=str(tiny_model_dir), pairs=str(pairs), batch_size=4, max_steps=2, lr=1e-3)
-    full_only = train_text(TextTrainConfig(nesting=[8, 16, 32], loss_weights=[0, 0, 1], **common), tmp_path / "w", progress=False)
-    plain = train_text(TextTrainConfig(nesting=[8, 16, 32], plain=True, **common), tmp_path / "p", progress=False)
-    equal = train_text(TextTrainConfig(nesting=[8, 16, 32], **common), tmp_path / "e", progress=False)
-    weights = {run: load_run_model(run).state_dict() for run in (full_only, plain, equal)}
-    for name, value in weights[plain].items():
-        torch.testing.assert_close(weights[full_only][name], value, atol=1e-6, rtol=1e-5, msg=name)
-    assert any(not torch.allclose(weights[equal][n], v, atol=1e-6) for n, v in weights[plain].items())
-    assert json.loads((full_only / "config.json").read_text())["loss_weights"] == [0.0, 0.0, 1.0]
+    common = dict(model=str(tiny_model_dir), pairs=str(pairs), batch_size=4, max_steps=2, lr=1e-3, nesting=[8, 16, 32])
+    runs = {
+        "full only": TextTrainConfig(loss_weights=[0, 0, 1], **common), "plain": TextTrainConfig(plain=True, **common),
+        "default": TextTrainConfig(**common), "1,1,4": TextTrainConfig(loss_weights=[1, 1, 4], **common),
+    }
+    weights = {name: load_run_model(train_text(c, tmp_path / name, progress=False)).state_dict() for name, c in runs.items()}
+    for name, value in weights["plain"].items():
+        torch.testing.assert_close(weights["full only"][name], value, atol=1e-6, rtol=1e-5, msg=name)
+        assert torch.equal(weights["default"][name], weights["1,1,4"][name]), name  # the default weighs the full size 4x
+    assert any(not torch.allclose(weights["default"][n], v, atol=1e-6) for n, v in weights["plain"].items())
+    saved = {name: json.loads((tmp_path / name / "config.json").read_text()) for name in runs}
+    assert saved["full only"]["loss_weights"] == [0.0, 0.0, 1.0]
+    assert saved["default"]["loss_weights"] is None and saved["default"]["full_size_weight"] == 4.0
+
+
+def test_a_run_saved_before_full_size_weight_resumes_with_equal_weights(tiny_model_dir, tmp_path):
+    from mrl.artifacts import write_manifest
+
+    pairs = _write_pairs(tmp_path / "pairs.jsonl")
+    common = dict(model=str(tiny_model_dir), pairs=str(pairs), nesting=[8, 16, 32], batch_size=4, max_steps=4,
+                  save_every=2, lr=1e-3)
+    equal = train_text(TextTrainConfig(loss_weights=[1, 1, 1], **common), tmp_path / "equal", progress=False)
+    old = train_text(TextTrainConfig(full_size_weight=1.0, **common), tmp_path / "old", progress=False, stop_after=2)
+    # What the earlier format wrote: no full_size_weight, loss_weights null meaning equal weights.
+    values = json.loads((old / "config.json").read_text())
+    del values["full_size_weight"]
+    (old / "config.json").write_text(json.dumps(values))
+    meta = json.loads((old / "manifest.json").read_text())["meta"]
+    write_manifest(old, "text-run", ["config.json", "weights-0000002.safetensors", "optimizer-0000002.safetensors"], meta=meta)
+
+    result = _invoke(["text", "train", "--out", str(old), "--resume", "--quiet"])
+    assert result.exit_code == 0, result.output
+    resumed, straight = load_run_model(old).state_dict(), load_run_model(equal).state_dict()
+    for name, value in straight.items():
+        assert torch.equal(resumed[name], value), name
 
 
 # -- evaluation -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ Example:
     torch.Size([128, 8])
 """
 
-from mrl.adapter.fit import FitConfig, fit_adapter, fit_info, nearest_neighbours
+from mrl.adapter.fit import FitConfig, fit_adapter, fit_info, nearest_neighbours, neighbour_recall
 from mrl.adapter.losses import (
     InBatchContrastiveLoss,
     NeighbourSimilarityLoss,
@@ -35,6 +35,7 @@ __all__ = [
     "fit_adapter",
     "fit_info",
     "nearest_neighbours",
+    "neighbour_recall",
     "read_fit_info",
     "reconstruction_loss",
     "supervised_adapter_loss",

@@ -9,6 +9,11 @@ Two modes, as in Matryoshka-Adaptor (Yoon et al., 2024, sections 3.1-3.2):
   ranking loss over every prefix (:func:`~mrl.adapter.losses.supervised_adapter_loss`, MRL's nested
   objective, Kusupati et al. 2022 eq. 1) to the unsupervised terms, which keep the adapter from
   drifting away from the frozen geometry on the few pairs it sees.
+
+With ``patience`` the fit keeps the epoch (the untrained adapter counting as epoch 0) whose
+prefixes best retrieve the frozen full-size neighbours of the corpus (:func:`neighbour_recall`), a
+criterion that needs no labels, and stops once it has not improved for ``patience`` epochs. An
+adapter started from a good basis (PCA) then ends no worse than it started by that criterion.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ class FitConfig:
             with 0.1 (5 epochs)).
         supervised_weight: weight of the ranking loss (supervised mode only).
         temperature: softmax temperature of the ranking loss (sentence-transformers' scale 20).
+        patience: keep the epoch with the best :func:`neighbour_recall` on the corpus (epoch 0:
+            the adapter as given) and stop after this many epochs without a better one; None
+            trains every epoch and keeps the last, the paper's procedure.
         seed: seed of the initial weights and the batch order.
     """
 
@@ -62,6 +70,7 @@ class FitConfig:
     reconstruction_weight: float = 0.1
     supervised_weight: float = 1.0
     temperature: float = 0.05
+    patience: int | None = None
     seed: int = 0
 
     @classmethod
@@ -72,6 +81,10 @@ class FitConfig:
         self.epochs = check_int("epochs", self.epochs, min=1, max=100_000)
         self.batch_size = check_int("batch_size", self.batch_size, min=1, max=1 << 24)
         self.neighbours = check_int("neighbours", self.neighbours, min=0, max=1 << 16)
+        if self.patience is not None:
+            self.patience = check_int("patience", self.patience, min=1, max=100_000)
+            if self.neighbours < 1:
+                raise MRLError("patience selects epochs by neighbour recall, which needs neighbours >= 1, got 0")
         self.seed = check_seed("seed", self.seed)
         self.lr = check_float("lr", self.lr, min=0, max=10, min_open=True)
         self.temperature = check_float("temperature", self.temperature, min=0, max=1e3, min_open=True)
@@ -123,6 +136,36 @@ def nearest_neighbours(embeddings: torch.Tensor, k: int, block_size: int = 4096)
     return out
 
 
+@torch.no_grad()
+def neighbour_recall(adapter: MatryoshkaAdapter, embeddings: torch.Tensor, neighbours: torch.Tensor) -> float:
+    """Mean over the adapter's prefix sizes m of the share of each row's frozen neighbours found at m.
+
+    The unsupervised criterion of Matryoshka-Adaptor's goal (Yoon et al. 2024, section 3.1): the
+    prefix f(e)[:m] should retrieve what the full frozen embedding e retrieves.
+
+    Args:
+        adapter: the adapter to score.
+        embeddings: the frozen corpus [N, d].
+        neighbours: each row's k nearest other rows in the frozen full space [N, k]
+            (:func:`nearest_neighbours` of ``embeddings``).
+
+    Returns:
+        A value in [0, 1]: 1 when every prefix retrieves exactly the frozen top-k of every row.
+
+    Example:
+        >>> e = torch.nn.functional.normalize(torch.randn(32, 8), dim=-1)
+        >>> neighbour_recall(MatryoshkaAdapter(8, nesting=[8]), e, nearest_neighbours(e, 3))
+        1.0
+    """
+    k = neighbours.shape[1]
+    adapted = adapter.transform(embeddings)
+    found = [
+        (nearest_neighbours(adapted[:, :m], k).unsqueeze(2) == neighbours.cpu().unsqueeze(1)).any(2).float().mean()
+        for m in adapter.nesting
+    ]
+    return float(torch.stack(found).mean())
+
+
 def fit_adapter(
     adapter: MatryoshkaAdapter,
     embeddings: np.ndarray | torch.Tensor | None = None,
@@ -143,7 +186,10 @@ def fit_adapter(
         progress: show a progress bar on stderr.
 
     Returns:
-        One record per epoch: the mean of each loss term.
+        One record per epoch: the mean of each loss term. With ``config.patience`` each record
+        also holds the :func:`neighbour_recall` after that epoch and ``kept``, the epoch whose
+        weights the adapter ends with, and a first record (epoch 0) holds the recall of the
+        adapter as given.
 
     Raises:
         MRLError: mismatched shapes, dimensions other than the adapter's, NaN, or a bad config.
@@ -176,7 +222,9 @@ def fit_adapter(
         raise MRLError(f"need at least 2 embeddings to fit an adapter, got {len(corpus)}")
 
     k = min(config.neighbours, len(corpus) - 1)
-    neighbour_index = nearest_neighbours(corpus, k).to(device) if k > 0 and config.neighbour_weight > 0 else None
+    selecting = config.patience is not None
+    frozen_neighbours = nearest_neighbours(corpus, k) if k > 0 and (config.neighbour_weight > 0 or selecting) else None
+    neighbour_index = frozen_neighbours.to(device) if frozen_neighbours is not None and config.neighbour_weight > 0 else None
     corpus = corpus.to(device)
     unsupervised = UnsupervisedAdapterLoss(
         adapter.nesting,
@@ -240,9 +288,30 @@ def fit_adapter(
         history.append({"epoch": position.epoch, **dict(zip(names, means.tolist()))})
         return history[-1]
 
-    adapter.train()
-    Loop(optimizer, lambda step: config.lr, backward, names, what="fitting", desc="fit adapter", progress=progress).run(
-        batches, config.epochs, steps, end_epoch=end_epoch)
+    loop = Loop(optimizer, lambda step: config.lr, backward, names, what="fitting", desc="fit adapter", progress=progress)
+    if not selecting:
+        adapter.train()
+        loop.run(batches, config.epochs, steps, end_epoch=end_epoch)
+        adapter.eval()
+        return history
+
+    best_recall, best_epoch = neighbour_recall(adapter, corpus, frozen_neighbours), 0
+    history.append({"epoch": 0, "neighbour_recall": best_recall, "kept": 0})
+    best_state = {name: t.detach().clone() for name, t in adapter.state_dict().items()}
+    position = Position()
+    # One epoch per call: the optimizer and the batch generator carry over, so the steps are those
+    # of a single run over every epoch.
+    for epoch in range(1, config.epochs + 1):
+        adapter.train()
+        position = loop.run(batches, config.epochs, steps, start=position, stop_at=epoch * steps, end_epoch=end_epoch)
+        recall = neighbour_recall(adapter, corpus, frozen_neighbours)
+        if recall > best_recall:
+            best_recall, best_epoch = recall, epoch
+            best_state = {name: t.detach().clone() for name, t in adapter.state_dict().items()}
+        history[-1].update(neighbour_recall=recall, kept=best_epoch)
+        if epoch - best_epoch >= config.patience:
+            break
+    adapter.load_state_dict(best_state)
     adapter.eval()
     return history
 

