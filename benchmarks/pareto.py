@@ -9,14 +9,19 @@ One data set per run, every method side by side on the same vectors and queries:
 
 Vectors are L2-normalised, so inner product is cosine for every method.
 Baselines on full vectors (FAISS): IndexFlatIP (exact), IndexHNSWFlat(32), IndexIVFFlat,
-IndexIVFPQ and OPQ+IVFPQ (--pq-bytes bytes per vector; "opq" in --baselines), IndexScalarQuantizer SQ8, and
-binary sign codes (IndexBinaryFlat) re-scored in float. mrl funnels: FunnelIndex over a prefix
-with each --mrl-shortlists structure, each tuned on separate tuning queries (mrl.retrieval.IndexTuner)
-with the full vectors float16 memory-mapped from disk, for kNN-recall@10 >= --target-recall, plus
-the fastest point it found >= --low-target. Each point is then timed with the full vectors float16
-memory-mapped ("[mmap f16]": RAM counts the process's own memory only, the shortlist structure;
-the page cache the OS keeps for the file is shared and reclaimable) and, with --stores memory,
-float32 in RAM ("[RAM f32]": 4 D bytes more per vector).
+IndexIVFPQ and OPQ+IVFPQ (--pq-bytes bytes per vector; "opq" in --baselines), IndexScalarQuantizer SQ8
+(per-dimension ranges, FAISS's QT_8bit, and one range for all, QT_8bit_uniform), and binary sign
+codes (IndexBinaryFlat) re-scored in float. FAISS scans a scalar-quantised table once per query
+(no blocking of queries as its flat index does with BLAS), so SQ8 reads all N x D code bytes for
+every query: memory-bound at best (QT_8bit_uniform), and QT_8bit's per-dimension decoding is
+slower still; it is slower than exact IndexFlatIP on batches, not a broken build.
+mrl funnels: FunnelIndex over a prefix with each --mrl-shortlists structure, each tuned on separate
+tuning queries (mrl.retrieval.IndexTuner) with the full vectors float16 memory-mapped from disk;
+for --target-recall, --low-target and each --extra-targets the fastest point reaching it on the
+tuning queries is kept. Each point is then timed with the full vectors float16 memory-mapped
+("[mmap f16]": RAM counts the process's own memory only, the shortlist structure; the page cache
+the OS keeps for the file is shared and reclaimable) and, with --stores memory, float32 in RAM
+("[RAM f32]": 4 D bytes more per vector).
 
 For every point: kNN-recall@10 against exact full-dim search, mAP@10 (labels), ms/query batched
 (median of --repeats interleaved rounds after a warm-up) and one query at a time (--single
@@ -106,9 +111,10 @@ def faiss_baselines(vectors: np.ndarray, args) -> list[dict]:
         for nprobe in (16, 64):
             add(f"FAISS {key} nprobe={nprobe}", index, args.pq_bytes + 8, build, faiss.SearchParametersIVF(nprobe=nprobe))
     if "sq8" in wanted:
-        sq = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
-        build, _ = _timed(lambda: (sq.train(train), sq.add(vectors)))
-        add("FAISS SQ8", sq, d, build)
+        for name, kind in (("SQ8", faiss.ScalarQuantizer.QT_8bit), ("SQ8 uniform", faiss.ScalarQuantizer.QT_8bit_uniform)):
+            sq = faiss.IndexScalarQuantizer(d, kind, faiss.METRIC_INNER_PRODUCT)
+            build, _ = _timed(lambda sq=sq: (sq.train(train), sq.add(vectors)))
+            add(f"FAISS {name}", sq, d, build)
     if "binary" in wanted and d % 8 == 0:
         binary = faiss.IndexBinaryFlat(d)
         build, _ = _timed(lambda: binary.add(np.packbits(vectors > 0, axis=1)))
@@ -133,22 +139,31 @@ def baseline_search(method: dict, vectors: np.ndarray, queries: np.ndarray) -> n
 
 
 def mrl_points(index: FunnelIndex, tune_queries: np.ndarray, args) -> list[dict]:
-    """Tune each shortlist structure on the tuning queries; keep its points at both targets."""
+    """Tune each shortlist structure on the tuning queries; keep its fastest point at each target.
+
+    The tuner runs at the highest target: it skips a funnel only when a shorter one with the same
+    stage dims already met its target, so every lower target's fastest point was measured too.
+    """
     _, tune_exact = exact_search(index.vectors, tune_queries, K, metric="cosine")
+    targets = [args.target_recall, args.low_target, *args.extra_targets]
     points = []
     for spec in parse_shortlists(args.mrl_shortlists):
-        tuner = index.tune(tune_queries, k=K, target_recall=args.target_recall, shortlists=[spec], exact_ids=tune_exact, repeats=1)
+        tuner = index.tune(tune_queries, k=K, target_recall=max(targets), shortlists=[spec], exact_ids=tune_exact, repeats=1)
         structure = index._shortlist
-        chosen = [tuner.best_]
-        low = [r for r in tuner.results_ if r["knn_recall"] >= args.low_target and r is not tuner.best_]
-        if low:
-            chosen.append(min(low, key=lambda r: r["ms_per_query"]))
+        chosen = []
+        for target in targets:
+            meeting = [r for r in tuner.results_ if r["knn_recall"] >= target]
+            fastest = min(meeting, key=lambda r: r["ms_per_query"]) if meeting else None
+            if fastest is not None and all(fastest is not r for r in chosen):
+                chosen.append(fastest)
+        if not chosen:
+            chosen = [tuner.best_]  # the most accurate point when no target was met
         for row in chosen:
             options = {key: row[key] for key in ("nprobe", "ef_search") if row[key] is not None}
             label = f"mrl {row['shortlist']} {row['spec']}" + "".join(f" {k}={v}" for k, v in options.items())
             points.append({"name": label, "structure": structure, "funnel": row["funnel"], "options": options,
                            "ram": row["ram_bytes_per_vector"], "build_s": row["build_seconds"], "tuned_recall": row["knn_recall"]})
-        logger.info("%s: tuned %s (tuning recall %.4f)", spec, tuner.best_["spec"], tuner.best_["knn_recall"])
+        logger.info("%s: kept %s", spec, ", ".join(f"{r['spec']} ({r['knn_recall']:.4f})" for r in chosen))
     return points
 
 
@@ -329,8 +344,10 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=100, help="queries timed one at a time")
     parser.add_argument("--target-recall", type=float, default=0.99, help="kNN-recall@10 the tuned mrl points must reach")
     parser.add_argument("--low-target", type=float, default=0.95, help="also keep each structure's fastest point above this")
+    parser.add_argument("--extra-targets", type=lambda text: [float(t) for t in text.split(",") if t.strip()], default=[],
+                        help="more recall levels (comma-separated, e.g. 0.5,0.999) at which each structure's fastest point is kept")
     parser.add_argument("--mrl-shortlists", default="flat:float32:16;flat:int8:32;flat:binary:64;hnsw:float32:16;ivf:int8:32:16",
-                        help="mrl structures (kind:encoding:dim[:coarse_dim], ';'-separated)")
+                        help="mrl structures (kind:encoding:dim[:coarse_dim | :opq_niter], ';'-separated)")
     parser.add_argument("--stores", default="mmap,memory",
                         help="where the mrl points keep full vectors: mmap (float16 on disk, always) and memory (float32 in RAM)")
     parser.add_argument("--baselines", default="hnsw,ivf,ivfpq,opq,sq8,binary",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -18,7 +19,8 @@ from mrl.cli import cli
 from mrl.errors import MRLError
 from mrl.io import save_npz
 from mrl.retrieval import FunnelIndex, exact_search
-from mrl.retrieval.shortlist import ENCODINGS, KINDS, sign_bits
+from mrl.retrieval.shortlist import ENCODINGS, KINDS, Shortlist, ShortlistSpec, sign_bits
+from mrl.retrieval.tuning import parse_shortlists
 
 N, D, DS, NLIST = 400, 32, 8, 8
 
@@ -251,6 +253,31 @@ def test_manifest_edits_symlinks_and_extra_names_are_refused(tmp_path):
 
 
 # -- bad inputs ---------------------------------------------------------------------------------
+
+
+def test_opq_rounds_reach_faiss_and_stay_out_of_the_saved_spec(tmp_path):
+    db, queries = _data()
+    spec = parse_shortlists("flat:opq:8:3")[0]
+    shortlist = Shortlist.build(db, spec, "cosine")
+    rotation = faiss.downcast_VectorTransform(shortlist._index.chain.at(0))
+    assert (rotation.niter, shortlist.spec.opq_niter) == (3, 3)
+    assert spec == dataclasses.replace(spec, opq_niter=None)  # a training setting, not part of the structure
+    index = FunnelIndex(db, shortlist_dim=DS)
+    index.tune(queries, k=5, target_recall=0.5, shortlists=[spec])
+    index.save(tmp_path / "idx")
+    assert FunnelIndex.load(tmp_path / "idx").spec.opq is True
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        (ShortlistSpec("flat", "pq", DS, opq=True, opq_niter=0), r"opq_niter must be a positive integer, got 0"),
+        (ShortlistSpec("flat", "pq", DS, opq_niter=5), r"opq_niter applies to an OPQ rotation only \(opq=True\)"),
+    ],
+)
+def test_bad_opq_rounds(spec, match):
+    with pytest.raises(MRLError, match=match):
+        spec.resolved(N, D, "cosine")
 
 
 @pytest.mark.parametrize(

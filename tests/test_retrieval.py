@@ -11,6 +11,7 @@ from mrl.errors import MRLError, NotFittedError
 from mrl.retrieval import (
     FunnelIndex,
     FunnelTuner,
+    ShortlistSpec,
     candidate_funnels,
     evaluate_configurations,
     exact_search,
@@ -227,12 +228,13 @@ def test_load_refuses_foreign_or_incomplete_directories(tmp_path):
         FunnelIndex.load(tmp_path / "idx")
 
 
-def test_tuner_picks_cheapest_funnel_meeting_target():
+@pytest.mark.parametrize(("objective", "key"), [("flops", "flops_per_query"), ("ms", "ms_per_query")])
+def test_tuner_picks_cheapest_funnel_by_its_objective(objective, key):
     db, queries = _data(9)
     index = FunnelIndex(db, shortlist_dim=DS)
-    tuner = index.tune(queries, k=5, target_recall=0.95)
+    tuner = index.tune(queries, k=5, target_recall=0.95, objective=objective)
     assert tuner.target_met_ and tuner.best_["knn_recall"] >= 0.95
-    cheaper = [r for r in tuner.results_ if r["flops_per_query"] < tuner.best_["flops_per_query"]]
+    cheaper = [r for r in tuner.results_ if r[key] < tuner.best_[key]]
     assert all(r["knn_recall"] < 0.95 for r in cheaper)
     assert index.funnel == tuner.best_funnel_
     assert "*" in tuner.summary()
@@ -248,6 +250,10 @@ def test_tuner_errors():
     index = FunnelIndex(db, shortlist_dim=DS)
     with pytest.raises(MRLError, match=r"target_recall must be in \(0, 1\], got 1.5"):
         FunnelTuner(target_recall=1.5).fit(index, queries)
+    with pytest.raises(MRLError, match=r"objective must be one of ms, flops, got 'fast'"):
+        FunnelTuner(objective="fast").fit(index, queries)
+    with pytest.raises(MRLError, match=r"objective 'flops' applies without shortlists"):
+        index.tune(queries, shortlists=[ShortlistSpec("flat", "float32", DS)], objective="flops")
 
 
 def test_candidate_funnels_are_valid_and_end_at_k():
@@ -255,6 +261,12 @@ def test_candidate_funnels_are_valid_and_end_at_k():
         assert funnel[0][0] == 16 and funnel[-1][1] == 10
         lengths = [n for _, n in funnel]
         assert lengths == sorted(lengths, reverse=True)
+
+
+def test_candidate_funnels_shortlist_lengths_step_by_sqrt2():
+    first = sorted({funnel[0][1] for funnel in candidate_funnels(2048, 16, 10**6, 10)})
+    assert first == [10, 20, 28, 40, 57, 80, 113, 160, 226, 320, 453, 640, 905, 1280, 1810]
+    assert max(funnel[0][1] for funnel in candidate_funnels(2048, 16, 100, 10)) == 80  # never more than N
 
 
 def test_evaluate_configurations_rows():

@@ -174,8 +174,9 @@ def search(index_dir, queries, k, funnel, out, store, nprobe, ef_search, shortli
 @click.option("--target-recall", type=float, callback=click_check(check_float, min=0, max=1), default=0.99, show_default=True, help="Required kNN-recall@k against exact full-dim search.")
 @click.option("--max-queries", type=int, callback=click_check(check_int, min=1), default=1000, show_default=True, help="Tune on at most this many queries (the first ones).")
 @click.option("--shortlists", default=None,
-              help="Also choose the stage-1 structure among these ';'-separated kind:encoding:dim[:coarse_dim] entries "
-                   "(e.g. 'flat:binary:64;hnsw:float32:16;ivf:int8:32:16;flat:opq:128', opq = pq after an OPQ rotation), "
+              help="Also choose the stage-1 structure among these ';'-separated kind:encoding:dim[:coarse_dim | :opq_niter] entries "
+                   "(e.g. 'flat:binary:64;hnsw:float32:16;ivf:int8:32:16;flat:opq:128:10', opq = pq after an OPQ rotation "
+                   "learned in 10 rounds), "
                    "or 'auto' for a default grid.")
 @click.option("--max-ram-bytes-per-vector", type=float, default=None, help="RAM budget per vector (with --shortlists).")
 @click.option("--max-ms-per-query", type=float, default=None, help="Latency budget (with --shortlists).")
@@ -183,7 +184,10 @@ def search(index_dir, queries, k, funnel, out, store, nprobe, ef_search, shortli
               help="Timed runs per point after a warm-up (median).")
 @click.option("--store", type=click.Choice(["memory", "mmap"]), default="memory", show_default=True,
               help="Where the full vectors live while tuning; RAM per vector counts them only with memory.")
-def tune(index_dir, queries, k, target_recall, max_queries, shortlists, max_ram_bytes_per_vector, max_ms_per_query, repeats, store) -> None:
+@click.option("--objective", type=click.Choice(["ms", "flops"]), default="ms", show_default=True,
+              help="Cheapest funnel by measured ms/query or by theoretical FLOPs (without --shortlists; structures compare by ms).")
+def tune(index_dir, queries, k, target_recall, max_queries, shortlists, max_ram_bytes_per_vector, max_ms_per_query, repeats, store,
+         objective) -> None:
     """Pick the cheapest funnel meeting --target-recall on QUERIES (and with --shortlists the structure); save it as the default."""
     from mrl.artifacts import lock
     from mrl.retrieval import FunnelIndex, default_shortlists, parse_shortlists
@@ -195,7 +199,7 @@ def tune(index_dir, queries, k, target_recall, max_queries, shortlists, max_ram_
         if shortlists is not None:
             specs = default_shortlists(index.dim, index.shortlist_dim) if shortlists.strip() == "auto" else parse_shortlists(shortlists)
         tuner = index.tune(x[:max_queries], k=k, target_recall=target_recall, shortlists=specs, repeats=repeats,
-                           max_ram_bytes_per_vector=max_ram_bytes_per_vector, max_ms_per_query=max_ms_per_query)
+                           max_ram_bytes_per_vector=max_ram_bytes_per_vector, max_ms_per_query=max_ms_per_query, objective=objective)
         index.save(index_dir, overwrite=True)
     click.echo(tuner.summary())
     if not tuner.target_met_:

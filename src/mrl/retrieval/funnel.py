@@ -455,11 +455,13 @@ class FunnelIndex:
         max_ram_bytes_per_vector: float | None = None,
         max_ms_per_query: float | None = None,
         repeats: int = 1,
+        objective: str = "ms",
     ) -> FunnelTuner | IndexTuner:
         """Pick a funnel (and, given ``shortlists``, the stage-1 structure) meeting ``target_recall``.
 
-        Without ``shortlists``: the cheapest funnel (FLOPs) whose kNN-recall@k against exact
-        search meets the target, on this index's structure; returns the fitted
+        Without ``shortlists``: the cheapest funnel (``objective``: measured ``"ms"`` per query or
+        theoretical ``"flops"``) whose kNN-recall@k against exact search meets the target, on
+        this index's structure; returns the fitted
         :class:`~mrl.retrieval.tuning.FunnelTuner`. With ``shortlists`` (a list of
         :class:`~mrl.retrieval.shortlist.ShortlistSpec`): every structure is built over the
         stored vectors and searched with several nprobe / ef and funnels; the fastest point
@@ -471,10 +473,13 @@ class FunnelIndex:
         """
         from mrl.retrieval.tuning import FunnelTuner, IndexTuner
 
+        if shortlists is not None and objective != "ms":
+            raise MRLError(f"objective {objective!r} applies without shortlists; structures are compared by measured ms/query")
         if shortlists is None:
             if max_ram_bytes_per_vector is not None or max_ms_per_query is not None:
                 raise MRLError("budgets choose between structures: pass shortlists to tune with max_ram_bytes_per_vector or max_ms_per_query")
-            tuner = FunnelTuner(k=k, target_recall=target_recall, candidates=candidates, repeats=repeats).fit(self, sample_queries, exact_ids)
+            tuner = FunnelTuner(k=k, target_recall=target_recall, candidates=candidates, repeats=repeats,
+                                objective=objective).fit(self, sample_queries, exact_ids)
             self.funnel = list(tuner.best_funnel_)
             return tuner
         tuner = IndexTuner(k=k, target_recall=target_recall, shortlists=shortlists, max_ram_bytes_per_vector=max_ram_bytes_per_vector,

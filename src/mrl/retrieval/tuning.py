@@ -3,9 +3,10 @@
 The MRL paper (Kusupati et al., NeurIPS 2022, section 4.3 and appendix G) picks funnel shapes by
 hand (16 -> 2048 with 200 candidates; 16 -> 32 -> 64 -> 128 -> 2048 with 800, 400, 200, 50, 10).
 :class:`FunnelTuner` instead measures kNN-recall@k against exact full-dim search on sample
-queries for a grid of funnels and keeps the cheapest (theoretical FLOPs, then wall-clock) whose
-recall reaches the target, in the scikit-learn style: parameters in ``__init__``, state ending in
-``_`` learned by :meth:`FunnelTuner.fit`.
+queries for a grid of funnels and keeps the cheapest whose recall reaches the target, by measured
+wall-clock (default) or by theoretical FLOPs (which leave out the gather and top-k every stage
+pays), in the scikit-learn style: parameters in ``__init__``, state ending in ``_`` learned by
+:meth:`FunnelTuner.fit`.
 """
 
 from __future__ import annotations
@@ -22,18 +23,24 @@ from mrl.metrics import knn_recall_at_k
 from mrl.retrieval.funnel import Funnel, format_funnel, validate_funnel
 from mrl.retrieval.ground_truth import exact_search
 from mrl.retrieval.shortlist import ShortlistSpec
+from mrl.validation import check_choice
 
 if TYPE_CHECKING:
     from mrl.retrieval.funnel import FunnelIndex
 
 logger = logging.getLogger(__name__)
 
+OBJECTIVES = ("ms", "flops")
+
 
 def candidate_funnels(dim: int, shortlist_dim: int, n_database: int, k: int, max_length: int = 2048) -> list[Funnel]:
     """A grid of funnels from ``shortlist_dim`` to ``dim`` ending with k results.
 
-    Shortlist lengths n_1 = k, 2k, 4k, ... (up to ``max_length``, the paper's largest shortlist,
-    and N); for each, three shapes:
+    Shortlist lengths n_1 = k, then 2k, 2.8k, 4k, 5.7k, 8k, ... in steps of sqrt(2) (up to
+    ``max_length``, the paper's largest shortlist, and N): with doubling steps the first length
+    meeting a recall target can be up to twice the one needed, and stage costs grow with it (on the
+    demo's MRL embeddings the tuned HNSW 128-dim shortlist keeps 113 candidates). For each length,
+    three shapes:
     two stages (d_1 -> D), three stages (d_1 -> 4 d_1 -> D) and the doubling cascade
     (d_1 -> 2 d_1 -> 4 d_1 -> ... -> D), lengths shrinking geometrically from n_1 to k.
 
@@ -53,15 +60,15 @@ def candidate_funnels(dim: int, shortlist_dim: int, n_database: int, k: int, max
     if doubling not in chains:
         chains.append(doubling)
     out: list[Funnel] = [[(shortlist_dim, k)]]
-    length = 2 * k
-    while length <= min(max_length, n_database):
+    step = 0
+    while (length := int(round(2 * k * 2 ** (step / 2)))) <= min(max_length, n_database):
+        step += 1
         for chain in chains:
             steps = len(chain) - 1
             lengths = [int(round(length * (k / length) ** (i / steps))) for i in range(steps + 1)]
             funnel = list(zip(chain, lengths))
             if funnel not in out:
                 out.append(funnel)
-        length *= 2
     return out
 
 
@@ -79,6 +86,8 @@ class FunnelTuner:
         candidates: funnels to try (default :func:`candidate_funnels`).
         repeats: timed searches per candidate after one warm-up; ms_per_query is their median.
         search_options: keyword arguments passed to every search (``nprobe``, ``ef_search``).
+        objective: what "cheapest" means: ``"ms"`` (measured ms/query, then FLOPs) or
+            ``"flops"`` (theoretical FLOPs per query, then ms; reproducible across machines).
 
     Attributes:
         exact_ids_: int [Q, k] exact full-dim results for the sample.
@@ -99,13 +108,14 @@ class FunnelTuner:
 
     def __init__(
         self, k: int = 10, target_recall: float = 0.99, candidates: Sequence[Sequence[tuple[int, int]]] | None = None,
-        repeats: int = 1, search_options: dict | None = None,
+        repeats: int = 1, search_options: dict | None = None, objective: str = "ms",
     ) -> None:
         self.k = k
         self.target_recall = target_recall
         self.candidates = candidates
         self.repeats = repeats
         self.search_options = search_options
+        self.objective = objective
 
     def fit(self, index: FunnelIndex, sample_queries: np.ndarray, exact_ids: np.ndarray | None = None) -> FunnelTuner:
         """Search ``sample_queries`` [Q, D] with the candidates and choose; returns self.
@@ -121,6 +131,7 @@ class FunnelTuner:
         """
         for name in ("exact_ids_", "results_", "best_", "best_funnel_", "target_met_"):
             self.__dict__.pop(name, None)
+        check_choice("objective", self.objective, OBJECTIVES)
         if not isinstance(self.target_recall, (int, float)) or not 0 < self.target_recall <= 1:
             raise MRLError(f"target_recall must be in (0, 1], got {self.target_recall!r}")
         if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or not 1 <= self.k <= index.ntotal:
@@ -162,7 +173,8 @@ class FunnelTuner:
             )
         meeting = [r for r in results if r["meets_target"]]
         if meeting:
-            best = min(meeting, key=lambda r: (r["flops_per_query"], r["ms_per_query"]))
+            keys = ("ms_per_query", "flops_per_query") if self.objective == "ms" else ("flops_per_query", "ms_per_query")
+            best = min(meeting, key=lambda r: tuple(r[key] for key in keys))
         else:
             best = max(results, key=lambda r: (r["knn_recall"], -r["flops_per_query"]))
             logger.warning(
@@ -188,13 +200,15 @@ class FunnelTuner:
 
 
 def parse_shortlists(text: str) -> list[ShortlistSpec]:
-    """Parse ``"flat:float32:16;ivf:int8:32:16"`` (kind:encoding:dim[:coarse_dim], ``;``-separated).
+    """Parse ``"flat:float32:16;ivf:int8:32:16"`` (kind:encoding:dim[:coarse_dim | :opq_niter], ``;``-separated).
 
-    Encoding ``opq`` is ``pq`` with an OPQ rotation (AdANNS-OPQ when dim is a prefix).
+    Encoding ``opq`` is ``pq`` with an OPQ rotation (AdANNS-OPQ when dim is a prefix); its optional
+    fourth field is the number of rotation-learning rounds (``flat:opq:64:10``), as the fourth
+    field of ``ivf`` is the coarse prefix.
 
     Example:
-        >>> [(s.kind, s.encoding, s.dim, s.coarse_dim, s.opq) for s in parse_shortlists("hnsw:int8:16; ivf:pq:32:8; flat:opq:64")]
-        [('hnsw', 'int8', 16, None, False), ('ivf', 'pq', 32, 8, False), ('flat', 'pq', 64, None, True)]
+        >>> [(s.kind, s.encoding, s.dim, s.coarse_dim, s.opq, s.opq_niter) for s in parse_shortlists("hnsw:int8:16; ivf:pq:32:8; flat:opq:64:10")]
+        [('hnsw', 'int8', 16, None, False, None), ('ivf', 'pq', 32, 8, False, None), ('flat', 'pq', 64, None, True, 10)]
     """
     specs = []
     for part in str(text).split(";"):
@@ -204,11 +218,13 @@ def parse_shortlists(text: str) -> list[ShortlistSpec]:
         try:
             if len(fields) not in (3, 4):
                 raise ValueError
-            coarse = int(fields[3]) if len(fields) == 4 else None
+            fourth = int(fields[3]) if len(fields) == 4 else None
             opq = fields[1] == "opq"
-            specs.append(ShortlistSpec(kind=fields[0], encoding="pq" if opq else fields[1], dim=int(fields[2]), coarse_dim=coarse, opq=opq))
+            specs.append(ShortlistSpec(kind=fields[0], encoding="pq" if opq else fields[1], dim=int(fields[2]), opq=opq,
+                                       coarse_dim=None if opq else fourth, opq_niter=fourth if opq else None))
         except ValueError:
-            raise MRLError(f"shortlists must be ';'-separated kind:encoding:dim[:coarse_dim] entries such as hnsw:int8:16, got {text!r}") from None
+            raise MRLError(f"shortlists must be ';'-separated kind:encoding:dim[:coarse_dim | :opq_niter] entries such as "
+                           f"hnsw:int8:16, got {text!r}") from None
     if not specs:
         raise MRLError(f"shortlists must name at least one kind:encoding:dim entry, got {text!r}")
     return specs
