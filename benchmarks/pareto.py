@@ -35,8 +35,16 @@ baseline, whether an mrl point dominates it; writes JSON and a recall-vs-ms plot
     # real embeddings of models trained without MRL
     .venv/bin/python benchmarks/pareto.py --dataset jeopardy --mrl-shortlists "flat:float32:64;hnsw:float32:128"
     .venv/bin/python benchmarks/pareto.py --dataset wordnet-minilm --wordnet-n 20000 --mrl-shortlists "flat:float32:64;hnsw:float32:96"
-    # synthetic (the 1M x 2048 run needs ~10 GiB RAM and a long time on 2 cores)
+    # synthetic
     .venv/bin/python benchmarks/pareto.py --synthetic-n 200000
+    # 1M x 2048: vectors and the tuning queries' exact top-k cached once (benchmarks/synthetic_cache.py), mrl
+    # points over float16 mmap only; exact IndexFlatIP holds 8 GB (~10 GiB RAM in all); full-dim HNSW32,
+    # IVF-Flat and SQ8 (8, 8 and 2 GB more) left out, HNSW32's build measured by benchmarks/hnsw_build.py;
+    # OPQ's training at d = 2048 ran over 25 minutes on 2 loaded cores and was left out too
+    # (recall against the cached exact cosine top-k; add --baselines ivfpq --train-size 20000 --nlist 1024 for IVF-PQ)
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pareto.py --synthetic-n 1000000 --cache-dir runs/cache --stores mmap \
+        --n-queries 300 --single 10 --baselines binary --tune-max-length 1024 --margins \
+        --mrl-shortlists "flat:float32:16;hnsw:float32:16;ivf:int8:32:16"
     .venv/bin/python benchmarks/pareto.py --synthetic-n 20000 --dim 256 --n-queries 200   # smoke run
 """
 
@@ -58,7 +66,7 @@ import torch
 
 from mrl.io import atomic_write_bytes, load_npz, write_json
 from mrl.metrics import Relevance, knn_recall_at_k, retrieval_summary
-from mrl.retrieval import FunnelIndex, exact_search, format_funnel, pareto_front, parse_shortlists
+from mrl.retrieval import FunnelIndex, candidate_funnels, exact_search, format_funnel, pareto_front, parse_shortlists
 
 logger = logging.getLogger("pareto")
 K = 10
@@ -76,30 +84,43 @@ def _timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
+def _float32_blocks(vectors: np.ndarray, block: int = 65536):
+    """Float32 row blocks [<= block, D] of ``vectors``, so a float16 memory map is never converted whole."""
+    for start in range(0, len(vectors), block):
+        yield np.asarray(vectors[start : start + block], dtype=np.float32)
+
+
+def _add(index, vectors: np.ndarray, encode=lambda block: block) -> None:
+    for block in _float32_blocks(vectors):
+        index.add(encode(block))
+
+
 def faiss_baselines(vectors: np.ndarray, args) -> list[dict]:
-    """Build each FAISS baseline on the full vectors; return methods with search(q) -> ids."""
+    """Build each FAISS baseline on the full vectors (float32, or a float16 memory map added block by
+    block); return methods with search(q) -> ids."""
     n, d = vectors.shape
     wanted = {name.strip() for name in args.baselines.split(",")}
-    nlist = max(1, min(n // 39, int(4 * np.sqrt(n))))
-    train = vectors[np.random.default_rng(0).choice(n, min(n, args.train_size), replace=False)]
+    nlist = args.nlist or max(1, min(n // 39, int(4 * np.sqrt(n))))
+    mapped = isinstance(vectors, np.memmap)
+    train = np.asarray(vectors[np.random.default_rng(0).choice(n, min(n, args.train_size), replace=False)], dtype=np.float32)
     methods = []
 
     def add(name, index, ram, build, search_params=None, rescore=None):
         methods.append({"name": name, "index": index, "ram": ram, "build_s": build, "params": search_params, "rescore": rescore})
 
     flat = faiss.IndexFlatIP(d)
-    build, _ = _timed(lambda: flat.add(vectors))
+    build, _ = _timed(lambda: _add(flat, vectors))
     add("FAISS IndexFlatIP (exact)", flat, 4 * d, build)
     if "hnsw" in wanted and n <= args.hnsw_full_n:
         hnsw = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = 40
-        build, _ = _timed(lambda: hnsw.add(vectors))
+        build, _ = _timed(lambda: _add(hnsw, vectors))
         ram = 4 * d + hnsw.hnsw.neighbors.size() * 4 / n + 8
         for ef in (64, 256):
             add(f"FAISS HNSWFlat32 ef={ef}", hnsw, ram, build, faiss.SearchParametersHNSW(efSearch=ef))
     if "ivf" in wanted:
         ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        build, _ = _timed(lambda: (ivf.train(train), ivf.add(vectors)))
+        build, _ = _timed(lambda: (ivf.train(train), _add(ivf, vectors)))
         for nprobe in (8, 32):
             add(f"FAISS IVF{nlist},Flat nprobe={nprobe}", ivf, 4 * d + 8, build, faiss.SearchParametersIVF(nprobe=nprobe))
     for opq in [False] * ("ivfpq" in wanted) + [True] * ("opq" in wanted):
@@ -107,19 +128,23 @@ def faiss_baselines(vectors: np.ndarray, args) -> list[dict]:
         index = faiss.index_factory(d, key, faiss.METRIC_INNER_PRODUCT)
         if opq:
             faiss.downcast_VectorTransform(index.chain.at(0)).niter = 10  # FAISS's default 50 rounds take hours at d=2048 on 2 cores
-        build, _ = _timed(lambda index=index: (index.train(train), index.add(vectors)))
+        build, _ = _timed(lambda index=index: (index.train(train), _add(index, vectors)))
         for nprobe in (16, 64):
             add(f"FAISS {key} nprobe={nprobe}", index, args.pq_bytes + 8, build, faiss.SearchParametersIVF(nprobe=nprobe))
     if "sq8" in wanted:
         for name, kind in (("SQ8", faiss.ScalarQuantizer.QT_8bit), ("SQ8 uniform", faiss.ScalarQuantizer.QT_8bit_uniform)):
             sq = faiss.IndexScalarQuantizer(d, kind, faiss.METRIC_INNER_PRODUCT)
-            build, _ = _timed(lambda sq=sq: (sq.train(train), sq.add(vectors)))
+            build, _ = _timed(lambda sq=sq: (sq.train(train), _add(sq, vectors)))
             add(f"FAISS {name}", sq, d, build)
     if "binary" in wanted and d % 8 == 0:
         binary = faiss.IndexBinaryFlat(d)
-        build, _ = _timed(lambda: binary.add(np.packbits(vectors > 0, axis=1)))
-        # The classic recipe: Hamming top-200 on sign bits, then float re-score (float vectors kept in RAM).
-        add("FAISS binary + float rescore (200)", binary, d / 8 + 4 * d, build, rescore=200)
+        build, _ = _timed(lambda: _add(binary, vectors, lambda block: np.packbits(block > 0, axis=1)))
+        # The classic recipe: Hamming top-200 on sign bits, then float re-score (float vectors kept in
+        # RAM, or read from the float16 memory map, which then costs no RAM of the process's own).
+        if mapped:
+            add("FAISS binary + float rescore (200) [mmap f16]", binary, d / 8, build, rescore=200)
+        else:
+            add("FAISS binary + float rescore (200)", binary, d / 8 + 4 * d, build, rescore=200)
     return methods
 
 
@@ -130,7 +155,7 @@ def baseline_search(method: dict, vectors: np.ndarray, queries: np.ndarray) -> n
         out = np.empty((len(queries), K), dtype=np.int64)
         for start in range(0, len(queries), 32):  # blocks bound the gathered [32, 200, d] floats
             block = candidates[start : start + 32]
-            scores = np.einsum("qd,qkd->qk", queries[start : start + 32], vectors[block])
+            scores = np.einsum("qd,qkd->qk", queries[start : start + 32], np.asarray(vectors[block], dtype=np.float32))
             out[start : start + 32] = np.take_along_axis(block, np.argsort(-scores, axis=1)[:, :K], axis=1)
         return out
     if method["params"] is not None:
@@ -138,17 +163,22 @@ def baseline_search(method: dict, vectors: np.ndarray, queries: np.ndarray) -> n
     return index.search(queries, K)[1]
 
 
-def mrl_points(index: FunnelIndex, tune_queries: np.ndarray, args) -> list[dict]:
+def mrl_points(index: FunnelIndex, tune_queries: np.ndarray, args, tune_exact: np.ndarray | None = None) -> list[dict]:
     """Tune each shortlist structure on the tuning queries; keep its fastest point at each target.
 
     The tuner runs at the highest target: it skips a funnel only when a shorter one with the same
     stage dims already met its target, so every lower target's fastest point was measured too.
     """
-    _, tune_exact = exact_search(index.vectors, tune_queries, K, metric="cosine")
+    if tune_exact is None:
+        _, tune_exact = exact_search(index.vectors, tune_queries, K, metric="cosine")
     targets = [args.target_recall, args.low_target, *args.extra_targets]
     points = []
     for spec in parse_shortlists(args.mrl_shortlists):
-        tuner = index.tune(tune_queries, k=K, target_recall=max(targets), shortlists=[spec], exact_ids=tune_exact, repeats=1)
+        candidates = candidate_funnels(index.dim, spec.dim, index.ntotal, K, max_length=args.tune_max_length)
+        start = time.perf_counter()
+        tuner = index.tune(tune_queries, k=K, target_recall=max(targets), shortlists=[spec], exact_ids=tune_exact, repeats=1,
+                           candidates=candidates)
+        logger.info("%s: %d points measured in %.0f s", spec, len(tuner.results_), time.perf_counter() - start)
         structure = index._shortlist
         chosen = []
         for target in targets:
@@ -230,7 +260,10 @@ def named_dataset(args) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.n
             f"WordNet glosses, all-MiniLM-L6-v2: {args.wordnet_n} x {vectors.shape[1]}")
 
 
-def run(vectors: np.ndarray, queries: np.ndarray, tune_queries: np.ndarray, db_labels, query_labels, args) -> dict:
+def run(vectors: np.ndarray, queries: np.ndarray, tune_queries: np.ndarray, db_labels, query_labels, args,
+        tune_exact: np.ndarray | None = None, reference_ids: np.ndarray | None = None) -> dict:
+    """Every method side by side; kNN-recall against ``reference_ids`` [Q, K] when given (exact cosine
+    top-k over the stored vectors), else against the exact IndexFlatIP's own results."""
     n, d = vectors.shape
     methods = faiss_baselines(vectors, args)
     exact = methods[0]
@@ -243,7 +276,7 @@ def run(vectors: np.ndarray, queries: np.ndarray, tune_queries: np.ndarray, db_l
         index = FunnelIndex.load(tmp / "idx", store="mmap")
         logger.info("float16 vectors written and mapped in %.1fs", time.perf_counter() - start)
         in_memory = FunnelIndex(vectors, shortlist_dim=16) if "memory" in args.stores else None  # float32, no copy
-        points = with_stores(mrl_points(index, tune_queries, args), index, in_memory)
+        points = with_stores(mrl_points(index, tune_queries, args, tune_exact), index, in_memory)
         runners = [(m["name"], lambda m=m, q=None: baseline_search(m, vectors, q)) for m in methods]
         runners += [(p["name"], lambda p=p, q=None: mrl_search(p, q)) for p in points]
         for _, fn in runners:  # warm-up (also pages in the mapped rows the queries touch)
@@ -258,7 +291,7 @@ def run(vectors: np.ndarray, queries: np.ndarray, tune_queries: np.ndarray, db_l
         for name, fn in runners:
             seconds, _ = _timed(lambda fn=fn: [fn(q=queries[i : i + 1]) for i in range(args.single)])
             single[name] = 1000 * seconds / args.single
-        exact_ids = ids[exact["name"]]
+        exact_ids = ids[exact["name"]] if reference_ids is None else reference_ids
         info = {m["name"]: m for m in methods} | {p["name"]: p for p in points}
         rows = []
         for name, _ in runners:
@@ -354,6 +387,11 @@ def main() -> None:
                         help="FAISS baselines besides exact, comma-separated (hnsw, ivf, ivfpq, opq, sq8, binary)")
     parser.add_argument("--pq-bytes", type=int, default=64, help="bytes per vector of the IVFPQ / OPQ+IVFPQ baselines")
     parser.add_argument("--hnsw-full-n", type=int, default=250_000, help="build full-dim HNSW32 only up to this N")
+    parser.add_argument("--nlist", type=int, default=None, help="lists of the FAISS IVF baselines (default: min(N / 39, 4 sqrt(N)))")
+    parser.add_argument("--tune-max-length", type=int, default=2048, help="longest first-stage shortlist the mrl tuner tries")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="synthetic: keep the float16 vectors and the tuning queries' exact top-k here (benchmarks/synthetic_cache.py) "
+                             "and reuse them, size and sha256 checked; the vectors stay memory-mapped (use --stores mmap at 1M)")
     parser.add_argument("--train-size", type=int, default=50_000, help="training sample of the FAISS quantisers")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (median)")
     parser.add_argument("--clusters", type=int, default=1000, help="synthetic cluster centres")
@@ -385,7 +423,12 @@ def main() -> None:
         from funnel_search import synthetic  # the documented generator, beside this script
 
         shape = (args.dim, args.clusters, args.seed)
-        vectors = synthetic(args.synthetic_n, *shape, stream=0, decay=args.decay, noise=args.noise)
+        if args.cache_dir is not None:
+            from synthetic_cache import cached_synthetic
+
+            vectors = cached_synthetic(args.cache_dir, args.synthetic_n, *shape, stream=0, decay=args.decay, noise=args.noise)
+        else:
+            vectors = synthetic(args.synthetic_n, *shape, stream=0, decay=args.decay, noise=args.noise)
         queries = synthetic(args.n_queries, *shape, stream=1, decay=args.decay, noise=args.noise)
         tune_queries = synthetic(args.tune_queries, *shape, stream=2, decay=args.decay, noise=args.noise)
         db_labels = query_labels = None
@@ -395,7 +438,15 @@ def main() -> None:
                     "platform": platform.platform(), "load_average_start": os.getloadavg()},
         "faiss": faiss.__version__, "args": {k: str(v) for k, v in vars(args).items()},
     }
-    report["result"] = run(vectors, queries, tune_queries, db_labels, query_labels, args)
+    tune_exact = reference_ids = None
+    if args.cache_dir is not None and args.synthetic_n is not None:
+        from synthetic_cache import cached_ground_truth
+
+        # Cosine top-k over the float16 vectors as stored: IndexFlatIP's inner products differ from
+        # cosine by float16's rounding of the unit norms, enough to swap near-ties at rank k among 1M.
+        tune_exact = cached_ground_truth(args.cache_dir, vectors, tune_queries, K)[1]
+        reference_ids = cached_ground_truth(args.cache_dir, vectors, queries, K)[1]
+    report["result"] = run(vectors, queries, tune_queries, db_labels, query_labels, args, tune_exact, reference_ids)
     report["machine"]["load_average_end"] = os.getloadavg()
     rows = report["result"]["rows"]
     print(f"\n## {title}, {len(queries)} queries, k={K}, {os.cpu_count()} cores, {faiss.omp_get_max_threads()} FAISS threads, "

@@ -20,8 +20,11 @@ Data: synthetic MRL-like unit vectors (benchmarks/funnel_search.py `synthetic`),
     .venv/bin/python benchmarks/serve_load.py --n 100000 --dim 2048 --soak-seconds 120
     .venv/bin/python benchmarks/serve_load.py --database runs/demo/mrl_train.npz --queries runs/demo/mrl_test.npz --soak-seconds 0
     .venv/bin/python benchmarks/serve_load.py --n 5000 --dim 256 --requests 200 --soak-seconds 5    # smoke run
-    # 1M x 2048: data written to disk in chunks, float16 vectors memory-mapped by both servers (~6 GB RAM in all)
-    .venv/bin/python benchmarks/serve_load.py --n 1000000 --dim 2048 --store mmap --skip-qdrant --soak-seconds 120
+    # 1M x 2048: the data generated once to a float16 .npy in chunks and its exact top-k cached
+    # (benchmarks/synthetic_cache.py, reused by benchmarks/pareto.py --cache-dir); both servers map
+    # float16 vectors, the exact one also holds FAISS float16 codes (4 GB); tuning bounded to n_1 <= 1024
+    .venv/bin/python benchmarks/serve_load.py --n 1000000 --dim 2048 --store mmap --cache-dir runs/cache --skip-qdrant \
+        --tune-max-length 1024 --requests 600 --time-cap 45 --soak-seconds 120
 
 Goals (issue 10): 0 errors; RSS growth <= 5% over the soak; at concurrency 8 the funnel serves >= 10x
 the QPS of exact search at kNN-recall@10 >= 0.99; Qdrant exact agrees with FunnelIndex on >= 99.5% of
@@ -48,9 +51,10 @@ import numpy as np
 import torch
 
 from funnel_search import synthetic, synthetic_blocks  # same folder: one owner of the synthetic MRL-like data
+from synthetic_cache import cached_ground_truth, cached_synthetic
 from mrl.io import atomic_file, load_npy, load_npz, write_json
 from mrl.metrics import knn_recall_at_k
-from mrl.retrieval import FunnelIndex, exact_search, format_funnel
+from mrl.retrieval import FunnelIndex, candidate_funnels, exact_search, format_funnel
 
 logger = logging.getLogger("serve_load")
 K = 10
@@ -288,9 +292,15 @@ def main() -> None:
     parser.add_argument("--store", choices=["memory", "mmap"], default="memory",
                         help="mmap: the data go to a float16 .npy in chunks, both servers map their float16 vectors "
                              "(the funnel holds only its 16-dim shortlist, the exact server float16 codes): the 1M x 2048 setting")
+    parser.add_argument("--tune-max-length", type=int, default=2048, help="longest first-stage shortlist the funnel tuner tries")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="synthetic data: keep the float16 database and its exact top-k here (benchmarks/synthetic_cache.py) "
+                             "and reuse them, size and sha256 checked, in later runs")
     parser.add_argument("--tmp-dir", type=Path, default=None, help="where the data and index folders are written (default: system temp)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/serve_load.json"))
     args = parser.parse_args()
+    if args.cache_dir is not None and (args.database or args.store != "mmap"):
+        parser.error("--cache-dir holds synthetic float16 data: use it with --store mmap and without --database")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
     faiss.omp_set_num_threads(1)  # single-query timings in this process, like mrl serve's default --intra-op-threads
@@ -309,22 +319,34 @@ def main() -> None:
             shape = (args.dim, args.clusters, 0)
             queries = synthetic(args.n_queries, *shape, stream=1)
             tune = synthetic(args.tune_queries, *shape, stream=2)
-            if args.store == "mmap":
+            if args.cache_dir is not None:
+                database = cached_synthetic(args.cache_dir, args.n, *shape, stream=0)
+            elif args.store == "mmap":
                 database = write_float16(workdir / "database.npy", synthetic_blocks(args.n, *shape, stream=0), (args.n, args.dim))
             else:
                 database = synthetic(args.n, *shape, stream=0)
             data = f"synthetic {args.n} x {args.dim} ({args.clusters} clusters)"
         logger.info("data: %s (store %s)", data, args.store)
-        exact_ids = exact_search(database, queries, K, metric="cosine")[1]
+        if args.cache_dir is not None and not args.database:
+            exact_ids = cached_ground_truth(args.cache_dir, database, queries, K)[1]
+            tune_exact = cached_ground_truth(args.cache_dir, database, tune, K)[1]
+        else:
+            exact_ids = exact_search(database, queries, K, metric="cosine")[1]
+            tune_exact = None
         # mmap: the full vectors are float16 on disk for both servers; the exact one scans FAISS's
         # float16 codes of all D dims (half of IndexFlat's RAM) and re-scores its top k in float,
         # which is exact over the stored vectors.
         dtype = "float16" if args.store == "mmap" else "float32"
         funnel_index = FunnelIndex(database, metric="cosine", shortlist_dim=16, dtype=dtype)
-        tuner = funnel_index.tune(tune, k=K, target_recall=args.target_recall)
+        start = time.perf_counter()
+        # The grid's deepest shortlists (n_1 up to 2048, each shape) are what tuning time goes to at 1M;
+        # --tune-max-length bounds them.
+        candidates = candidate_funnels(funnel_index.dim, 16, funnel_index.ntotal, K, max_length=args.tune_max_length)
+        tuner = funnel_index.tune(tune, k=K, target_recall=args.target_recall, candidates=candidates, exact_ids=tune_exact)
         funnel = funnel_index.funnel
+        logger.info("tuned funnel %s (kNN-recall@10 on tuning queries %.4f) in %.0f s, %d candidates measured:\n%s", format_funnel(funnel),
+                    tuner.best_["knn_recall"], time.perf_counter() - start, len(tuner.results_), tuner.summary())
         funnel_ids = funnel_index.search(queries, K, funnel)[1]
-        logger.info("tuned funnel %s (kNN-recall@10 on tuning queries %.4f)", format_funnel(funnel), tuner.best_["knn_recall"])
         funnel_index.save(workdir / "funnel")
         del funnel_index
         exact_encoding = "float16" if args.store == "mmap" else "float32"
@@ -335,7 +357,7 @@ def main() -> None:
         del exact
         dim = database.shape[1]
         del database
-        (workdir / "database.npy").unlink(missing_ok=True)
+        (workdir / "database.npy").unlink(missing_ok=True)  # the cache's file (--cache-dir) stays for the next run
         bodies = [json.dumps({"vectors": [q.tolist()], "k": K}).encode() for q in queries]
 
         funnel_name, exact_name = "funnel " + format_funnel(funnel), f"exact {dim}-dim"
