@@ -4,7 +4,8 @@ Classification (Fashion-MNIST, MLP backbone), per seed: one nested run per norm 
 switchable BatchNorm and/or LayerNorm, every width's Matryoshka loss summed per step) against one
 run per width trained alone with the same norm and recipe (hidden layers of round(w * 512) units;
 the BatchNorm ones are the plain MLP), compared at every (width, dim) on test top-1 and 1-NN; nested
-runs that sample widths per step (``--samplings``: random, sandwich) on the first norm; and per
+runs that sample widths per step (``--samplings``: random, sandwich) and runs with in-place
+distillation from the full width (``--distills``: weights of ``width_distill``) on the first norm; and per
 nested run the (width, dim) cascade of :class:`mrl.adaptive.WidthDimCascade`, fitted on val,
 measured on test: its cost-accuracy curve and the budget policy's point (full-model accuracy - 0.2
 points). Training cost of a sampling rule: multiply-adds of the widths it trains, summed over the
@@ -48,6 +49,9 @@ def classify_runs(args, seed: int) -> dict[str, TrainConfig]:
     runs = {}
     for norm in args.norms:
         runs[f"nested-{norm}"] = TrainConfig(widths=args.widths, width_norm=norm, **common)
+    for distill in args.distills:
+        runs[f"nested-{args.norms[0]}-distill{distill}"] = TrainConfig(
+            widths=args.widths, width_norm=args.norms[0], width_distill=distill, **common)
     for sampling in args.samplings:
         runs[f"nested-{args.norms[0]}-{sampling}"] = TrainConfig(
             widths=args.widths, width_norm=args.norms[0], width_sampling=sampling, width_samples=args.width_samples,
@@ -99,7 +103,8 @@ def run_classification(args, previous: dict) -> dict:
                 diff[str(w)] = {key: {str(m): grid[key][str(w)][str(m)] - alone[key][str(m)] for m in grid["nesting"]}
                                 for key in ("top1", "knn1")}
             nested[name] = {"grid": grid, "nested_minus_alone": diff,
-                            "cascade": cascade_curve(root / f"seed{seed}" / name, grid),
+                            "cascade": cascade_curve(root / f"seed{seed}" / name, grid, "pareto"),
+                            "cascade_per_width": cascade_curve(root / f"seed{seed}" / name, grid, "per-width"),
                             "cost": training_cost(config, root / f"seed{seed}" / name, grid, steps_per_epoch)}
         alone = {name: {"top1": r["top1"], "knn1": r["knn1"]} for name, r in results.items() if name.startswith("alone")}
         before = per_seed.get(str(seed), {"nested": {}, "alone": {}})
@@ -107,14 +112,15 @@ def run_classification(args, previous: dict) -> dict:
     return {"widths": args.widths, "per_seed": per_seed}
 
 
-def cascade_curve(run_dir: Path, grid: dict) -> dict:
+def cascade_curve(run_dir: Path, grid: dict, stages: str) -> dict:
     widths, nesting = grid["widths"], grid["nesting"]
     flops = np.array([[grid["flops"][str(w)][str(m)] for m in nesting] for w in widths])
     names = [f"{kind}_{s}.npy" for kind in ("logits_widths", "labels") for s in ("val", "test")]
     read_run(run_dir, verify=names)
     logits = {s: load_npy(run_dir / f"logits_widths_{s}.npy") for s in ("val", "test")}
     labels = {s: load_npy(run_dir / f"labels_{s}.npy") for s in ("val", "test")}
-    casc = WidthDimCascade(widths, nesting, flops, policy="budget", target_drop=0.002).fit(logits["val"], labels["val"])
+    casc = WidthDimCascade(widths, nesting, flops, policy="budget", target_drop=0.002, stages=stages).fit(
+        logits["val"], labels["val"])
     chosen = casc.evaluate(logits["test"], labels["test"])
     arrays = {}
     for s in ("val", "test"):
@@ -147,7 +153,8 @@ def run_lm(args) -> dict:
     shape = dict(vocab_size=args.vocab_size, context=64, d_model=args.d_model, n_layers=args.layers, n_heads=4,
                  nesting=[int(v) for v in args.lm_nesting.split(",")])
     runs = {"nested": LMConfig(widths=args.lm_widths, **shape)}
-    runs.update({f"alone-{w}": LMConfig(ffn_hidden=units_at(4 * args.d_model, w), **shape) for w in args.lm_widths})
+    # widest first: the full width's gap is the one that decides, so it is known first if a run is cut short
+    runs.update({f"alone-{w}": LMConfig(ffn_hidden=units_at(4 * args.d_model, w), **shape) for w in args.lm_widths[::-1]})
     first = None
     results = {}
     for name, config in runs.items():
@@ -212,18 +219,23 @@ def classify_table(c: dict) -> list[str]:
         for w in widths:
             lines.append(f"| {w} | " + " | ".join(mean_std(r["alone"][f"alone-{n}-{w}"]["top1"][d] for r in runs_with_norms)
                                                for n in norms) + " |")
-    lines += ["", "Cascade over (width, dim), fitted on val, on test (target: full - 0.2 pts at <= 0.25 of its FLOPs):", "",
-              "| run | full top-1 | budget policy top-1 | its FLOPs fraction | cheapest curve point within 0.2 pts |",
-              "|---|---:|---:|---:|---:|"]
+    lines += ["", "Cascade over (width, dim), fitted on val, on test (target: full - 0.2 pts at <= 0.25 of its FLOPs); "
+              "stages: every Pareto pair (each charged its whole trunk) or one pair per width (exact cost); "
+              "FLOPs fractions per seed:", "",
+              "| run | stages | full top-1 | budget policy top-1 | its FLOPs fraction | cheapest curve point within 0.2 pts |",
+              "|---|---|---:|---:|---:|---:|"]
     for name in variants:
-        cascades = [r["nested"][name]["cascade"] for r in runs if name in r["nested"]]
-        cheapest = ", ".join("none" if x["cheapest_within_0.2_points"] is None
-                             else f"{x['cheapest_within_0.2_points']['flops_fraction']:.3f}" for x in cascades)
-        budget = ", ".join(f"{x['budget_policy']['flops_fraction']:.3f}" for x in cascades)
-        lines.append(
-            f"| {name} | {mean_std(x['full_top1'] for x in cascades)} | "
-            f"{mean_std(x['budget_policy']['accuracy'] for x in cascades)} | {budget} | {cheapest} |"
-        )
+        for key, stages in (("cascade", "pareto"), ("cascade_per_width", "per-width")):
+            cascades = [r["nested"][name][key] for r in runs if key in r["nested"].get(name, {})]
+            if not cascades:
+                continue
+            cheapest = ", ".join("none" if x["cheapest_within_0.2_points"] is None
+                                 else f"{x['cheapest_within_0.2_points']['flops_fraction']:.3f}" for x in cascades)
+            budget = ", ".join(f"{x['budget_policy']['flops_fraction']:.3f}" for x in cascades)
+            lines.append(
+                f"| {name} | {stages} | {mean_std(x['full_top1'] for x in cascades)} | "
+                f"{mean_std(x['budget_policy']['accuracy'] for x in cascades)} | {budget} | {cheapest} |"
+            )
     lines += ["", "Training cost per sampling rule (forward FLOPs per example and step, summed over the trained widths; "
               "wall clock from metrics.jsonl, noisy on a shared machine):", "",
               "| run | FLOPs / all widths' | seconds / all widths' |", "|---|---:|---:|"]
@@ -241,11 +253,14 @@ def classify_table(c: dict) -> list[str]:
     for m in first[0]["grid"]["nesting"]:
         cells = [f"{100 * np.mean([n['grid']['top1'][w][str(m)] for n in first]):.2f}" for w in widths]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    curve = first[0]["cascade"]["curve"]
-    lines += ["", f"Cascade curve of {variants[0]}, its first seed (all points: results.json):", "",
-              "| FLOPs fraction | test top-1 |", "|---:|---:|"]
-    shown = np.unique(np.linspace(0, len(curve) - 1, 15).round().astype(int))
-    lines += [f"| {curve[i]['flops_fraction']:.3f} | {100 * curve[i]['test_top1']:.2f} |" for i in shown]
+    for key in ("cascade", "cascade_per_width"):
+        if key not in first[0]:
+            continue
+        curve = first[0][key]["curve"]
+        lines += ["", f"Cascade curve of {variants[0]} ({key}), its first seed (all points: results.json):", "",
+                  "| FLOPs fraction | test top-1 |", "|---:|---:|"]
+        shown = np.unique(np.linspace(0, len(curve) - 1, 15).round().astype(int))
+        lines += [f"| {curve[i]['flops_fraction']:.3f} | {100 * curve[i]['test_top1']:.2f} |" for i in shown]
     return lines
 
 
@@ -271,14 +286,16 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--widths", default="0.125,0.25,0.5,1")
     parser.add_argument("--rep-dim", type=int, default=2048)
-    parser.add_argument("--rep-activation", choices=["relu", "none"], default="relu",
-                        help="the representation's last activation; the README's figures were measured with relu")
+    parser.add_argument("--rep-activation", choices=["relu", "none"], default="none",
+                        help="the representation's last activation (mrl train's default: none)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--max-train", type=int, default=None)
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; the LM part uses the first")
     parser.add_argument("--norms", default="batch,layer", help="nested-width norms to compare, each with its own alone runs")
     parser.add_argument("--samplings", default="sandwich,random",
                         help="width sampling rules trained beside summing every width (on the first norm); '' for none")
+    parser.add_argument("--distills", default="",
+                        help="comma-separated --width-distill weights, each a nested run beside plain summing (first norm)")
     parser.add_argument("--width-samples", type=int, default=1, help="k of the random and sandwich rules")
     parser.add_argument("--lm-widths", default="0.25,0.5,1")
     parser.add_argument("--lm-nesting", default="8,16,32,64,128")
@@ -294,6 +311,7 @@ def main() -> None:
     args.seeds = [int(v) for v in args.seeds.split(",")]
     args.norms = [v for v in args.norms.split(",") if v]
     args.samplings = [v for v in args.samplings.split(",") if v]
+    args.distills = [float(v) for v in args.distills.split(",") if v]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     # parts run separately accumulate in one results.json

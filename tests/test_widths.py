@@ -21,7 +21,7 @@ from mrl.lm.model import LMConfig, MatryoshkaLM
 from mrl.losses import MatryoshkaLoss
 from mrl.models import MLP, MatryoshkaClassifier, NestedFFN, NestedWidthMLP
 from mrl.models.widths import per_layer, units_at, validate_widths, widths_for_step
-from mrl.training import build_model, train
+from mrl.training import build_model, train, width_losses
 from mrl.width_grid import evaluate_grid, grid_flops
 
 SMALL_LM = dict(vocab_size=40, context=8, d_model=16, n_layers=2, n_heads=2, nesting=[4, 16])
@@ -196,8 +196,13 @@ def test_a_run_that_samples_widths_resumes_to_the_same_weights(tmp_path, fashion
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        (dict(width_norm="batch"), "width-norm and width-sampling apply to nested widths; pass --widths"),
-        (dict(width_sampling="random"), "width-norm and width-sampling apply to nested widths; pass --widths"),
+        (dict(width_norm="batch"), "width-norm, width-sampling and width-distill apply to nested widths; pass --widths"),
+        (dict(width_sampling="random"), "width-norm, width-sampling and width-distill apply to nested widths"),
+        (dict(width_distill=0.5), "width-norm, width-sampling and width-distill apply to nested widths"),
+        (dict(widths=[0.5, 1], width_distill=1.5), r"width-distill must be .*<= 1.*, got 1.5"),
+        (dict(widths=[0.5, 1], width_distill=-0.1), r"width-distill must be .*>= 0.*, got -0.1"),
+        (dict(widths=[0.5, 1], width_sampling="random", width_distill=0.5),
+         "width-distill needs the full width in every step"),
         (dict(widths=[0.5, 1], width_sampling="some"), "width-sampling must be one of all, random, sandwich"),
         (dict(widths=[0.25, 0.5, 1], width_sampling="sandwich", width_samples=2),
          "width-samples must be an integer >= 0 and <= 1, got 2"),
@@ -216,13 +221,55 @@ def test_cli_hidden_and_switchable_batchnorm_build_the_asked_model(tmp_path, fas
     out = tmp_path / "run"
     result = run_cli("train", "--data", "mnist", "--data-dir", fashion_subset_dir, "--arch", "mlp", "--rep-dim", 16,
                      "--nesting", "8,16", "--widths", "0.5,1", "--hidden", "24,12", "--width-norm", "batch",
-                     "--width-sampling", "sandwich", "--width-samples", 0, "--epochs", 1, "--max-train", 300,
+                     "--width-sampling", "sandwich", "--width-samples", 0, "--width-distill", 0.5, "--epochs", 1, "--max-train", 300,
                      "--batch-size", 64, "--quiet", "--out", out)
     assert result.exit_code == 0, result.output
     config, model, _, _ = load_run(out)
     assert config.hidden == [24, 12] and config.width_norm == "batch" and config.width_sampling == "sandwich"
+    assert config.width_distill == 0.5
     assert model.backbone.hidden == [24, 12]
     assert [bn.num_features for bn in model.backbone.body[1]] == [12, 24]
+
+
+@pytest.mark.parametrize("distill", [0.0, 0.3, 1.0])
+def test_in_place_distillation_loss_equals_a_numpy_reference_and_leaves_the_teacher_to_the_labels(distill):
+    torch.manual_seed(0)
+    nesting, weights = [2, 4], [1.0, 0.5]
+    criterion = MatryoshkaLoss(nn.CrossEntropyLoss(label_smoothing=0.1), nesting=nesting, weights=weights)
+    outputs = [(3 * torch.randn(len(nesting), 5, 4)).requires_grad_() for _ in range(3)]  # 3 widths, full last
+    target = torch.tensor([0, 3, 1, 1, 2])
+    loss = (criterion.weights * width_losses(criterion, outputs, target, distill)).sum()
+    loss.backward()
+
+    def log_softmax(z):
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    def label_ce(z):  # label smoothing 0.1 over 4 classes, as torch defines it
+        onehot = np.eye(4)[target.numpy()]
+        return -(((1 - 0.1) * onehot + 0.1 / 4) * log_softmax(z)).sum(-1).mean()
+
+    logits = [o.detach().double().numpy() for o in outputs]
+    expected = 0.0
+    for g, c in enumerate(weights):
+        expected += c * label_ce(logits[-1][g])
+        for z in logits[:-1]:
+            soft = np.exp(log_softmax(logits[-1][g]))
+            expected += c * ((1 - distill) * label_ce(z[g]) - distill * (soft * log_softmax(z[g])).sum(-1).mean())
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # the teacher's gradient is that of its own label loss: the students' terms see it detached
+    teacher = outputs[-1].detach().requires_grad_()
+    (criterion.weights * criterion.per_size(teacher, target)).sum().backward()
+    torch.testing.assert_close(outputs[-1].grad, teacher.grad)
+
+
+def test_a_distilled_run_trains_and_differs_from_label_only_training(tmp_path, fashion_subset_dir):
+    common = dict(data="fashion-mnist", data_dir=str(fashion_subset_dir), arch="mlp", rep_dim=16, nesting=[8, 16],
+                  widths=[0.5, 1.0], hidden=[16, 16], width_norm="batch", epochs=1, batch_size=64, max_train=300)
+    states = [load_run(train(TrainConfig(width_distill=d, **common), tmp_path / str(d), progress=False))[1].state_dict()
+              for d in (0.0, 0.5)]
+    # same seed, data and batches: only the smaller width's loss differs, and the shared weights follow it
+    assert not torch.equal(states[0]["backbone.body.0.weight"], states[1]["backbone.body.0.weight"])
 
 
 @pytest.mark.parametrize("width", [0.125, 0.5, 1.0])
@@ -336,7 +383,7 @@ def test_widths_apply_to_the_mlp_only_and_per_layer_specs_are_checked():
         (["train", "--arch", "mlp", "--widths", "0.5,1", "--width-sampling", "sandwich", "--width-samples", "1"],
          "Error: width-samples must be an integer >= 0 and <= 0, got 1"),
         (["train", "--arch", "mlp", "--hidden", "64,-1"], "Error: every hidden size must be an integer >= 1"),
-        (["train", "--arch", "mlp", "--width-norm", "batch"], "Error: width-norm and width-sampling apply to nested widths"),
+        (["train", "--arch", "mlp", "--width-norm", "batch"], "Error: width-norm, width-sampling and width-distill apply to nested widths"),
     ],
 )
 def test_cli_bad_widths_give_one_error_line_and_write_nothing(tmp_path, command, message):
@@ -391,6 +438,34 @@ def test_cascade_stages_are_ordered_by_flops_and_costs_match_a_brute_force_walk(
     greedy = WidthDimCascade(widths, nesting, flops, policy="greedy").fit(logits, labels)
     reference = AdaptiveClassifier(greedy.flops_.astype(int).tolist(), policy="greedy").fit(stages_of(logits, greedy), labels)
     np.testing.assert_array_equal(greedy.classifier_.thresholds_, reference.thresholds_)
+
+
+def test_per_width_cascade_runs_each_widths_most_accurate_pair_once():
+    rng = np.random.default_rng(1)
+    widths, nesting = [0.25, 0.5, 1.0], [4, 8, 16]
+    flops = np.array([[100, 140, 220], [180, 221, 300], [400, 440, 520]])
+    labels = rng.integers(0, 4, 600)
+    logits = rng.normal(size=(3, 3, 600, 4))
+    hit_rate = np.array([[0.5, 0.6, 0.55], [0.45, 0.7, 0.72], [0.8, 0.9, 0.85]])  # width 0.5 below 0.25 at size 4
+    for w in range(3):
+        for g in range(3):
+            hit = rng.random(600) < hit_rate[w, g]
+            logits[w, g, hit, labels[hit]] += 5.0
+    accuracy = (logits.argmax(-1) == labels).mean(-1)
+    casc = WidthDimCascade(widths, nesting, flops, stages="per-width", policy="budget").fit(logits, labels)
+    # one pair per width, the most accurate one (a brute-force argmax), and the full model last
+    expected = [(widths[w], nesting[int(np.argmax(accuracy[w]))]) for w in range(2)] + [(1.0, 16)]
+    assert casc.pairs_ == expected and list(casc.flops_) == [flops[widths.index(w), nesting.index(m)] for w, m in expected]
+    stats = casc.evaluate(logits, labels)
+    conf = max_softmax_of(stages_of(logits, casc))
+    assert stats["expected_flops"] == pytest.approx(
+        brute_force_cascade_flops(conf, casc.classifier_.thresholds_, casc.flops_))
+    with pytest.raises(MRLError, match="stages must be one of pareto, per-width, got 'all'"):
+        WidthDimCascade(widths, nesting, flops, stages="all").fit(logits, labels)
+
+
+def max_softmax_of(stages):
+    return np.exp(stages.max(-1)) / np.exp(stages).sum(-1)
 
 
 def stages_of(logits, casc):

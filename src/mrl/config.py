@@ -62,6 +62,9 @@ class TrainConfig:
     width_norm: str = "layer"  # nested widths' norm: layer, or batch (switchable BatchNorm, one per width)
     width_sampling: str = "all"  # widths trained per step: all, random (k of them), sandwich (smallest + full + k)
     width_samples: int = 1  # k of random / sandwich; 1 is MatFormer's one random granularity per step
+    # in-place distillation: share of the full width's soft predictions in each smaller width's loss
+    # (the rest is the labels'); 0 trains on labels only, as MatFormer does, 1 is US-Nets' recipe
+    width_distill: float = 0.0
     hidden: list[int] | None = None  # MLP hidden layer sizes; None: the backbone's default (512, 512)
     epochs: int = 10
     batch_size: int = 256  # global batch, split across DDP ranks
@@ -143,8 +146,12 @@ class TrainConfig:
     def _check_width_options(self) -> None:
         check_choice("width-norm", self.width_norm, NORMS)
         check_choice("width-sampling", self.width_sampling, WIDTH_SAMPLING)
-        if self.widths is None and (self.width_norm != "layer" or self.width_sampling != "all"):
-            raise MRLError("width-norm and width-sampling apply to nested widths; pass --widths")
+        self.width_distill = check_float("width-distill", self.width_distill, min=0, max=1)
+        if self.widths is None and (self.width_norm != "layer" or self.width_sampling != "all" or self.width_distill):
+            raise MRLError("width-norm, width-sampling and width-distill apply to nested widths; pass --widths")
+        if self.width_distill and self.width_sampling == "random":
+            raise MRLError("width-distill needs the full width in every step (its teacher): use width-sampling all or "
+                           "sandwich, not random")
         least = 1 if self.width_sampling == "random" else 0
         most = MAX_DIM if self.width_sampling == "all" else max_width_samples(self.widths, self.width_sampling)
         self.width_samples = check_int("width-samples", self.width_samples, min=least, max=most)

@@ -148,6 +148,29 @@ class MatryoshkaLoss(nn.Module):
         return f"nesting={self.nesting}, truncate={self.truncate}, normalize={self.normalize}"
 
 
+def distillation_per_size(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``student`` against the soft predictions of ``teacher`` at every size, [G].
+
+    In-place distillation (Universally Slimmable Networks, Yu & Huang, ICCV 2019): a
+    smaller width learns from the full width's predictions, not only from the labels. The teacher is
+    detached so that no gradient flows into it from the student. Per size g and example b the term
+    is -sum_c softmax(teacher[g, b])_c * log_softmax(student[g, b])_c, averaged over b; it differs
+    from KL(teacher || student) by the teacher's entropy, a constant for the student.
+
+    Shape:
+        student, teacher: [G, B, C] (one logit matrix per nesting size) -> [G]
+
+    Example:
+        >>> logits = torch.randn(2, 4, 3)
+        >>> distillation_per_size(logits, torch.zeros(2, 4, 3)).allclose(-logits.log_softmax(-1).mean(-1).mean(-1))
+        True
+    """
+    if student.dim() != 3 or student.shape != teacher.shape:
+        raise MRLError(f"student and teacher logits must both be [G, B, C], got {tuple(student.shape)} and {tuple(teacher.shape)}")
+    soft = teacher.detach().softmax(-1)
+    return -(soft * student.log_softmax(-1)).sum(-1).mean(-1)
+
+
 def _positions(value: bool | Sequence[int], name: str) -> bool | tuple[int, ...]:
     """``True``/``False`` as given, or a sequence of argument positions as a sorted tuple."""
     if isinstance(value, bool):

@@ -41,7 +41,7 @@ from mrl.data.batches import eval_batches, training_batches
 from mrl.errors import MRLError
 from mrl.artifacts import lock
 from mrl.loop import Loop, Position
-from mrl.losses import MatryoshkaLoss
+from mrl.losses import MatryoshkaLoss, distillation_per_size
 from mrl.models import MatryoshkaClassifier, NestedWidthMLP, create_model
 from mrl.models.widths import widths_for_step
 from mrl.recipe import Precision, lr_at, make_optimizer, step_lr_at
@@ -197,6 +197,24 @@ def predict_logits(model: MatryoshkaClassifier, x: torch.Tensor, device: torch.d
     return torch.cat(out, dim=1)
 
 
+def width_losses(criterion: MatryoshkaLoss, outputs: list[torch.Tensor], target: torch.Tensor,
+                 distill: float = 0.0) -> torch.Tensor:
+    """Unweighted loss per nesting size [G], summed over the widths run in a step.
+
+    ``outputs`` holds each width's logits [G, B, C], ascending, the full width last when ``distill``
+    is set: every smaller width then takes ``(1 - distill)`` of its label loss plus ``distill`` of
+    its cross-entropy against the full width's detached predictions at the same size
+    (:func:`~mrl.losses.distillation_per_size`); the full width learns from the labels alone.
+    """
+    if not distill:
+        return sum(criterion.per_size(logits, target) for logits in outputs)
+    teacher = outputs[-1]
+    return criterion.per_size(teacher, target) + sum(
+        (1 - distill) * criterion.per_size(logits, target) + distill * distillation_per_size(logits, teacher)
+        for logits in outputs[:-1]
+    )
+
+
 def train(
     config: TrainConfig,
     out: str | Path,
@@ -303,7 +321,7 @@ def _train(
                     else:  # MatFormer: the Matryoshka loss of this step's widths (all, or sampled)
                         outputs = [forward(xk, width=w) for w in widths_for_step(
                             config.widths, config.width_sampling, config.width_samples, config.seed, step)]
-                part = sum(criterion.per_size(logits.float(), yk) for logits in outputs)
+                part = width_losses(criterion, [logits.float() for logits in outputs], yk, config.width_distill)
                 loss = (criterion.weights * part).sum()
                 if not torch.isfinite(loss):  # a non-finite micro-batch stops the step before its backward
                     return loss.detach(), part.detach()

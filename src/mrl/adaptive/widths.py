@@ -10,8 +10,18 @@ more accurate one can never help a cascade that stops at the first confident sta
 the full model, which answers whatever is left. Thresholds come from the existing policies of
 :class:`~mrl.adaptive.classifier.AdaptiveClassifier` (the paper's greedy rule, or the budget
 policy: the cheapest cascade reaching an accuracy target): its "sizes" are the pairs' FLOPs, so
-its ``cumulative`` cost is the FLOPs of every pair run. That count is an upper bound: pairs of one
-width share their trunk, which a cascade need not recompute.
+its ``cumulative`` cost is the FLOPs of every pair run.
+
+Two choices of stages (``stages``):
+
+* ``"pareto"``: every pair on the front. Its cost count is an upper bound: pairs of one width share
+  their trunk, which a cascade need not recompute, yet each is charged the whole trunk.
+* ``"per-width"``: one pair per width, the most accurate on the fit data (the full model for the
+  last width), then the same front over those. Each stage runs a trunk no earlier stage ran, so
+  the count is exact for switchable BatchNorm (every width has its own statistics from the first
+  layer on); with LayerNorm, a wider trunk could reuse the first layer's rows of a narrower one,
+  so it is an upper bound by at most that layer. Extra heads at one width add little: a head of
+  m x C multiply-adds is small beside the trunk, and it is the trunk that a stage pays for.
 """
 
 from __future__ import annotations
@@ -24,6 +34,9 @@ from mrl.adaptive.cascading import as_logits, cascade, max_softmax
 from mrl.adaptive.classifier import AdaptiveClassifier, _check_labels
 from mrl.adaptive.search import pareto_front
 from mrl.errors import MRLError, NotFittedError
+from mrl.validation import check_choice
+
+STAGES = ("pareto", "per-width")
 
 
 def pairs_by_flops(flops: np.ndarray) -> np.ndarray:
@@ -53,6 +66,8 @@ class WidthDimCascade:
             (:func:`mrl.width_grid.grid_flops`).
         policy, target_drop, confidence, n_quantiles: as for
             :class:`~mrl.adaptive.classifier.AdaptiveClassifier`.
+        stages: ``"pareto"`` (every pair on the fit data's front) or ``"per-width"`` (the most
+            accurate pair of each width, so that no trunk is paid twice); see the module docstring.
 
     Attributes (after ``fit``):
         pairs_: [(width, size)] the cascade's stages in ascending FLOPs order. flops_: [S] their
@@ -78,6 +93,7 @@ class WidthDimCascade:
         target_drop: float = 0.002,
         confidence: float = 0.9,
         n_quantiles: int = 25,
+        stages: str = "pareto",
     ):
         self.widths = widths
         self.nesting = nesting
@@ -86,6 +102,7 @@ class WidthDimCascade:
         self.target_drop = target_drop
         self.confidence = confidence
         self.n_quantiles = n_quantiles
+        self.stages = stages
 
     def fit(self, logits, labels, target: float | None = None, budget: float | None = None) -> WidthDimCascade:
         """Choose the stages and learn their thresholds from held-out logits [W, G, N, C] and labels [N].
@@ -97,9 +114,16 @@ class WidthDimCascade:
         Returns:
             self.
         """
+        check_choice("stages", self.stages, STAGES)
         flat = self._flatten(logits)
         labels = _check_labels(labels, flat.shape[1], flat.shape[2])
         order = pairs_by_flops(self._flops())
+        if self.stages == "per-width":
+            grid_accuracy = (flat.argmax(-1) == labels[None, :]).mean(axis=1).reshape(self._flops().shape)
+            # the most accurate size of each width (ties: the cheaper); the last width's is the full model
+            best = [int(np.lexsort((self._flops()[w], -grid_accuracy[w]))[0]) for w in range(len(self.widths) - 1)]
+            best.append(len(self.nesting) - 1)
+            order = order[[best[w] == g for w, g in order]]
         flat_index = order[:, 0] * len(self.nesting) + order[:, 1]
         stage_flops = self._flops().ravel()[flat_index].astype(np.float64)
         accuracy = (flat[flat_index].argmax(-1) == labels[None, :]).mean(axis=1)

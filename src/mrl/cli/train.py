@@ -21,7 +21,8 @@ _OPTION_FIELDS = {
     "momentum": "momentum", "weight_decay": "weight_decay", "warmup_epochs": "warmup_epochs", "schedule": "schedule",
     "lr_step_epochs": "lr_step_epochs", "lr_gamma": "lr_gamma", "rep_activation": "rep_activation",
     "head_lr_scale": "head_lr_scale", "widths": "widths", "width_norm": "width_norm",
-    "width_sampling": "width_sampling", "width_samples": "width_samples", "hidden": "hidden",
+    "width_sampling": "width_sampling", "width_samples": "width_samples", "width_distill": "width_distill",
+    "hidden": "hidden",
 }
 
 
@@ -72,6 +73,9 @@ def _config_from_options(ctx: click.Context, params: dict, resume: bool, out: Pa
               help="Widths trained per step: all, random (--width-samples of them) or sandwich "
                    "(smallest + full + --width-samples others).")
 @click.option("--width-samples", type=int, default=1, show_default=True, help="k of --width-sampling random / sandwich.")
+@click.option("--width-distill", type=float, default=0.0, show_default=True,
+              help="In-place distillation: share of the full width's soft predictions in each smaller width's loss "
+                   "(0: labels only; 1: the full width's predictions only).")
 @click.option("--hidden", default=None, help="MLP hidden layer sizes, comma-separated (default 512,512).")
 @click.option("--epochs", type=int, default=10, show_default=True, help="Training epochs.")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Global batch size.")
