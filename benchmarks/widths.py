@@ -26,6 +26,7 @@ Writes OUT/results.json and OUT/table.md.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
 from pathlib import Path
 
@@ -80,11 +81,11 @@ def training_cost(config: TrainConfig, run_dir: Path, grid: dict, steps_per_epoc
             "train_seconds": sum(r["seconds"] for r in read_jsonl(run_dir / METRICS_FILE))}
 
 
-def run_classification(args, previous: dict) -> dict:
+def run_classification(args) -> dict:
     root = args.out / "classify"
     data = load_dataset(args.data, args.data_dir, args.max_train)
     steps_per_epoch = max(1, len(data.split("train")) // 256)  # TrainConfig's batch size; the last partial batch is dropped
-    per_seed = dict(previous.get("per_seed", {}))
+    per_seed = {}
     for seed in args.seeds:
         configs = classify_runs(args, seed)
         results = {
@@ -107,9 +108,37 @@ def run_classification(args, previous: dict) -> dict:
                             "cascade_per_width": cascade_curve(root / f"seed{seed}" / name, grid, "per-width"),
                             "cost": training_cost(config, root / f"seed{seed}" / name, grid, steps_per_epoch)}
         alone = {name: {"top1": r["top1"], "knn1": r["knn1"]} for name, r in results.items() if name.startswith("alone")}
-        before = per_seed.get(str(seed), {"nested": {}, "alone": {}})
-        per_seed[str(seed)] = {"nested": {**before["nested"], **nested}, "alone": {**before["alone"], **alone}}
+        per_seed[str(seed)] = {"nested": nested, "alone": alone}
     return {"widths": args.widths, "per_seed": per_seed}
+
+
+def merge_classification(before: dict, new: dict) -> dict:
+    """``new``'s seeds and variants over ``before``'s: the runs of separate invocations accumulate."""
+    per_seed = dict(before.get("per_seed", {}))
+    for seed, runs in new["per_seed"].items():
+        old = per_seed.get(seed, {"nested": {}, "alone": {}})
+        per_seed[seed] = {"nested": {**old["nested"], **runs["nested"]}, "alone": {**old["alone"], **runs["alone"]}}
+    return {"widths": new["widths"], "per_seed": per_seed}
+
+
+def save_results(out: Path, settings: dict, classify: dict | None, lm: dict | None) -> dict:
+    """Merge this invocation's results into ``out``/results.json as the file is now; returns the merge.
+
+    Parts, seeds and variants run by separate invocations, even at once, accumulate: one writer at a
+    time (an exclusive lock that a second invocation waits for), each reading the file only under it.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    with open(out / ".results.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = read_json(path) if path.exists() else {}
+        results.update(settings)
+        if classify is not None:
+            results["classify"] = merge_classification(results.get("classify", {}), classify)
+        if lm is not None:
+            results["lm"] = lm
+        write_json(path, results)
+    return results
 
 
 def cascade_curve(run_dir: Path, grid: dict, stages: str) -> dict:
@@ -314,14 +343,10 @@ def main() -> None:
     args.distills = [float(v) for v in args.distills.split(",") if v]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
-    # parts run separately accumulate in one results.json
-    results = read_json(args.out / "results.json") if (args.out / "results.json").exists() else {}
-    results[f"args_{args.part}"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    if args.part in ("classify", "all"):
-        results["classify"] = run_classification(args, results.get("classify", {}))
-    if args.part in ("lm", "all"):
-        results["lm"] = run_lm(args)
-    write_json(args.out / "results.json", results)
+    classify = run_classification(args) if args.part in ("classify", "all") else None
+    lm = run_lm(args) if args.part in ("lm", "all") else None
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    results = save_results(args.out, {f"args_{args.part}": settings}, classify, lm)
     text = table(results)
     atomic_write_text(args.out / "table.md", text)
     print(text)
