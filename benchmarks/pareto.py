@@ -16,12 +16,14 @@ codes (IndexBinaryFlat) re-scored in float. FAISS scans a scalar-quantised table
 every query: memory-bound at best (QT_8bit_uniform), and QT_8bit's per-dimension decoding is
 slower still; it is slower than exact IndexFlatIP on batches, not a broken build.
 mrl funnels: FunnelIndex over a prefix with each --mrl-shortlists structure, each tuned on separate
-tuning queries (mrl.retrieval.IndexTuner) with the full vectors float16 memory-mapped from disk;
-for --target-recall, --low-target and each --extra-targets the fastest point reaching it on the
-tuning queries is kept. Each point is then timed with the full vectors float16 memory-mapped
-("[mmap f16]": RAM counts the process's own memory only, the shortlist structure; the page cache
-the OS keeps for the file is shared and reclaimable) and, with --stores memory, float32 in RAM
-("[RAM f32]": 4 D bytes more per vector).
+tuning queries (mrl.retrieval.IndexTuner) with the full vectors memory-mapped from disk (float16, or
+float32 with --tune-store mmap32); for --target-recall, --low-target and each --extra-targets the
+fastest point reaching it on the tuning queries is kept. Each point is then timed with the full
+vectors float16 memory-mapped ("[mmap f16]": RAM counts the process's own memory only, the shortlist
+structure; the page cache the OS keeps for the file is shared and reclaimable), with --stores mmap32
+float32 memory-mapped ("[mmap f32]": the same RAM; float16's rounding of the stored vectors alone
+swaps near-ties at rank 10, which caps recall against float32 exact search below 1), and with
+--stores memory float32 in RAM ("[RAM f32]": 4 D bytes more per vector).
 
 For every point: kNN-recall@10 against exact full-dim search, mAP@10 (labels), ms/query batched
 (median of --repeats interleaved rounds after a warm-up) and one query at a time (--single
@@ -197,13 +199,39 @@ def mrl_points(index: FunnelIndex, tune_queries: np.ndarray, args, tune_exact: n
     return points
 
 
-def with_stores(points: list[dict], mapped: FunnelIndex, in_memory: FunnelIndex | None) -> list[dict]:
-    """Each tuned point searched over float16 vectors memory-mapped from disk and, given
-    ``in_memory``, over float32 vectors in RAM (the same structure and funnel; RAM adds 4 D bytes)."""
-    out = [{**p, "name": p["name"] + " [mmap f16]", "index": mapped} for p in points]
-    if in_memory is not None:
-        out += [{**p, "name": p["name"] + " [RAM f32]", "index": in_memory, "ram": p["ram"] + 4 * in_memory.dim} for p in points]
+# Where the timed mrl points keep their full vectors: --stores name -> (dtype, FunnelIndex store, row label).
+STORES = {"mmap": ("float16", "mmap", "[mmap f16]"), "mmap32": ("float32", "mmap", "[mmap f32]"),
+          "memory": ("float32", "memory", "[RAM f32]")}
+
+
+def with_stores(points: list[dict], indexes: dict[str, FunnelIndex]) -> list[dict]:
+    """Each tuned point searched over each store's index (the same structure and funnel), in
+    :data:`STORES` order. RAM is the tuned point's own (shortlist structure; full vectors mapped)
+    plus, for the in-memory store, the full vectors' bytes."""
+    out = []
+    for name, index in sorted(indexes.items(), key=lambda item: list(STORES).index(item[0])):
+        vector_bytes = index.dim * np.dtype(index.dtype).itemsize if index.store == "memory" else 0
+        out += [{**p, "name": f"{p['name']} {STORES[name][2]}", "index": index, "ram": p["ram"] + vector_bytes} for p in points]
     return out
+
+
+def store_indexes(vectors: np.ndarray, stores: set[str], tmp: Path) -> dict[str, FunnelIndex]:
+    """One FunnelIndex per store (flat 16-dim shortlist; the points swap in their own structure):
+    mapped stores saved under ``tmp`` / name and loaded memory-mapped, the in-memory one on
+    ``vectors`` as given (float32: no copy)."""
+    indexes = {}
+    for name in stores:
+        dtype, store, _ = STORES[name]
+        start = time.perf_counter()
+        built = FunnelIndex(vectors, shortlist_dim=16, dtype=dtype)
+        if store == "memory":
+            indexes[name] = built
+            continue
+        built.save(tmp / name)
+        del built
+        indexes[name] = FunnelIndex.load(tmp / name, store="mmap")
+        logger.info("%s vectors written and mapped in %.1fs", dtype, time.perf_counter() - start)
+    return indexes
 
 
 def mrl_search(point: dict, queries: np.ndarray) -> np.ndarray:
@@ -218,7 +246,7 @@ def margin_study(path: Path, queries: np.ndarray, exact_ids: np.ndarray, args) -
     Fixed: n_1 candidates for every query. Adaptive: up to 2048 candidates, cut where the 16-dim
     cosine falls more than the margin below the 10th best. Compared by recall at equal mean candidates reranked.
     """
-    index = FunnelIndex.load(path, store="mmap")  # as saved: the flat float32 16-dim shortlist
+    index = FunnelIndex.load(path, store="mmap")  # as saved: the flat float32 16-dim shortlist, float16 vectors
     rows = []
     configs = [("fixed", n1, None) for n1 in (25, 50, 100, 200, 400, 800)]
     configs += [("margin", min(2048, index.ntotal), m) for m in args.margins]
@@ -269,14 +297,8 @@ def run(vectors: np.ndarray, queries: np.ndarray, tune_queries: np.ndarray, db_l
     exact = methods[0]
     tmp = Path(tempfile.mkdtemp(prefix="pareto-", dir=args.tmp_dir))
     try:
-        start = time.perf_counter()
-        built = FunnelIndex(vectors, shortlist_dim=16, dtype="float16")
-        built.save(tmp / "idx")
-        del built
-        index = FunnelIndex.load(tmp / "idx", store="mmap")
-        logger.info("float16 vectors written and mapped in %.1fs", time.perf_counter() - start)
-        in_memory = FunnelIndex(vectors, shortlist_dim=16) if "memory" in args.stores else None  # float32, no copy
-        points = with_stores(mrl_points(index, tune_queries, args, tune_exact), index, in_memory)
+        indexes = store_indexes(vectors, args.stores | {args.tune_store}, tmp)
+        points = with_stores(mrl_points(indexes[args.tune_store], tune_queries, args, tune_exact), indexes)
         runners = [(m["name"], lambda m=m, q=None: baseline_search(m, vectors, q)) for m in methods]
         runners += [(p["name"], lambda p=p, q=None: mrl_search(p, q)) for p in points]
         for _, fn in runners:  # warm-up (also pages in the mapped rows the queries touch)
@@ -307,7 +329,7 @@ def run(vectors: np.ndarray, queries: np.ndarray, tune_queries: np.ndarray, db_l
                 summary = retrieval_summary(Relevance.from_labels(ids[name], query_labels, db_labels), k=K)
                 row[f"map@{K}"] = summary[f"map@{K}"]
             rows.append(row)
-        margins = margin_study(tmp / "idx", queries, exact_ids, args) if args.margins else []
+        margins = margin_study(tmp / "mmap", queries, exact_ids, args) if args.margins else []
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     exact_ms = rows[0]["ms_per_query"]
@@ -381,8 +403,11 @@ def main() -> None:
                         help="more recall levels (comma-separated, e.g. 0.5,0.999) at which each structure's fastest point is kept")
     parser.add_argument("--mrl-shortlists", default="flat:float32:16;flat:int8:32;flat:binary:64;hnsw:float32:16;ivf:int8:32:16",
                         help="mrl structures (kind:encoding:dim[:coarse_dim | :opq_niter], ';'-separated)")
-    parser.add_argument("--stores", default="mmap,memory",
-                        help="where the mrl points keep full vectors: mmap (float16 on disk, always) and memory (float32 in RAM)")
+    parser.add_argument("--stores", type=lambda text: {"mmap"} | {s.strip() for s in text.split(",") if s.strip()}, default="mmap,memory",
+                        help="where the timed mrl points keep full vectors, comma-separated: mmap (float16 on disk, always), "
+                             "mmap32 (float32 on disk) and memory (float32 in RAM)")
+    parser.add_argument("--tune-store", choices=["mmap", "mmap32"], default="mmap",
+                        help="the memory-mapped vectors the mrl funnels are tuned on: float16 (mmap) or float32 (mmap32)")
     parser.add_argument("--baselines", default="hnsw,ivf,ivfpq,opq,sq8,binary",
                         help="FAISS baselines besides exact, comma-separated (hnsw, ivf, ivfpq, opq, sq8, binary)")
     parser.add_argument("--pq-bytes", type=int, default=64, help="bytes per vector of the IVFPQ / OPQ+IVFPQ baselines")
@@ -406,6 +431,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if sum(x is not None for x in (args.database, args.synthetic_n, args.dataset)) != 1:
         parser.error("give one of --database and --queries (real data), --dataset or --synthetic-n")
+    if args.stores - set(STORES):
+        parser.error(f"--stores: unknown {sorted(args.stores - set(STORES))}; known: {', '.join(STORES)}")
 
     if args.dataset is not None:
         vectors, db_labels, all_queries, all_labels, title = named_dataset(args)

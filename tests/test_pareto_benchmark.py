@@ -1,0 +1,62 @@
+"""benchmarks/pareto.py: each --stores name times the funnel over the vectors it names, with the RAM it names."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mrl.retrieval import FunnelIndex
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def pareto(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    sys.modules.pop("pareto", None)
+    import pareto
+
+    yield pareto
+    sys.modules.pop("pareto", None)
+
+
+def _cosine_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    v = vectors.astype(np.float64)
+    scores = queries.astype(np.float64) @ (v / np.linalg.norm(v, axis=1, keepdims=True)).T
+    return np.argsort(-scores, axis=1)[:, :k]
+
+
+def test_each_store_searches_its_own_vectors_and_counts_its_ram(pareto, tmp_path):
+    rng = np.random.default_rng(0)
+    n, dim, k = 300, 64, 10
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    queries = rng.standard_normal((20, dim)).astype(np.float32)
+    indexes = pareto.store_indexes(vectors, {"mmap", "mmap32", "memory"}, tmp_path)
+    assert {name: (index.dtype, index.store) for name, index in indexes.items()} == {
+        "mmap": ("float16", "mmap"), "mmap32": ("float32", "mmap"), "memory": ("float32", "memory")}
+    assert np.array_equal(indexes["mmap32"].vectors, vectors) and isinstance(indexes["mmap32"].vectors, np.memmap)
+
+    structure = FunnelIndex(vectors, shortlist_dim=16)._shortlist  # flat float32 16-dim prefixes
+    point = {"name": "mrl flat", "structure": structure, "funnel": [(16, n), (dim, k)], "options": {}, "ram": 64.0, "build_s": 0.0}
+    timed = pareto.with_stores([point], indexes)
+    assert [p["name"] for p in timed] == ["mrl flat [mmap f16]", "mrl flat [mmap f32]", "mrl flat [RAM f32]"]
+    assert [p["ram"] for p in timed] == [64.0, 64.0, 64.0 + 4 * dim]  # mapped vectors are not the process's own RAM
+    assert [p["index"] for p in timed] == [indexes["mmap"], indexes["mmap32"], indexes["memory"]]
+
+    # An exhaustive shortlist leaves the full-dim cosine top-k of the vectors each store holds.
+    expected = {"mmap": _cosine_top_k(vectors.astype(np.float16), queries, k), "mmap32": _cosine_top_k(vectors, queries, k)}
+    expected["memory"] = expected["mmap32"]
+    for p, name in zip(timed, ["mmap", "mmap32", "memory"]):
+        ids = pareto.mrl_search(p, queries)
+        assert all(set(row) == set(ref) for row, ref in zip(ids, expected[name])), name
+
+
+def test_unknown_store_is_refused():
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "pareto.py"), "--synthetic-n", "100", "--stores", "mmap32,disk"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "--stores: unknown ['disk']; known: mmap, mmap32, memory" in result.stderr
