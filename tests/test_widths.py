@@ -22,7 +22,7 @@ from mrl.losses import MatryoshkaLoss
 from mrl.models import MLP, MatryoshkaClassifier, NestedFFN, NestedWidthMLP
 from mrl.models.widths import per_layer, units_at, validate_widths, widths_for_step
 from mrl.training import build_model, train, width_losses
-from mrl.width_grid import evaluate_grid, grid_flops
+from mrl.width_grid import evaluate_grid, grid_flops, grid_parts
 
 SMALL_LM = dict(vocab_size=40, context=8, d_model=16, n_layers=2, n_heads=2, nesting=[4, 16])
 
@@ -592,3 +592,108 @@ def test_rep_activation_none_drops_the_final_relu_of_the_nested_mlp():
     assert (z < 0).any() and len(net.proj) == 2
     with pytest.raises(MRLError, match="rep_activation must be one of relu, none, got 'gelu'"):
         NestedWidthMLP(6, rep_activation="gelu")
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+@pytest.mark.parametrize("width", [0.25, 1.0, [0.5, 0.25]])
+def test_a_representation_prefix_alone_equals_the_prefix_of_the_whole(norm, width):
+    torch.manual_seed(0)
+    net = NestedWidthMLP(20, num_features=12, hidden=(16, 24), norm=norm, widths=[0.25, 0.5, 1.0], rep_activation="relu")
+    randomize(net)
+    with torch.no_grad():
+        for name, buffer in net.named_buffers():
+            if "running_mean" in name:
+                buffer.normal_()
+            elif "running_var" in name:
+                buffer.uniform_(0.5, 2.0)
+    x = torch.randn(8, 20)
+    net.eval()
+    with torch.no_grad():
+        whole = net(x, width=width)
+        for m in (1, 5, 12):
+            torch.testing.assert_close(net(x, width=width, size=m), whole[:, :m], rtol=1e-5, atol=1e-6)
+    # FLOPs by hand: 20 -> k1 -> k2, then the representation's rows (the first m with BatchNorm, all 12 with LayerNorm)
+    k1, k2 = net.units(width)
+    for m in (1, 5, 12):
+        rows = m if norm == "batch" else 12
+        assert net.flops(width, size=m) == 20 * k1 + k1 * k2 + k2 * rows
+        assert sum(net.flops_parts(width, size=m).values()) == net.flops(width, size=m)
+    assert net.flops(width) == 20 * k1 + k1 * k2 + k2 * 12
+    if norm == "batch":
+        net.train()
+        with pytest.raises(MRLError, match="runs in eval mode only"):
+            net(x, width=width, size=4)
+        with pytest.raises(MRLError, match=r"size must be an integer in \[1, 12\], got 13"):
+            net.flops(width, size=13)
+
+
+def test_shared_parts_name_what_widths_can_reuse():
+    net = NestedWidthMLP(10, num_features=8, hidden=(8, 8), norm="batch", widths=[0.5, 1.0])
+    small, large, mixed = net.flops_parts(0.5, size=2), net.flops_parts(1.0, size=4), net.flops_parts([1.0, 0.5], size=2)
+    # the first layer's product is one part for every width; the rest is the width's own
+    assert small == {"layer 1": 10 * 4, "width 0.5: layers 2-L": 4 * 4, "width 0.5: representation": 4 * 2}
+    assert large == {"layer 1": 10 * 8, "width 1: layers 2-L": 8 * 8, "width 1: representation": 8 * 4}
+    assert mixed == {"layer 1": 10 * 8, "width 1,0.5: layers 2-L": 8 * 4, "width 1,0.5: representation": 4 * 2}
+    # mixes of the same fractions in another order compute different things: never one part
+    assert set(net.flops_parts([0.5, 1.0])) - {"layer 1"} == {"width 0.5,1: layers 2-L", "width 0.5,1: representation"}
+    for tied in (False, True):
+        model = MatryoshkaClassifier(net, 3, [2, 4], tied=tied)
+        grid = grid_parts(model, [0.5, 1.0])
+        head = "width 1: head" if tied else "width 1: head 4"
+        assert grid[1][1] == {**large, head: 4 * 3}
+        assert grid_flops(model, [0.5, 1.0]).tolist() == [[sum(p.values()) for p in row] for row in grid]
+
+
+def brute_force_shared_flops(stages_conf, thresholds, parts):
+    """Mean FLOPs per sample of a cascade walked sample by sample: each part paid once, at the most any stage run needs."""
+    costs = []
+    for n in range(stages_conf.shape[1]):
+        paid: dict[str, int] = {}
+        for s in range(stages_conf.shape[0]):
+            last = s == stages_conf.shape[0] - 1
+            if last or thresholds[s] < np.inf:
+                for name, flops in parts[s].items():
+                    paid[name] = max(paid.get(name, 0), flops)
+            if last or stages_conf[s, n] >= thresholds[s]:
+                break
+        costs.append(sum(paid.values()))
+    return float(np.mean(costs))
+
+
+def test_cascade_with_shared_parts_pays_each_part_once_as_a_brute_force_walk():
+    rng = np.random.default_rng(3)
+    torch.manual_seed(0)
+    net = NestedWidthMLP(30, num_features=16, hidden=(16, 16), norm="batch", widths=[0.25, 0.5, 1.0])
+    model = MatryoshkaClassifier(net, 4, [4, 8, 16])
+    widths, nesting = [0.25, 0.5, 1.0], [4, 8, 16]
+    parts, flops = grid_parts(model, widths), grid_flops(model, widths)
+    labels = rng.integers(0, 4, 600)
+    logits = rng.normal(size=(3, 3, 600, 4))
+    for w in range(3):
+        for g in range(3):
+            hit = rng.random(600) < 0.3 + 0.15 * w + 0.05 * g
+            logits[w, g, hit, labels[hit]] += 3.0
+    for stages in ("pareto", "per-width"):
+        casc = WidthDimCascade(widths, nesting, flops, policy="budget", stages=stages, parts=parts).fit(logits, labels)
+        stage_parts = [parts[widths.index(w)][nesting.index(m)] for w, m in casc.pairs_]
+        conf = max_softmax_of(stages_of(logits, casc))
+        thresholds = casc.classifier_.thresholds_
+        shared = casc.evaluate(logits, labels)["expected_flops"]
+        assert shared == pytest.approx(brute_force_shared_flops(conf, thresholds, stage_parts))
+        # without the parts every stage run is paid in full: never less than with them
+        assert brute_force_cascade_flops(conf, thresholds, casc.flops_) >= shared
+    # the greedy policy's thresholds do not depend on costs; its expected FLOPs do
+    greedy = WidthDimCascade(widths, nesting, flops, policy="greedy", parts=parts).fit(logits, labels)
+    conf = max_softmax_of(stages_of(logits, greedy))
+    stage_parts = [parts[widths.index(w)][nesting.index(m)] for w, m in greedy.pairs_]
+    assert greedy.evaluate(logits, labels)["expected_flops"] == pytest.approx(
+        brute_force_shared_flops(conf, greedy.classifier_.thresholds_, stage_parts))
+
+
+def test_cascade_refuses_parts_that_do_not_sum_to_the_flops():
+    parts = [[{"a": 1}, {"a": 2}], [{"a": 3}, {"a": 4, "b": 1}]]
+    logits, labels = np.zeros((2, 2, 3, 2)), np.zeros(3, dtype=int)
+    with pytest.raises(MRLError, match=r"the parts of pair \(1.0, 8\) sum to 5, not its FLOPs 4"):
+        WidthDimCascade([0.5, 1.0], [4, 8], np.array([[1, 2], [3, 4]]), parts=parts).fit(logits, labels)
+    with pytest.raises(MRLError, match=r"parts must be \[W\]\[G\] = \[2\]\[2\] dicts"):
+        WidthDimCascade([0.5, 1.0], [4, 8], np.array([[1, 2], [3, 4]]), parts=[[{"a": 1}]]).fit(logits, labels)
