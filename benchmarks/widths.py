@@ -5,7 +5,8 @@ switchable BatchNorm and/or LayerNorm, every width's Matryoshka loss summed per 
 run per width trained alone with the same norm and recipe (hidden layers of round(w * 512) units;
 the BatchNorm ones are the plain MLP), compared at every (width, dim) on test top-1 and 1-NN; nested
 runs that sample widths per step (``--samplings``: random, sandwich) and runs with in-place
-distillation from the full width (``--distills``: weights of ``width_distill``) on the first norm; and per
+distillation from the full width (``--distills``: weights of ``width_distill``) and with per-width
+loss weights (``--weightings``: ``width_weights`` lists, e.g. ``2:1:1:1``) on the first norm; and per
 nested run the (width, dim) cascade of :class:`mrl.adaptive.WidthDimCascade`, fitted on val,
 measured on test: its cost-accuracy curve and the budget policy's point (full-model accuracy - 0.2
 points). Training cost of a sampling rule: multiply-adds of the widths it trains, summed over the
@@ -55,6 +56,9 @@ def classify_runs(args, seed: int) -> dict[str, TrainConfig]:
     for distill in args.distills:
         runs[f"nested-{args.norms[0]}-distill{distill}"] = TrainConfig(
             widths=args.widths, width_norm=args.norms[0], width_distill=distill, **common)
+    for weights in args.weightings:
+        runs[f"nested-{args.norms[0]}-weights{':'.join(f'{w:g}' for w in weights)}"] = TrainConfig(
+            widths=args.widths, width_norm=args.norms[0], width_weights=weights, **common)
     for sampling in args.samplings:
         runs[f"nested-{args.norms[0]}-{sampling}"] = TrainConfig(
             widths=args.widths, width_norm=args.norms[0], width_sampling=sampling, width_samples=args.width_samples,
@@ -334,6 +338,8 @@ def main() -> None:
                         help="width sampling rules trained beside summing every width (on the first norm); '' for none")
     parser.add_argument("--distills", default="",
                         help="comma-separated --width-distill weights, each a nested run beside plain summing (first norm)")
+    parser.add_argument("--weightings", default="",
+                        help="';'-separated --width-weights lists, ':' between weights (e.g. '2:1:1:1'), each a nested run (first norm)")
     parser.add_argument("--width-samples", type=int, default=1, help="k of the random and sandwich rules")
     parser.add_argument("--lm-widths", default="0.25,0.5,1")
     parser.add_argument("--lm-nesting", default="8,16,32,64,128")
@@ -350,6 +356,7 @@ def main() -> None:
     args.norms = [v for v in args.norms.split(",") if v]
     args.samplings = [v for v in args.samplings.split(",") if v]
     args.distills = [float(v) for v in args.distills.split(",") if v]
+    args.weightings = [[float(w) for w in v.split(":")] for v in args.weightings.split(";") if v.strip()]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     classify = run_classification(args) if args.part in ("classify", "all") else None

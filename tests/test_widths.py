@@ -196,9 +196,9 @@ def test_a_run_that_samples_widths_resumes_to_the_same_weights(tmp_path, fashion
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        (dict(width_norm="batch"), "width-norm, width-sampling and width-distill apply to nested widths; pass --widths"),
-        (dict(width_sampling="random"), "width-norm, width-sampling and width-distill apply to nested widths"),
-        (dict(width_distill=0.5), "width-norm, width-sampling and width-distill apply to nested widths"),
+        (dict(width_norm="batch"), "width-norm, width-sampling, width-distill and width-weights apply to nested widths; pass --widths"),
+        (dict(width_sampling="random"), "width-norm, width-sampling, width-distill and width-weights apply to nested widths"),
+        (dict(width_distill=0.5), "width-norm, width-sampling, width-distill and width-weights apply to nested widths"),
         (dict(widths=[0.5, 1], width_distill=1.5), r"width-distill must be .*<= 1.*, got 1.5"),
         (dict(widths=[0.5, 1], width_distill=-0.1), r"width-distill must be .*>= 0.*, got -0.1"),
         (dict(widths=[0.5, 1], width_sampling="random", width_distill=0.5),
@@ -210,6 +210,10 @@ def test_a_run_that_samples_widths_resumes_to_the_same_weights(tmp_path, fashion
          "width-samples must be an integer >= 1 and <= 2, got 0"),
         (dict(widths=[0.5, 1], width_norm="group"), "width-norm must be one of layer, batch"),
         (dict(hidden="64,x"), "hidden must be comma-separated layer sizes, got '64,x'"),
+        (dict(width_weights="1,1"), "width-weights apply to nested widths; pass --widths"),
+        (dict(widths=[0.5, 1], width_weights="1,x"), "width-weights must be comma-separated numbers, got '1,x'"),
+        (dict(widths=[0.5, 1], width_weights=[1.0]), r"width weights need one value per width \(2\), got \[1.0\]"),
+        (dict(widths=[0.5, 1], width_weights="1,0"), r"every width weight must be .*> 0.*, got 0"),
     ],
 )
 def test_bad_width_options_raise_mrl_error(settings, message):
@@ -231,14 +235,15 @@ def test_cli_hidden_and_switchable_batchnorm_build_the_asked_model(tmp_path, fas
     assert [bn.num_features for bn in model.backbone.body[1]] == [12, 24]
 
 
+@pytest.mark.parametrize("width_weights", [None, [2.0, 0.5, 3.0]])
 @pytest.mark.parametrize("distill", [0.0, 0.3, 1.0])
-def test_in_place_distillation_loss_equals_a_numpy_reference_and_leaves_the_teacher_to_the_labels(distill):
+def test_in_place_distillation_loss_equals_a_numpy_reference_and_leaves_the_teacher_to_the_labels(distill, width_weights):
     torch.manual_seed(0)
     nesting, weights = [2, 4], [1.0, 0.5]
     criterion = MatryoshkaLoss(nn.CrossEntropyLoss(label_smoothing=0.1), nesting=nesting, weights=weights)
     outputs = [(3 * torch.randn(len(nesting), 5, 4)).requires_grad_() for _ in range(3)]  # 3 widths, full last
     target = torch.tensor([0, 3, 1, 1, 2])
-    loss = (criterion.weights * width_losses(criterion, outputs, target, distill)).sum()
+    loss = (criterion.weights * width_losses(criterion, outputs, target, distill, weights=width_weights)).sum()
     loss.backward()
 
     def log_softmax(z):
@@ -250,16 +255,17 @@ def test_in_place_distillation_loss_equals_a_numpy_reference_and_leaves_the_teac
         return -(((1 - 0.1) * onehot + 0.1 / 4) * log_softmax(z)).sum(-1).mean()
 
     logits = [o.detach().double().numpy() for o in outputs]
+    per_width = width_weights or [1.0, 1.0, 1.0]
     expected = 0.0
     for g, c in enumerate(weights):
-        expected += c * label_ce(logits[-1][g])
-        for z in logits[:-1]:
+        expected += per_width[-1] * c * label_ce(logits[-1][g])
+        for z, u in zip(logits[:-1], per_width):
             soft = np.exp(log_softmax(logits[-1][g]))
-            expected += c * ((1 - distill) * label_ce(z[g]) - distill * (soft * log_softmax(z[g])).sum(-1).mean())
+            expected += u * c * ((1 - distill) * label_ce(z[g]) - distill * (soft * log_softmax(z[g])).sum(-1).mean())
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     # the teacher's gradient is that of its own label loss: the students' terms see it detached
     teacher = outputs[-1].detach().requires_grad_()
-    (criterion.weights * criterion.per_size(teacher, target)).sum().backward()
+    (per_width[-1] * criterion.weights * criterion.per_size(teacher, target)).sum().backward()
     torch.testing.assert_close(outputs[-1].grad, teacher.grad)
 
 
@@ -270,6 +276,18 @@ def test_a_distilled_run_trains_and_differs_from_label_only_training(tmp_path, f
               for d in (0.0, 0.5)]
     # same seed, data and batches: only the smaller width's loss differs, and the shared weights follow it
     assert not torch.equal(states[0]["backbone.body.0.weight"], states[1]["backbone.body.0.weight"])
+
+
+def test_width_weights_of_one_change_nothing_and_other_weights_change_training(tmp_path, fashion_subset_dir):
+    common = dict(data="fashion-mnist", data_dir=str(fashion_subset_dir), arch="mlp", rep_dim=16, nesting=[8, 16],
+                  widths=[0.5, 1.0], hidden=[16, 16], width_norm="batch", epochs=1, batch_size=64, max_train=300)
+    runs = {name: TrainConfig(width_weights=w, **common) for name, w in (("none", None), ("ones", "1,1"), ("more", "3,1"))}
+    states = {name: load_run(train(config, tmp_path / name, progress=False))[1].state_dict() for name, config in runs.items()}
+    assert all(torch.equal(states["none"][k], states["ones"][k]) for k in states["none"])
+    assert not torch.equal(states["none"]["backbone.body.0.weight"], states["more"]["backbone.body.0.weight"])
+    with pytest.raises(MRLError, match=r"width weights need one value per width run \(2\), got \[1.0\]"):
+        width_losses(MatryoshkaLoss(nn.CrossEntropyLoss(), nesting=[2]), [torch.zeros(1, 3, 2)] * 2, torch.zeros(3, dtype=torch.long),
+                     weights=[1.0])
 
 
 @pytest.mark.parametrize("width", [0.125, 0.5, 1.0])
@@ -383,7 +401,7 @@ def test_widths_apply_to_the_mlp_only_and_per_layer_specs_are_checked():
         (["train", "--arch", "mlp", "--widths", "0.5,1", "--width-sampling", "sandwich", "--width-samples", "1"],
          "Error: width-samples must be an integer >= 0 and <= 0, got 1"),
         (["train", "--arch", "mlp", "--hidden", "64,-1"], "Error: every hidden size must be an integer >= 1"),
-        (["train", "--arch", "mlp", "--width-norm", "batch"], "Error: width-norm, width-sampling and width-distill apply to nested widths"),
+        (["train", "--arch", "mlp", "--width-norm", "batch"], "Error: width-norm, width-sampling, width-distill and width-weights apply to nested widths"),
     ],
 )
 def test_cli_bad_widths_give_one_error_line_and_write_nothing(tmp_path, command, message):
