@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from mrl.adaptive import (
     AdaptiveClassifier,
+    SharedCosts,
     bootstrap_fit,
     as_logits,
     budget_thresholds,
@@ -503,3 +504,41 @@ def test_bootstrap_fit_reports_spread_and_certification():
     unreachable = bootstrap_fit(clf, val, test, 10, resamples=3, target=1.0)
     assert unreachable["certified"] is False and unreachable["bootstrap"]["certified_resamples"] == 0
     assert unreachable["test"]["accuracy"] == pytest.approx(test[1][-1].mean())
+
+
+def test_shared_costs_pay_each_part_once_at_its_largest_need_as_a_brute_force_walk():
+    rng = np.random.default_rng(7)
+    need = rng.integers(0, 50, size=(5, 7)).astype(float) * (rng.random((5, 7)) < 0.6)
+    costs = SharedCosts(need)
+    conf = rng.random((5, 300))
+    correct = (rng.random((5, 300)) < 0.7).astype(float)
+    thresholds = np.array([[0.5, np.inf, 0.7, 0.2], [np.inf, np.inf, np.inf, np.inf], [0.9, 0.1, np.inf, 0.3]])
+    mean_cost, mean_util = evaluate_thresholds(conf, correct, thresholds, costs)
+    for row, (cost, util) in zip(thresholds, zip(mean_cost, mean_util)):
+        walked_cost, walked_util = [], []
+        for n in range(300):
+            paid = np.zeros(7)
+            for s in range(5):
+                last = s == 4
+                if last or row[s] < np.inf:
+                    paid = np.maximum(paid, need[s])
+                if last or conf[s, n] >= row[s]:
+                    break
+            walked_cost.append(paid.sum())
+            walked_util.append(correct[s, n])
+        assert cost == pytest.approx(np.mean(walked_cost)) and util == pytest.approx(np.mean(walked_util))
+    # stages that share nothing cost what per-head (cumulative) costs do
+    own = np.diag([8.0, 16.0, 32.0])
+    np.testing.assert_array_equal(SharedCosts(own).per_answer(np.array([0.5, np.inf])),
+                                  head_costs([8, 16, 32], "cumulative").per_answer(np.array([0.5, np.inf])))
+    for bad in (np.zeros((0, 2)), np.array([[1.0, -1.0]]), np.array([[np.nan]]), np.ones(3)):
+        with pytest.raises(MRLError, match=r"need must be a non-empty \[S, K\] array of finite costs >= 0"):
+            SharedCosts(bad)
+
+
+def test_a_cost_model_must_have_one_stage_per_size():
+    logits, labels = np.zeros((2, 4, 3)), np.zeros(4, dtype=int)
+    with pytest.raises(MRLError, match="the cost model has 3 stages but nesting has 2"):
+        AdaptiveClassifier([8, 16], cost=SharedCosts(np.eye(3)), policy="budget").fit(logits, labels)
+    with pytest.raises(MRLError, match=r"cost must be one of \['final', 'cumulative', 'flops'\] or a cost model, got 'dims'"):
+        AdaptiveClassifier([8, 16], cost="dims", policy="budget").fit(logits, labels)

@@ -22,7 +22,7 @@ from mrl.losses import MatryoshkaLoss
 from mrl.models import MLP, MatryoshkaClassifier, NestedFFN, NestedWidthMLP
 from mrl.models.widths import per_layer, units_at, validate_widths, widths_for_step
 from mrl.training import build_model, train, width_losses
-from mrl.width_grid import evaluate_grid, grid_flops
+from mrl.width_grid import evaluate_grid, grid_flops, grid_parts
 
 SMALL_LM = dict(vocab_size=40, context=8, d_model=16, n_layers=2, n_heads=2, nesting=[4, 16])
 
@@ -196,9 +196,9 @@ def test_a_run_that_samples_widths_resumes_to_the_same_weights(tmp_path, fashion
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        (dict(width_norm="batch"), "width-norm, width-sampling and width-distill apply to nested widths; pass --widths"),
-        (dict(width_sampling="random"), "width-norm, width-sampling and width-distill apply to nested widths"),
-        (dict(width_distill=0.5), "width-norm, width-sampling and width-distill apply to nested widths"),
+        (dict(width_norm="batch"), "width-norm, width-sampling, width-distill and width-weights apply to nested widths; pass --widths"),
+        (dict(width_sampling="random"), "width-norm, width-sampling, width-distill and width-weights apply to nested widths"),
+        (dict(width_distill=0.5), "width-norm, width-sampling, width-distill and width-weights apply to nested widths"),
         (dict(widths=[0.5, 1], width_distill=1.5), r"width-distill must be .*<= 1.*, got 1.5"),
         (dict(widths=[0.5, 1], width_distill=-0.1), r"width-distill must be .*>= 0.*, got -0.1"),
         (dict(widths=[0.5, 1], width_sampling="random", width_distill=0.5),
@@ -210,6 +210,10 @@ def test_a_run_that_samples_widths_resumes_to_the_same_weights(tmp_path, fashion
          "width-samples must be an integer >= 1 and <= 2, got 0"),
         (dict(widths=[0.5, 1], width_norm="group"), "width-norm must be one of layer, batch"),
         (dict(hidden="64,x"), "hidden must be comma-separated layer sizes, got '64,x'"),
+        (dict(width_weights="1,1"), "width-weights apply to nested widths; pass --widths"),
+        (dict(widths=[0.5, 1], width_weights="1,x"), "width-weights must be comma-separated numbers, got '1,x'"),
+        (dict(widths=[0.5, 1], width_weights=[1.0]), r"width weights need one value per width \(2\), got \[1.0\]"),
+        (dict(widths=[0.5, 1], width_weights="1,0"), r"every width weight must be .*> 0.*, got 0"),
     ],
 )
 def test_bad_width_options_raise_mrl_error(settings, message):
@@ -231,14 +235,15 @@ def test_cli_hidden_and_switchable_batchnorm_build_the_asked_model(tmp_path, fas
     assert [bn.num_features for bn in model.backbone.body[1]] == [12, 24]
 
 
+@pytest.mark.parametrize("width_weights", [None, [2.0, 0.5, 3.0]])
 @pytest.mark.parametrize("distill", [0.0, 0.3, 1.0])
-def test_in_place_distillation_loss_equals_a_numpy_reference_and_leaves_the_teacher_to_the_labels(distill):
+def test_in_place_distillation_loss_equals_a_numpy_reference_and_leaves_the_teacher_to_the_labels(distill, width_weights):
     torch.manual_seed(0)
     nesting, weights = [2, 4], [1.0, 0.5]
     criterion = MatryoshkaLoss(nn.CrossEntropyLoss(label_smoothing=0.1), nesting=nesting, weights=weights)
     outputs = [(3 * torch.randn(len(nesting), 5, 4)).requires_grad_() for _ in range(3)]  # 3 widths, full last
     target = torch.tensor([0, 3, 1, 1, 2])
-    loss = (criterion.weights * width_losses(criterion, outputs, target, distill)).sum()
+    loss = (criterion.weights * width_losses(criterion, outputs, target, distill, weights=width_weights)).sum()
     loss.backward()
 
     def log_softmax(z):
@@ -250,16 +255,17 @@ def test_in_place_distillation_loss_equals_a_numpy_reference_and_leaves_the_teac
         return -(((1 - 0.1) * onehot + 0.1 / 4) * log_softmax(z)).sum(-1).mean()
 
     logits = [o.detach().double().numpy() for o in outputs]
+    per_width = width_weights or [1.0, 1.0, 1.0]
     expected = 0.0
     for g, c in enumerate(weights):
-        expected += c * label_ce(logits[-1][g])
-        for z in logits[:-1]:
+        expected += per_width[-1] * c * label_ce(logits[-1][g])
+        for z, u in zip(logits[:-1], per_width):
             soft = np.exp(log_softmax(logits[-1][g]))
-            expected += c * ((1 - distill) * label_ce(z[g]) - distill * (soft * log_softmax(z[g])).sum(-1).mean())
+            expected += u * c * ((1 - distill) * label_ce(z[g]) - distill * (soft * log_softmax(z[g])).sum(-1).mean())
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     # the teacher's gradient is that of its own label loss: the students' terms see it detached
     teacher = outputs[-1].detach().requires_grad_()
-    (criterion.weights * criterion.per_size(teacher, target)).sum().backward()
+    (per_width[-1] * criterion.weights * criterion.per_size(teacher, target)).sum().backward()
     torch.testing.assert_close(outputs[-1].grad, teacher.grad)
 
 
@@ -270,6 +276,18 @@ def test_a_distilled_run_trains_and_differs_from_label_only_training(tmp_path, f
               for d in (0.0, 0.5)]
     # same seed, data and batches: only the smaller width's loss differs, and the shared weights follow it
     assert not torch.equal(states[0]["backbone.body.0.weight"], states[1]["backbone.body.0.weight"])
+
+
+def test_width_weights_of_one_change_nothing_and_other_weights_change_training(tmp_path, fashion_subset_dir):
+    common = dict(data="fashion-mnist", data_dir=str(fashion_subset_dir), arch="mlp", rep_dim=16, nesting=[8, 16],
+                  widths=[0.5, 1.0], hidden=[16, 16], width_norm="batch", epochs=1, batch_size=64, max_train=300)
+    runs = {name: TrainConfig(width_weights=w, **common) for name, w in (("none", None), ("ones", "1,1"), ("more", "3,1"))}
+    states = {name: load_run(train(config, tmp_path / name, progress=False))[1].state_dict() for name, config in runs.items()}
+    assert all(torch.equal(states["none"][k], states["ones"][k]) for k in states["none"])
+    assert not torch.equal(states["none"]["backbone.body.0.weight"], states["more"]["backbone.body.0.weight"])
+    with pytest.raises(MRLError, match=r"width weights need one value per width run \(2\), got \[1.0\]"):
+        width_losses(MatryoshkaLoss(nn.CrossEntropyLoss(), nesting=[2]), [torch.zeros(1, 3, 2)] * 2, torch.zeros(3, dtype=torch.long),
+                     weights=[1.0])
 
 
 @pytest.mark.parametrize("width", [0.125, 0.5, 1.0])
@@ -383,7 +401,7 @@ def test_widths_apply_to_the_mlp_only_and_per_layer_specs_are_checked():
         (["train", "--arch", "mlp", "--widths", "0.5,1", "--width-sampling", "sandwich", "--width-samples", "1"],
          "Error: width-samples must be an integer >= 0 and <= 0, got 1"),
         (["train", "--arch", "mlp", "--hidden", "64,-1"], "Error: every hidden size must be an integer >= 1"),
-        (["train", "--arch", "mlp", "--width-norm", "batch"], "Error: width-norm, width-sampling and width-distill apply to nested widths"),
+        (["train", "--arch", "mlp", "--width-norm", "batch"], "Error: width-norm, width-sampling, width-distill and width-weights apply to nested widths"),
     ],
 )
 def test_cli_bad_widths_give_one_error_line_and_write_nothing(tmp_path, command, message):
@@ -592,3 +610,108 @@ def test_rep_activation_none_drops_the_final_relu_of_the_nested_mlp():
     assert (z < 0).any() and len(net.proj) == 2
     with pytest.raises(MRLError, match="rep_activation must be one of relu, none, got 'gelu'"):
         NestedWidthMLP(6, rep_activation="gelu")
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+@pytest.mark.parametrize("width", [0.25, 1.0, [0.5, 0.25]])
+def test_a_representation_prefix_alone_equals_the_prefix_of_the_whole(norm, width):
+    torch.manual_seed(0)
+    net = NestedWidthMLP(20, num_features=12, hidden=(16, 24), norm=norm, widths=[0.25, 0.5, 1.0], rep_activation="relu")
+    randomize(net)
+    with torch.no_grad():
+        for name, buffer in net.named_buffers():
+            if "running_mean" in name:
+                buffer.normal_()
+            elif "running_var" in name:
+                buffer.uniform_(0.5, 2.0)
+    x = torch.randn(8, 20)
+    net.eval()
+    with torch.no_grad():
+        whole = net(x, width=width)
+        for m in (1, 5, 12):
+            torch.testing.assert_close(net(x, width=width, size=m), whole[:, :m], rtol=1e-5, atol=1e-6)
+    # FLOPs by hand: 20 -> k1 -> k2, then the representation's rows (the first m with BatchNorm, all 12 with LayerNorm)
+    k1, k2 = net.units(width)
+    for m in (1, 5, 12):
+        rows = m if norm == "batch" else 12
+        assert net.flops(width, size=m) == 20 * k1 + k1 * k2 + k2 * rows
+        assert sum(net.flops_parts(width, size=m).values()) == net.flops(width, size=m)
+    assert net.flops(width) == 20 * k1 + k1 * k2 + k2 * 12
+    if norm == "batch":
+        net.train()
+        with pytest.raises(MRLError, match="runs in eval mode only"):
+            net(x, width=width, size=4)
+        with pytest.raises(MRLError, match=r"size must be an integer in \[1, 12\], got 13"):
+            net.flops(width, size=13)
+
+
+def test_shared_parts_name_what_widths_can_reuse():
+    net = NestedWidthMLP(10, num_features=8, hidden=(8, 8), norm="batch", widths=[0.5, 1.0])
+    small, large, mixed = net.flops_parts(0.5, size=2), net.flops_parts(1.0, size=4), net.flops_parts([1.0, 0.5], size=2)
+    # the first layer's product is one part for every width; the rest is the width's own
+    assert small == {"layer 1": 10 * 4, "width 0.5: layers 2-L": 4 * 4, "width 0.5: representation": 4 * 2}
+    assert large == {"layer 1": 10 * 8, "width 1: layers 2-L": 8 * 8, "width 1: representation": 8 * 4}
+    assert mixed == {"layer 1": 10 * 8, "width 1,0.5: layers 2-L": 8 * 4, "width 1,0.5: representation": 4 * 2}
+    # mixes of the same fractions in another order compute different things: never one part
+    assert set(net.flops_parts([0.5, 1.0])) - {"layer 1"} == {"width 0.5,1: layers 2-L", "width 0.5,1: representation"}
+    for tied in (False, True):
+        model = MatryoshkaClassifier(net, 3, [2, 4], tied=tied)
+        grid = grid_parts(model, [0.5, 1.0])
+        head = "width 1: head" if tied else "width 1: head 4"
+        assert grid[1][1] == {**large, head: 4 * 3}
+        assert grid_flops(model, [0.5, 1.0]).tolist() == [[sum(p.values()) for p in row] for row in grid]
+
+
+def brute_force_shared_flops(stages_conf, thresholds, parts):
+    """Mean FLOPs per sample of a cascade walked sample by sample: each part paid once, at the most any stage run needs."""
+    costs = []
+    for n in range(stages_conf.shape[1]):
+        paid: dict[str, int] = {}
+        for s in range(stages_conf.shape[0]):
+            last = s == stages_conf.shape[0] - 1
+            if last or thresholds[s] < np.inf:
+                for name, flops in parts[s].items():
+                    paid[name] = max(paid.get(name, 0), flops)
+            if last or stages_conf[s, n] >= thresholds[s]:
+                break
+        costs.append(sum(paid.values()))
+    return float(np.mean(costs))
+
+
+def test_cascade_with_shared_parts_pays_each_part_once_as_a_brute_force_walk():
+    rng = np.random.default_rng(3)
+    torch.manual_seed(0)
+    net = NestedWidthMLP(30, num_features=16, hidden=(16, 16), norm="batch", widths=[0.25, 0.5, 1.0])
+    model = MatryoshkaClassifier(net, 4, [4, 8, 16])
+    widths, nesting = [0.25, 0.5, 1.0], [4, 8, 16]
+    parts, flops = grid_parts(model, widths), grid_flops(model, widths)
+    labels = rng.integers(0, 4, 600)
+    logits = rng.normal(size=(3, 3, 600, 4))
+    for w in range(3):
+        for g in range(3):
+            hit = rng.random(600) < 0.3 + 0.15 * w + 0.05 * g
+            logits[w, g, hit, labels[hit]] += 3.0
+    for stages in ("pareto", "per-width"):
+        casc = WidthDimCascade(widths, nesting, flops, policy="budget", stages=stages, parts=parts).fit(logits, labels)
+        stage_parts = [parts[widths.index(w)][nesting.index(m)] for w, m in casc.pairs_]
+        conf = max_softmax_of(stages_of(logits, casc))
+        thresholds = casc.classifier_.thresholds_
+        shared = casc.evaluate(logits, labels)["expected_flops"]
+        assert shared == pytest.approx(brute_force_shared_flops(conf, thresholds, stage_parts))
+        # without the parts every stage run is paid in full: never less than with them
+        assert brute_force_cascade_flops(conf, thresholds, casc.flops_) >= shared
+    # the greedy policy's thresholds do not depend on costs; its expected FLOPs do
+    greedy = WidthDimCascade(widths, nesting, flops, policy="greedy", parts=parts).fit(logits, labels)
+    conf = max_softmax_of(stages_of(logits, greedy))
+    stage_parts = [parts[widths.index(w)][nesting.index(m)] for w, m in greedy.pairs_]
+    assert greedy.evaluate(logits, labels)["expected_flops"] == pytest.approx(
+        brute_force_shared_flops(conf, greedy.classifier_.thresholds_, stage_parts))
+
+
+def test_cascade_refuses_parts_that_do_not_sum_to_the_flops():
+    parts = [[{"a": 1}, {"a": 2}], [{"a": 3}, {"a": 4, "b": 1}]]
+    logits, labels = np.zeros((2, 2, 3, 2)), np.zeros(3, dtype=int)
+    with pytest.raises(MRLError, match=r"the parts of pair \(1.0, 8\) sum to 5, not its FLOPs 4"):
+        WidthDimCascade([0.5, 1.0], [4, 8], np.array([[1, 2], [3, 4]]), parts=parts).fit(logits, labels)
+    with pytest.raises(MRLError, match=r"parts must be \[W\]\[G\] = \[2\]\[2\] dicts"):
+        WidthDimCascade([0.5, 1.0], [4, 8], np.array([[1, 2], [3, 4]]), parts=[[{"a": 1}]]).fit(logits, labels)

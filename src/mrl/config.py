@@ -20,7 +20,7 @@ from mrl.models.mlp import REP_ACTIVATIONS
 from mrl.models.widths import NORMS, WIDTH_SAMPLING, max_width_samples, parse_widths
 from mrl.nesting import parse_nesting, validate_nesting
 from mrl.recipe import OPTIMIZERS, PRECISIONS, SCHEDULES
-from mrl.validation import check_choice, check_float, check_int, check_seed
+from mrl.validation import check_choice, check_float, check_int, check_seed, split_numbers
 
 MODES = ("mrl", "mrl-e", "ff")
 # Upper bounds that only refuse absurd values (a typo or a hostile config), never a real run.
@@ -65,6 +65,7 @@ class TrainConfig:
     # in-place distillation: share of the full width's soft predictions in each smaller width's loss
     # (the rest is the labels'); 0 trains on labels only, as MatFormer does, 1 is US-Nets' recipe
     width_distill: float = 0.0
+    width_weights: list[float] | None = None  # each width's share of the loss, one per width; None: all 1 (MatFormer)
     hidden: list[int] | None = None  # MLP hidden layer sizes; None: the backbone's default (512, 512)
     epochs: int = 10
     batch_size: int = 256  # global batch, split across DDP ranks
@@ -147,8 +148,16 @@ class TrainConfig:
         check_choice("width-norm", self.width_norm, NORMS)
         check_choice("width-sampling", self.width_sampling, WIDTH_SAMPLING)
         self.width_distill = check_float("width-distill", self.width_distill, min=0, max=1)
-        if self.widths is None and (self.width_norm != "layer" or self.width_sampling != "all" or self.width_distill):
-            raise MRLError("width-norm, width-sampling and width-distill apply to nested widths; pass --widths")
+        if self.widths is None and (self.width_norm != "layer" or self.width_sampling != "all" or self.width_distill
+                                    or self.width_weights is not None):
+            raise MRLError("width-norm, width-sampling, width-distill and width-weights apply to nested widths; pass --widths")
+        if isinstance(self.width_weights, str):
+            self.width_weights = split_numbers(self.width_weights, float,
+                                               f"width-weights must be comma-separated numbers, got {self.width_weights!r}")
+        if self.width_weights is not None:
+            if not isinstance(self.width_weights, list) or len(self.width_weights) != len(self.widths):
+                raise MRLError(f"width weights need one value per width ({len(self.widths)}), got {self.width_weights!r}")
+            self.width_weights = [check_float("every width weight", w, min=0, max=1e6, min_open=True) for w in self.width_weights]
         if self.width_distill and self.width_sampling == "random":
             raise MRLError("width-distill needs the full width in every step (its teacher): use width-sampling all or "
                            "sandwich, not random")

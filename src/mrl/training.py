@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,20 +198,24 @@ def predict_logits(model: MatryoshkaClassifier, x: torch.Tensor, device: torch.d
 
 
 def width_losses(criterion: MatryoshkaLoss, outputs: list[torch.Tensor], target: torch.Tensor,
-                 distill: float = 0.0) -> torch.Tensor:
-    """Unweighted loss per nesting size [G], summed over the widths run in a step.
+                 distill: float = 0.0, weights: Sequence[float] | None = None) -> torch.Tensor:
+    """Loss per nesting size [G] (not yet weighted by size), summed over the widths run in a step.
 
     ``outputs`` holds each width's logits [G, B, C], ascending, the full width last when ``distill``
     is set: every smaller width then takes ``(1 - distill)`` of its label loss plus ``distill`` of
     its cross-entropy against the full width's detached predictions at the same size
     (:func:`~mrl.losses.distillation_per_size`); the full width learns from the labels alone.
+    ``weights`` (one per output; None: all 1) scales each width's term of the sum.
     """
+    weights = [1.0] * len(outputs) if weights is None else list(weights)
+    if len(weights) != len(outputs):
+        raise MRLError(f"width weights need one value per width run ({len(outputs)}), got {weights}")
     if not distill:
-        return sum(criterion.per_size(logits, target) for logits in outputs)
+        return sum(c * criterion.per_size(logits, target) for c, logits in zip(weights, outputs))
     teacher = outputs[-1]
-    return criterion.per_size(teacher, target) + sum(
-        (1 - distill) * criterion.per_size(logits, target) + distill * distillation_per_size(logits, teacher)
-        for logits in outputs[:-1]
+    return weights[-1] * criterion.per_size(teacher, target) + sum(
+        c * ((1 - distill) * criterion.per_size(logits, target) + distill * distillation_per_size(logits, teacher))
+        for c, logits in zip(weights, outputs[:-1])
     )
 
 
@@ -319,9 +323,12 @@ def _train(
                     if config.widths is None:
                         outputs = [forward(xk)]
                     else:  # MatFormer: the Matryoshka loss of this step's widths (all, or sampled)
-                        outputs = [forward(xk, width=w) for w in widths_for_step(
-                            config.widths, config.width_sampling, config.width_samples, config.seed, step)]
-                part = width_losses(criterion, [logits.float() for logits in outputs], yk, config.width_distill)
+                        step_widths = widths_for_step(
+                            config.widths, config.width_sampling, config.width_samples, config.seed, step)
+                        outputs = [forward(xk, width=w) for w in step_widths]
+                part = width_losses(criterion, [logits.float() for logits in outputs], yk, config.width_distill,
+                                    weights=None if config.widths is None or config.width_weights is None
+                                    else [config.width_weights[config.widths.index(w)] for w in step_widths])
                 loss = (criterion.weights * part).sum()
                 if not torch.isfinite(loss):  # a non-finite micro-batch stops the step before its backward
                     return loss.detach(), part.detach()

@@ -7,8 +7,9 @@ the test ones (cosine, as :func:`mrl.evaluation.knn1_accuracy_blocks`), both com
 :func:`mrl.evaluation.evaluate_run` does for the full model.
 
 FLOPs per example count the multiply-adds of the linear layers that answer at (w, m): the trunk at
-width w (:meth:`~mrl.models.widths.NestedWidthMLP.flops`) plus the head m x C (norms, activations,
-and for 1-NN the search itself, not counted). Grids are dicts keyed by width (as in the config,
+width w up to z[:m] (:meth:`~mrl.models.widths.NestedWidthMLP.flops`: with switchable BatchNorm
+only the representation layer's first m rows run) plus the head m x C (norms, activations, and for
+1-NN the search itself, not counted). Grids are dicts keyed by width (as in the config,
 e.g. ``"0.25"``) then by size (``"8"``), like eval.json's per-size series.
 """
 
@@ -25,8 +26,34 @@ from mrl.evaluation import KNN_BLOCK_ROWS, _blocks, embed_batches, knn1_accuracy
 from mrl.models import MatryoshkaClassifier
 
 
+def grid_parts(model: MatryoshkaClassifier, widths: Sequence[float]) -> list[list[dict[str, int]]]:
+    """Multiply-adds per example of each (width, size) pair, split into shareable parts [W][G].
+
+    The trunk's parts are :meth:`~mrl.models.widths.NestedWidthMLP.flops_parts`; the head adds
+    ``"width w: head m"`` (m x C) for separate heads (MRL), or ``"width w: head"`` of m x C for tied
+    ones (MRL-E: the logits of W[:, :m] are a partial sum of those of any larger m).
+
+    Example:
+        >>> from mrl.models import NestedWidthMLP
+        >>> model = MatryoshkaClassifier(NestedWidthMLP(10, num_features=4, hidden=(8,)), 3, [2, 4])
+        >>> grid_parts(model, [1.0])[0][0]
+        {'layer 1': 80, 'width 1: layers 2-L': 0, 'width 1: representation': 32, 'width 1: head 2': 6}
+    """
+    grid = []
+    for w in widths:
+        row = []
+        for m in model.nesting:
+            parts = model.backbone.flops_parts(w, m)
+            key = next(k for k in parts if k.endswith(": representation")).removesuffix(": representation")
+            parts[f"{key}: head" if model.head.tied else f"{key}: head {m}"] = m * model.head.num_classes
+            row.append(parts)
+        grid.append(row)
+    return grid
+
+
 def grid_flops(model: MatryoshkaClassifier, widths: Sequence[float]) -> np.ndarray:
-    """Multiply-adds per example of each (width, size) pair, int64 [W, G].
+    """Multiply-adds per example of each (width, size) pair run on its own, int64 [W, G]: the trunk
+    at width w up to z[:m] (the representation's first m rows where its norm allows) plus the head.
 
     Example:
         >>> from mrl.models import NestedWidthMLP
@@ -34,8 +61,7 @@ def grid_flops(model: MatryoshkaClassifier, widths: Sequence[float]) -> np.ndarr
         >>> grid_flops(model, [0.5, 1.0]).tolist()
         [[62, 68], [118, 124]]
     """
-    heads = np.asarray(model.nesting, dtype=np.int64) * model.head.num_classes
-    return np.asarray([[model.backbone.flops(w) + h for h in heads] for w in widths], dtype=np.int64)
+    return np.asarray([[sum(parts.values()) for parts in row] for row in grid_parts(model, widths)], dtype=np.int64)
 
 
 @torch.no_grad()

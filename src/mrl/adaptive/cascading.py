@@ -11,6 +11,8 @@ adaptive decoding of a Matryoshka language model in :mod:`mrl.lm`):
 - :class:`HeadCosts` / :func:`head_costs`: what answering at each size costs. ``final`` counts the
   dims of the head that answered (the paper's 37 expected dims on ImageNet), ``cumulative`` the dims
   of every head consulted (the paper's 62), ``flops`` the multiply-adds m * C of every head consulted;
+  :class:`SharedCosts`: stages that share work (a wider submodel reusing a narrower one's rows), each
+  shared part paid once per sample;
 - :func:`cascade_outcome` / :func:`evaluate_thresholds`: per-sample or mean cost and utility.
 
 Threshold convention: size s answers when ``confidence[s] >= thresholds[s]``. ``-inf`` means "always
@@ -153,10 +155,63 @@ class HeadCosts:
             >>> HeadCosts(np.zeros(3), np.array([8.0, 16.0, 32.0])).per_answer(np.array([0.5, np.inf]))
             array([ 8., 24., 40.])
         """
-        active = np.append(np.asarray(thresholds, dtype=np.float64) < np.inf, True)
-        paid = self.consult * active
+        return self.per_answer_batch(_active(np.asarray(thresholds, dtype=np.float64)[None]))[0]
+
+    def per_answer_batch(self, active: np.ndarray) -> np.ndarray:
+        """Cost [P, S] of a sample answered at each size, for P cascades given as active heads [P, S]."""
+        paid = self.consult[None, :] * active
         # the answering head itself always runs, even where no sample can reach it
-        return self.answer + np.cumsum(paid) - paid + self.consult
+        return self.answer[None, :] + np.cumsum(paid, axis=1) - paid + self.consult[None, :]
+
+
+@dataclass(frozen=True)
+class SharedCosts:
+    """Cost of answering at each stage when stages share work (a cascade over (width, dim) pairs).
+
+    ``need[s, k]`` is what stage s spends on part k of the computation. Parts are nested within a
+    column: a stage that needs less of part k uses a prefix of what a stage needing more computes
+    (the first rows of a layer, the first units of a representation), so a sample answered at s pays,
+    for each part, the most that any stage run for it needs: ``sum_k max(need[j, k])`` over the
+    active stages j <= s and s itself. A part only one stage needs is that stage's own cost.
+
+    Example:
+        >>> # stage 0: 2 rows of a shared layer + its own head; stage 1: 4 rows + its own head
+        >>> costs = SharedCosts(np.array([[20.0, 5.0, 0.0], [40.0, 0.0, 7.0]]))
+        >>> costs.per_answer(np.array([0.5])), costs.per_answer(np.array([np.inf]))
+        (array([25., 52.]), array([25., 47.]))
+    """
+
+    need: np.ndarray  # [S, K]
+
+    def __post_init__(self) -> None:
+        need = np.asarray(self.need, dtype=np.float64)
+        if need.ndim != 2 or 0 in need.shape or not np.isfinite(need).all() or (need < 0).any():
+            raise MRLError(f"need must be a non-empty [S, K] array of finite costs >= 0, got shape {need.shape}")
+        object.__setattr__(self, "need", need)
+
+    @property
+    def answer(self) -> np.ndarray:
+        """Nothing is paid per answer beyond the stages run (as ``cumulative`` head costs)."""
+        return np.zeros(self.need.shape[0])
+
+    def per_answer(self, thresholds: np.ndarray) -> np.ndarray:
+        """Cost [S] of a sample answered at each stage, given the thresholds [S-1]."""
+        return self.per_answer_batch(_active(np.asarray(thresholds, dtype=np.float64)[None]))[0]
+
+    def per_answer_batch(self, active: np.ndarray) -> np.ndarray:
+        """Cost [P, S] of a sample answered at each stage, for P cascades given as active stages [P, S]."""
+        run = np.where(active[:, :, None], self.need[None], 0.0)  # [P, S, K]
+        # the answering stage itself always runs, even where no sample can reach it
+        return np.maximum(np.maximum.accumulate(run, axis=1), self.need[None]).sum(axis=2)
+
+
+Costs = HeadCosts | SharedCosts
+"""A cascade's cost model: per-head costs, or stages sharing work."""
+
+
+def _active(thresholds: np.ndarray) -> np.ndarray:
+    """Stages a cascade runs [P, S], from thresholds [P, S-1]: +inf skips a stage; the last always runs."""
+    return np.concatenate([thresholds < np.inf, np.ones((thresholds.shape[0], 1), dtype=bool)], axis=1)
 
 
 def head_costs(nesting: Sequence[int], cost: str = "final", num_classes: int | None = None) -> HeadCosts:
@@ -204,7 +259,7 @@ class CascadeOutcome:
         return float(self.utility.mean())
 
 
-def cascade_outcome(confidences: np.ndarray, utility: np.ndarray, thresholds: np.ndarray, costs: HeadCosts) -> CascadeOutcome:
+def cascade_outcome(confidences: np.ndarray, utility: np.ndarray, thresholds: np.ndarray, costs: Costs) -> CascadeOutcome:
     """Run the cascade and read off each sample's cost and utility.
 
     Args:
@@ -228,7 +283,7 @@ def cascade_outcome(confidences: np.ndarray, utility: np.ndarray, thresholds: np
 
 
 def evaluate_thresholds(
-    confidences: np.ndarray, utility: np.ndarray, thresholds: np.ndarray, costs: HeadCosts, chunk: int = 256
+    confidences: np.ndarray, utility: np.ndarray, thresholds: np.ndarray, costs: Costs, chunk: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
     """Mean cost and mean utility of many threshold vectors at once.
 
@@ -252,9 +307,7 @@ def evaluate_thresholds(
         raise MRLError(f"thresholds must be [P, {conf.shape[0] - 1}], got shape {thr.shape}")
     if np.isnan(thr).any():
         raise MRLError("thresholds must not be NaN")
-    active = np.concatenate([thr < np.inf, np.ones((thr.shape[0], 1), dtype=bool)], axis=1)
-    paid = costs.consult[None, :] * active
-    per_answer = costs.answer[None, :] + np.cumsum(paid, axis=1) - paid + costs.consult[None, :]  # [P, S]
+    active = _active(thr)
     mean_cost = np.empty(thr.shape[0])
     mean_util = np.empty(thr.shape[0])
     cols = np.arange(conf.shape[1])
@@ -264,7 +317,8 @@ def evaluate_thresholds(
         stops[:, :-1] = conf[None, :-1] >= block[:, :, None]
         chosen = stops.argmax(axis=1)  # [p, N]
         mean_util[start : start + chunk] = util[chosen, cols].mean(axis=1)
-        mean_cost[start : start + chunk] = np.take_along_axis(per_answer[start : start + chunk], chosen, axis=1).mean(axis=1)
+        per_answer = costs.per_answer_batch(active[start : start + chunk])  # [p, S]
+        mean_cost[start : start + chunk] = np.take_along_axis(per_answer, chosen, axis=1).mean(axis=1)
     return mean_cost, mean_util
 
 

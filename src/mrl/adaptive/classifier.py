@@ -21,7 +21,17 @@ from statistics import NormalDist
 
 import numpy as np
 
-from mrl.adaptive.cascading import COSTS, as_logits, cascade, cascade_outcome, head_costs, max_softmax
+from mrl.adaptive.cascading import (
+    COSTS,
+    Costs,
+    HeadCosts,
+    SharedCosts,
+    as_logits,
+    cascade,
+    cascade_outcome,
+    head_costs,
+    max_softmax,
+)
 from mrl.adaptive.search import ThresholdSweep, greedy_thresholds, select_with_confidence, sweep_thresholds
 from mrl.errors import MRLError, NotFittedError
 from mrl.nesting import validate_nesting
@@ -36,7 +46,9 @@ class AdaptiveClassifier:
     Args:
         nesting: ascending sizes [S], one per head (the order of the logits' first axis).
         cost: what the budget policy minimises: ``final`` (dims of the answering head),
-            ``cumulative`` (dims of every head run) or ``flops`` (m * C over heads run).
+            ``cumulative`` (dims of every head run) or ``flops`` (m * C over heads run); or a
+            cost model over the S stages (:class:`~mrl.adaptive.cascading.HeadCosts`,
+            :class:`~mrl.adaptive.cascading.SharedCosts`).
         policy: ``greedy`` (the paper's) or ``budget``.
         target_drop: budget policy without ``target``/``budget``: accepted accuracy loss (a
             fraction; 0.002 = 0.2 points) below the largest size on the fit data.
@@ -54,7 +66,8 @@ class AdaptiveClassifier:
         thresholds_: [S-1] max-softmax thresholds. sweep_: the :class:`ThresholdSweep` (budget
         policy; None for greedy). target_: the accuracy goal used (budget policy). n_classes_: C.
         fit_accuracy_, expected_dims_ (mean dims of the answering head),
-        expected_cumulative_dims_ (mean dims of all heads run), expected_flops_: on the fit data.
+        expected_cumulative_dims_ (mean dims of all heads run), expected_flops_, expected_cost_
+        (mean cost under ``cost``): on the fit data.
         certified_: budget policy with a target: whether a front point reached it with the margin;
         when none did, ``thresholds_`` are all +inf (the largest size answers, which is safe on new
         data) and a warning is logged. None for greedy and for a cost budget.
@@ -108,8 +121,10 @@ class AdaptiveClassifier:
 
     def _fit_arrays(self, conf: np.ndarray, correct: np.ndarray, num_classes: int, target=None, budget=None):
         nesting = validate_nesting(self.nesting)
-        if self.cost not in COSTS:
-            raise MRLError(f"cost must be one of {list(COSTS)}, got {self.cost!r}")
+        if not isinstance(self.cost, (HeadCosts, SharedCosts)) and self.cost not in COSTS:
+            raise MRLError(f"cost must be one of {list(COSTS)} or a cost model, got {self.cost!r}")
+        if isinstance(self.cost, (HeadCosts, SharedCosts)) and len(self.cost.answer) != len(nesting):
+            raise MRLError(f"the cost model has {len(self.cost.answer)} stages but nesting has {len(nesting)}")
         if self.policy not in POLICIES:
             raise MRLError(f"policy must be one of {list(POLICIES)}, got {self.policy!r}")
         if len(nesting) < 2:
@@ -134,7 +149,7 @@ class AdaptiveClassifier:
                 raise MRLError(f"target_drop is a fraction in [0, 1), got {self.target_drop}")
             if not 0.5 <= float(self.confidence) < 1.0:
                 raise MRLError(f"confidence is a level in [0.5, 1), got {self.confidence}")
-            costs = head_costs(nesting, self.cost, self.n_classes_)
+            costs = self._cost_model()
             self.sweep_: ThresholdSweep | None = sweep_thresholds(
                 conf, correct, costs, n_quantiles=self.n_quantiles, n_lambdas=self.n_lambdas
             )
@@ -163,6 +178,7 @@ class AdaptiveClassifier:
         self.expected_dims_ = stats["expected_dims"]
         self.expected_cumulative_dims_ = stats["expected_cumulative_dims"]
         self.expected_flops_ = stats["expected_flops"]
+        self.expected_cost_ = stats["expected_cost"]
         return self
 
     def predict(self, logits) -> tuple[np.ndarray, np.ndarray]:
@@ -176,8 +192,8 @@ class AdaptiveClassifier:
         return labels, np.asarray(self.nesting_)[chosen]
 
     def evaluate(self, logits, labels) -> dict:
-        """Accuracy, expected dims (final and cumulative), expected head FLOPs and the share of
-        samples answered at each size, on logits [S, N, C] and labels [N]."""
+        """Accuracy, expected dims (final and cumulative), expected head FLOPs, expected cost under
+        ``cost`` and the share of samples answered at each size, on logits [S, N, C] and labels [N]."""
         self._check_fitted()
         logits = self._check_logits(logits)
         labels = _check_labels(labels, logits.shape[1], logits.shape[2])
@@ -194,8 +210,14 @@ class AdaptiveClassifier:
             "expected_dims": final.mean_cost,
             "expected_cumulative_dims": cumulative,
             "expected_flops": flops,
+            "expected_cost": float(self._cost_model().per_answer(self.thresholds_)[final.chosen].mean()),
             "share_per_size": {str(m): float(v) for m, v in zip(self.nesting_, shares)},
         }
+
+    def _cost_model(self) -> Costs:
+        if isinstance(self.cost, (HeadCosts, SharedCosts)):
+            return self.cost
+        return head_costs(self.nesting_, self.cost, self.n_classes_)
 
     def _cost_of(self, chosen: np.ndarray, cost: str) -> float:
         per_answer = head_costs(self.nesting_, cost, self.n_classes_).per_answer(self.thresholds_)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mrl.adaptive.cascading import (
-    HeadCosts,
+    Costs,
     _cascade,
     _check_utility,
     check_confidences,
@@ -177,7 +177,7 @@ class _CoordinateSearch:
     """Exact one-coordinate scans of every grid value with the other thresholds held fixed, and
     coordinate descent built on them; every scanned point is recorded and pruned to the front."""
 
-    def __init__(self, conf: np.ndarray, util: np.ndarray, costs: HeadCosts, candidates: list[np.ndarray], keep_evaluated: bool):
+    def __init__(self, conf: np.ndarray, util: np.ndarray, costs: Costs, candidates: list[np.ndarray], keep_evaluated: bool):
         self.conf, self.util, self.costs, self.candidates = conf, util, costs, candidates
         self.num_sizes, self.n = conf.shape
         self.cols = np.arange(self.n)
@@ -255,7 +255,7 @@ class _CoordinateSearch:
 def sweep_thresholds(
     confidences: np.ndarray,
     utility: np.ndarray,
-    costs: HeadCosts,
+    costs: Costs,
     n_quantiles: int = 100,
     n_lambdas: int = 48,
     max_passes: int = 8,
@@ -327,7 +327,7 @@ def _lexargmin(primary: np.ndarray, secondary: np.ndarray, allowed: np.ndarray) 
     return int(idx[np.lexsort((secondary[idx], primary[idx]))[0]])
 
 
-def _lambda_grid(costs: HeadCosts, util: np.ndarray, n: int, n_lambdas: int) -> np.ndarray:
+def _lambda_grid(costs: Costs, util: np.ndarray, n: int, n_lambdas: int) -> np.ndarray:
     """Multipliers from "one sample's utility is worth the smallest cost step" to "worth N times the
     largest cost": the range over which the Lagrangian optimum can change."""
     all_active = costs.per_answer(np.zeros(len(costs.answer) - 1))
@@ -340,7 +340,7 @@ def _lambda_grid(costs: HeadCosts, util: np.ndarray, n: int, n_lambdas: int) -> 
 
 
 def exhaustive_thresholds(
-    confidences: np.ndarray, utility: np.ndarray, costs: HeadCosts, candidates: list[np.ndarray], max_points: int = 200_000
+    confidences: np.ndarray, utility: np.ndarray, costs: Costs, candidates: list[np.ndarray], max_points: int = 200_000
 ) -> ThresholdSweep:
     """Pareto front of every combination of the given per-size candidates (small problems; a
     reference for :func:`sweep_thresholds`).
@@ -369,7 +369,7 @@ def exhaustive_thresholds(
 def budget_thresholds(
     confidences: np.ndarray,
     utility: np.ndarray,
-    costs: HeadCosts,
+    costs: Costs,
     min_utility: float | None = None,
     max_cost: float | None = None,
     **sweep_options,

@@ -12,16 +12,19 @@ the full model, which answers whatever is left. Thresholds come from the existin
 policy: the cheapest cascade reaching an accuracy target): its "sizes" are the pairs' FLOPs, so
 its ``cumulative`` cost is the FLOPs of every pair run.
 
+What a cascade pays. Given only each pair's FLOPs (``flops``), every stage run is charged in full.
+Given their shareable parts too (``parts``, from :func:`mrl.width_grid.grid_parts`), a sample pays
+each part once, at the most that any stage run for it needs
+(:class:`~mrl.adaptive.cascading.SharedCosts`): pairs of one width share their hidden layers and
+the representation's first rows (z[:m'] extends z[:m]), and every width shares the first layer's
+product W_1[:k] x (only the norm after it is per width). That count is exact; without ``parts`` it
+is an upper bound.
+
 Two choices of stages (``stages``):
 
-* ``"pareto"``: every pair on the front. Its cost count is an upper bound: pairs of one width share
-  their trunk, which a cascade need not recompute, yet each is charged the whole trunk.
+* ``"pareto"``: every pair on the front.
 * ``"per-width"``: one pair per width, the most accurate on the fit data (the full model for the
-  last width), then the same front over those. Each stage runs a trunk no earlier stage ran, so
-  the count is exact for switchable BatchNorm (every width has its own statistics from the first
-  layer on); with LayerNorm, a wider trunk could reuse the first layer's rows of a narrower one,
-  so it is an upper bound by at most that layer. Extra heads at one width add little: a head of
-  m x C multiply-adds is small beside the trunk, and it is the trunk that a stage pays for.
+  last width), then the same front over those.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mrl.adaptive.cascading import as_logits, cascade, max_softmax
+from mrl.adaptive.cascading import Costs, SharedCosts, as_logits, cascade, head_costs, max_softmax
 from mrl.adaptive.classifier import AdaptiveClassifier, _check_labels
 from mrl.adaptive.search import pareto_front
 from mrl.errors import MRLError, NotFittedError
@@ -67,11 +70,15 @@ class WidthDimCascade:
         policy, target_drop, confidence, n_quantiles: as for
             :class:`~mrl.adaptive.classifier.AdaptiveClassifier`.
         stages: ``"pareto"`` (every pair on the fit data's front) or ``"per-width"`` (the most
-            accurate pair of each width, so that no trunk is paid twice); see the module docstring.
+            accurate pair of each width); see the module docstring.
+        parts: optional [W][G] dicts {part: multiply-adds} of each pair
+            (:func:`mrl.width_grid.grid_parts`), summing to ``flops``; with them, work that stages
+            share is paid once (exact), without them every stage run is paid in full.
 
     Attributes (after ``fit``):
         pairs_: [(width, size)] the cascade's stages in ascending FLOPs order. flops_: [S] their
-        FLOPs. classifier_: the fitted :class:`AdaptiveClassifier` over the stages.
+        FLOPs each on its own. costs_: the cost model the thresholds were fitted under.
+        classifier_: the fitted :class:`AdaptiveClassifier` over the stages.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -94,6 +101,7 @@ class WidthDimCascade:
         confidence: float = 0.9,
         n_quantiles: int = 25,
         stages: str = "pareto",
+        parts: Sequence[Sequence[dict[str, int]]] | None = None,
     ):
         self.widths = widths
         self.nesting = nesting
@@ -103,6 +111,7 @@ class WidthDimCascade:
         self.confidence = confidence
         self.n_quantiles = n_quantiles
         self.stages = stages
+        self.parts = parts
 
     def fit(self, logits, labels, target: float | None = None, budget: float | None = None) -> WidthDimCascade:
         """Choose the stages and learn their thresholds from held-out logits [W, G, N, C] and labels [N].
@@ -135,8 +144,9 @@ class WidthDimCascade:
         self.stages_ = flat_index[keep]
         self.pairs_ = [(float(self.widths[w]), int(self.nesting[g])) for w, g in order[keep]]
         self.flops_ = stage_flops[keep]
+        self.costs_ = self._costs(order[keep])
         self.classifier_ = AdaptiveClassifier(
-            self.flops_.astype(np.int64).tolist(), cost="cumulative", policy=self.policy, target_drop=self.target_drop,
+            self.flops_.astype(np.int64).tolist(), cost=self.costs_, policy=self.policy, target_drop=self.target_drop,
             confidence=self.confidence, n_quantiles=self.n_quantiles,
         ).fit(flat[self.stages_], labels, target=target, budget=budget)
         return self
@@ -154,12 +164,30 @@ class WidthDimCascade:
         stages = self._stage_logits(logits)
         stats = self.classifier_.evaluate(stages, labels)
         shares = {f"{w}x{m}": v for (w, m), v in zip(self.pairs_, stats["share_per_size"].values())}
-        return {"accuracy": stats["accuracy"], "expected_flops": stats["expected_cumulative_dims"], "share_per_pair": shares}
+        return {"accuracy": stats["accuracy"], "expected_flops": stats["expected_cost"], "share_per_pair": shares}
 
     def _stage_logits(self, logits) -> np.ndarray:
         if not hasattr(self, "classifier_"):
             raise NotFittedError("this WidthDimCascade is not fitted yet; call fit(val_logits, val_labels) first")
         return self._flatten(logits)[self.stages_]
+
+    def _costs(self, pairs: np.ndarray) -> Costs:
+        """The cost model over the stages (width index, size index) [S, 2]."""
+        if self.parts is None:
+            return head_costs(self._flops().ravel()[pairs[:, 0] * len(self.nesting) + pairs[:, 1]].tolist(), "cumulative")
+        flops = self._flops()
+        try:
+            grid = [[dict(self.parts[w][g]) for g in range(len(self.nesting))] for w in range(len(self.widths))]
+        except (TypeError, IndexError, ValueError):
+            raise MRLError(f"parts must be [W][G] = [{len(self.widths)}][{len(self.nesting)}] dicts of part -> FLOPs") from None
+        for w, row in enumerate(grid):
+            for g, pair in enumerate(row):
+                if sum(pair.values()) != flops[w, g]:
+                    raise MRLError(f"the parts of pair ({self.widths[w]}, {self.nesting[g]}) sum to {sum(pair.values())}, "
+                                   f"not its FLOPs {flops[w, g]}")
+        names = sorted({name for row in grid for pair in row for name in pair})
+        need = np.array([[grid[w][g].get(name, 0) for name in names] for w, g in pairs], dtype=np.float64)
+        return SharedCosts(need)
 
     def _flops(self) -> np.ndarray:
         flops = np.asarray(self.flops)

@@ -22,6 +22,7 @@ _OPTION_FIELDS = {
     "lr_step_epochs": "lr_step_epochs", "lr_gamma": "lr_gamma", "rep_activation": "rep_activation",
     "head_lr_scale": "head_lr_scale", "widths": "widths", "width_norm": "width_norm",
     "width_sampling": "width_sampling", "width_samples": "width_samples", "width_distill": "width_distill",
+    "width_weights": "width_weights",
     "hidden": "hidden",
 }
 
@@ -76,6 +77,8 @@ def _config_from_options(ctx: click.Context, params: dict, resume: bool, out: Pa
 @click.option("--width-distill", type=float, default=0.0, show_default=True,
               help="In-place distillation: share of the full width's soft predictions in each smaller width's loss "
                    "(0: labels only; 1: the full width's predictions only).")
+@click.option("--width-weights", default=None,
+              help="Each width's weight in the loss, comma-separated, one per --widths (default: all 1).")
 @click.option("--hidden", default=None, help="MLP hidden layer sizes, comma-separated (default 512,512).")
 @click.option("--epochs", type=int, default=10, show_default=True, help="Training epochs.")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Global batch size.")

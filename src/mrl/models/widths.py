@@ -196,7 +196,7 @@ class NestedWidthMLP(nn.Module):
         widths: the trained widths; needed by ``norm="batch"`` (one BatchNorm each).
 
     Shape:
-        forward_features(x, width): [B, in_features] or [B, *image] -> [B, d]
+        forward_features(x, width, size): [B, in_features] or [B, *image] -> [B, size or d]
 
     Example:
         >>> net = NestedWidthMLP(12, num_features=8, hidden=(16, 16))
@@ -248,15 +248,62 @@ class NestedWidthMLP(nn.Module):
         """Active units of each hidden layer at ``width``."""
         return [units_at(h, w) for h, w in zip(self.hidden, per_layer(width, len(self.hidden)))]
 
-    def flops(self, width: WidthSpec = None) -> int:
-        """Multiply-adds per example of the linear layers at ``width`` (norms and ReLUs not counted).
+    @property
+    def separable(self) -> bool:
+        """Whether z[:m] needs only the first m rows of the representation layer.
+
+        Switchable BatchNorm normalises each unit on its own, so yes; LayerNorm normalises over all
+        d units, so every row must run whatever prefix is used.
+        """
+        return self.norm == "batch"
+
+    def rep_rows(self, size: int | None = None) -> int:
+        """Rows of the representation layer that z[:size] needs (all d for None)."""
+        if size is None or not self.separable:
+            return self.num_features
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= self.num_features:
+            raise MRLError(f"size must be an integer in [1, {self.num_features}], got {size!r}")
+        return int(size)
+
+    def flops(self, width: WidthSpec = None, size: int | None = None) -> int:
+        """Multiply-adds per example of the linear layers that give z[:size] at ``width`` (norms
+        and ReLUs not counted).
 
         Example:
             >>> NestedWidthMLP(10, num_features=4, hidden=(8,)).flops(0.5)
             56
+            >>> NestedWidthMLP(10, num_features=4, hidden=(8,), norm="batch", widths=[0.5, 1]).flops(0.5, size=2)
+            48
         """
-        sizes = [self.in_features, *self.units(width), self.num_features]
-        return sum(a * b for a, b in zip(sizes, sizes[1:]))
+        return sum(self.flops_parts(width, size).values())
+
+    def flops_parts(self, width: WidthSpec = None, size: int | None = None) -> dict[str, int]:
+        """:meth:`flops` split into the parts that submodels can share, keyed by what they compute.
+
+        Two submodels with a part of the same key share it: the one that needs less of it uses a
+        prefix of what the other computes (so a cascade pays the larger once; see
+        :class:`~mrl.adaptive.cascading.SharedCosts`):
+
+        * ``"layer 1"``: the first layer's product W_1[:k] x before its norm, the same rows for every
+          width (the norm after it is per width, the product is not);
+        * ``"width w: layers 2-L"``: the other hidden layers at w (their inputs differ between
+          widths, so nothing is shared across widths);
+        * ``"width w: representation"``: the representation layer's rows that z[:size] needs.
+
+        Example:
+            >>> net = NestedWidthMLP(10, num_features=4, hidden=(8, 8), norm="batch", widths=[0.5, 1])
+            >>> net.flops_parts(0.5, size=2)
+            {'layer 1': 40, 'width 0.5: layers 2-L': 16, 'width 0.5: representation': 8}
+        """
+        units = self.units(width)
+        fractions = per_layer(width, len(self.hidden))
+        key = "width " + (f"{fractions[0]:g}" if len(set(fractions)) == 1 else ",".join(f"{w:g}" for w in fractions))
+        sizes = [self.in_features, *units]
+        return {
+            "layer 1": self.in_features * units[0],
+            f"{key}: layers 2-L": sum(a * b for a, b in zip(sizes[1:], sizes[2:])),
+            f"{key}: representation": units[-1] * self.rep_rows(size),
+        }
 
     def _norm_index(self, fraction: float) -> int:
         """Which switchable BatchNorm serves a layer at ``fraction`` (a trained width)."""
@@ -264,7 +311,10 @@ class NestedWidthMLP(nn.Module):
             raise MRLError(f"a switchable-BatchNorm model runs its trained widths {self.widths} only, got {fraction}")
         return self.widths.index(fraction)
 
-    def forward_features(self, x: torch.Tensor, width: WidthSpec = None) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor, width: WidthSpec = None, size: int | None = None) -> torch.Tensor:
+        """The representation z at ``width``; with ``size``, z[:size] alone, from the representation
+        layer's first rows where the norm allows (:attr:`separable`; in eval mode, as the running
+        statistics are sliced), else from the whole z."""
         x = x.flatten(1)
         if x.shape[1] != self.in_features:
             raise MRLError(f"MLP expects {self.in_features} input features, got shape {tuple(x.shape)}")
@@ -278,9 +328,17 @@ class NestedWidthMLP(nn.Module):
             else:
                 x = norm(x, self._norm_index(w))
             x = F.relu(x)
+        rows = self.rep_rows(size)
+        if rows < self.num_features:
+            if self.training:
+                raise MRLError("a prefix of the representation alone (size) runs in eval mode only")
+            bn = self.proj[1][self._norm_index(fractions[-1])]
+            x = sliced_linear(self.proj[0], x, rows)
+            x = F.batch_norm(x, bn.running_mean[:rows], bn.running_var[:rows], bn.weight[:rows], bn.bias[:rows], False, 0.0, bn.eps)
+            return self.proj[2:](x)
         x = sliced_linear(self.proj[0], x)
         x = self.proj[1](x) if self.norm == "layer" else self.proj[1](x, self._norm_index(fractions[-1]))
-        return self.proj[2:](x)
+        return self.proj[2:](x)[:, :size]
 
     forward = forward_features
 
