@@ -58,6 +58,7 @@ baseline, whether an mrl point dominates it; writes JSON and a recall-vs-ms plot
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import platform
@@ -181,6 +182,10 @@ def mrl_points(index: FunnelIndex, tune_queries: np.ndarray, args, tune_exact: n
     targets = [args.target_recall, args.low_target, *args.extra_targets]
     points = []
     for spec in parse_shortlists(args.mrl_shortlists):
+        graph = ""
+        if spec.kind == "hnsw" and (args.hnsw_m or args.ef_construction):
+            spec = dataclasses.replace(spec, hnsw_m=args.hnsw_m or spec.hnsw_m, ef_construction=args.ef_construction or spec.ef_construction)
+            graph = f" M={spec.hnsw_m} efC={spec.ef_construction}"
         candidates = candidate_funnels(index.dim, spec.dim, index.ntotal, K, max_length=args.tune_max_length)
         start = time.perf_counter()
         tuner = index.tune(tune_queries, k=K, target_recall=max(targets), shortlists=[spec], exact_ids=tune_exact, repeats=1,
@@ -197,7 +202,7 @@ def mrl_points(index: FunnelIndex, tune_queries: np.ndarray, args, tune_exact: n
             chosen = [tuner.best_]  # the most accurate point when no target was met
         for row in chosen:
             options = {key: row[key] for key in ("nprobe", "ef_search") if row[key] is not None}
-            label = f"mrl {row['shortlist']} {row['spec']}" + "".join(f" {k}={v}" for k, v in options.items())
+            label = f"mrl {row['shortlist']}{graph} {row['spec']}" + "".join(f" {k}={v}" for k, v in options.items())
             points.append({"name": label, "structure": structure, "funnel": row["funnel"], "options": options,
                            "ram": row["ram_bytes_per_vector"], "build_s": row["build_seconds"], "tuned_recall": row["knn_recall"]})
         logger.info("%s: kept %s", spec, ", ".join(f"{r['spec']} ({r['knn_recall']:.4f})" for r in chosen))
@@ -418,6 +423,9 @@ def main() -> None:
                         help="more recall levels (comma-separated, e.g. 0.5,0.999) at which each structure's fastest point is kept")
     parser.add_argument("--mrl-shortlists", default="flat:float32:16;flat:int8:32;flat:binary:64;hnsw:float32:16;ivf:int8:32:16",
                         help="mrl structures (kind:encoding:dim[:coarse_dim | :opq_niter], ';'-separated)")
+    parser.add_argument("--hnsw-m", type=int, default=None, help="graph degree M of the mrl HNSW shortlists (default: ShortlistSpec's 32)")
+    parser.add_argument("--ef-construction", type=int, default=None,
+                        help="build beam of the mrl HNSW shortlists (default: ShortlistSpec's 80)")
     parser.add_argument("--stores", type=lambda text: {"mmap"} | {s.strip() for s in text.split(",") if s.strip()}, default="mmap,memory",
                         help="where the timed mrl points keep full vectors, comma-separated: mmap (float16 on disk, always), "
                              "mmap32 (float32 on disk) and memory (float32 in RAM)")
