@@ -36,8 +36,8 @@ baseline, whether an mrl point dominates it; writes JSON and a recall-vs-ms plot
     .venv/bin/python benchmarks/pareto.py --database runs/demo/mrl_train.npz --queries runs/demo/mrl_test.npz
     # the top of the recall range: float32 vectors memory-mapped as well, funnels tuned against float32 exact search
     .venv/bin/python benchmarks/pareto.py --database runs/demo/mrl_train.npz --queries runs/demo/mrl_test.npz \
-        --baselines hnsw --target-recall 0.999 --extra-targets 0.9995,1.0 --mrl-shortlists "hnsw:int8:512;hnsw:int8:1024" \
-        --stores mmap,mmap32,memory --tune-store mmap32
+        --baselines hnsw --target-recall 0.999 --extra-targets 0.9995,1.0 --mrl-shortlists "hnsw:int8:1024;hnsw:float16:1024" \
+        --hnsw-m 48 --ef-construction 200 --stores mmap,mmap32,memory --tune-store mmap32
     # real embeddings of models trained without MRL
     .venv/bin/python benchmarks/pareto.py --dataset jeopardy --mrl-shortlists "flat:float32:64;hnsw:float32:128"
     .venv/bin/python benchmarks/pareto.py --dataset wordnet-minilm --wordnet-n 20000 --mrl-shortlists "flat:float32:64;hnsw:float32:96"
@@ -215,22 +215,23 @@ STORES = {"mmap": ("float16", "mmap", "[mmap f16]"), "mmap32": ("float32", "mmap
 
 
 def with_stores(points: list[dict], indexes: dict[str, FunnelIndex]) -> list[dict]:
-    """Each tuned point searched over each store's index (the same structure and funnel), in
-    :data:`STORES` order. RAM is the tuned point's own (shortlist structure; full vectors mapped)
+    """Each tuned point searched over each store's index (the same structure and funnel), in the
+    order of ``indexes``. RAM is the tuned point's own (shortlist structure; full vectors mapped)
     plus, for the in-memory store, the full vectors' bytes."""
     out = []
-    for name, index in sorted(indexes.items(), key=lambda item: list(STORES).index(item[0])):
+    for name, index in indexes.items():
         vector_bytes = index.dim * np.dtype(index.dtype).itemsize if index.store == "memory" else 0
         out += [{**p, "name": f"{p['name']} {STORES[name][2]}", "index": index, "ram": p["ram"] + vector_bytes} for p in points]
     return out
 
 
 def store_indexes(vectors: np.ndarray, stores: set[str], tmp: Path) -> dict[str, FunnelIndex]:
-    """One FunnelIndex per store (flat 16-dim shortlist; the points swap in their own structure):
-    mapped stores saved under ``tmp`` / name and loaded memory-mapped, the in-memory one on
-    ``vectors`` as given (float32: no copy)."""
+    """One FunnelIndex per store, in :data:`STORES` order (flat 16-dim shortlist; the points swap in
+    their own structure): mapped stores saved under ``tmp`` / name and loaded memory-mapped, the
+    in-memory one on ``vectors`` (no copy when they are float32; float16 ones, as cached at 1M, are
+    converted whole, 4 N D bytes, for mmap32 and memory)."""
     indexes = {}
-    for name in stores:
+    for name in sorted(stores, key=list(STORES).index):
         dtype, store, _ = STORES[name]
         start = time.perf_counter()
         built = FunnelIndex(vectors, shortlist_dim=16, dtype=dtype)
