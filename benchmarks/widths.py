@@ -196,28 +196,36 @@ def run_lm(args) -> dict:
     root = args.out / "lm"
     shape = dict(vocab_size=args.vocab_size, context=64, d_model=args.d_model, n_layers=args.layers, n_heads=4,
                  nesting=[int(v) for v in args.lm_nesting.split(",")])
-    runs = {"nested": LMConfig(widths=args.lm_widths, **shape)}
+    train = dict(steps=args.lm_steps, seed=args.seeds[0])
+    runs = {"nested": (LMConfig(widths=args.lm_widths, **shape), LMTrainConfig(**train))}
     # widest first: the full width's gap is the one that decides, so it is known first if a run is cut short
-    runs.update({f"alone-{w}": LMConfig(ffn_hidden=units_at(4 * args.d_model, w), **shape) for w in args.lm_widths[::-1]})
+    runs.update({f"alone-{w}": (LMConfig(ffn_hidden=units_at(4 * args.d_model, w), **shape), LMTrainConfig(**train))
+                 for w in args.lm_widths[::-1]})
+    weighted = {f"nested-weights{':'.join(f'{c:g}' for c in weights)}":
+                (LMConfig(widths=args.lm_widths, **shape), LMTrainConfig(width_weights=weights, **train))
+                for weights in args.lm_weightings}
+    runs.update(weighted)
     first = None
     results = {}
-    for name, config in runs.items():
+    for name, (config, train_config) in runs.items():
         run_dir = root / name
         if not (run_dir / "config.json").exists():
-            prepare_run(run_dir, "wordnet", config, LMTrainConfig(steps=args.lm_steps, seed=args.seeds[0]), tokens_from=first)
+            prepare_run(run_dir, "wordnet", config, train_config, tokens_from=first)
         first = first or run_dir
         if not (run_dir / "model.safetensors").exists():
             lm_train(run_dir, resume=True, progress=False)
         if not (run_dir / "eval.json").exists():
             lm_evaluate(run_dir, max_tokens=args.lm_max_tokens, progress=False)
         results[name] = read_json(run_dir / "eval.json")
+    def ratio(per_width: dict) -> dict:
+        return {str(w): {m: per_width[str(w)]["ppl"][m] / results[f"alone-{w}"]["ppl"][m] for m in per_width[str(w)]["ppl"]}
+                for w in args.lm_widths}
+
     per_width = results["nested"]["widths"]
-    ratio = {
-        str(w): {m: per_width[str(w)]["ppl"][m] / results[f"alone-{w}"]["ppl"][m] for m in per_width[str(w)]["ppl"]}
-        for w in args.lm_widths
-    }
     return {"nested": per_width, "alone": {str(w): results[f"alone-{w}"]["ppl"] for w in args.lm_widths},
-            "ppl_ratio_nested_over_alone": ratio}
+            "ppl_ratio_nested_over_alone": ratio(per_width),
+            "weighted": {name: {"nested": results[name]["widths"], "ppl_ratio_nested_over_alone": ratio(results[name]["widths"])}
+                         for name in weighted}}
 
 
 def mean_std(values) -> str:
@@ -316,9 +324,13 @@ def table(results: dict) -> str:
         lines += ["", "WordNet LM validation perplexity, nested / alone (ratio):", "",
                   "| width | trunk MACs/token | " + " | ".join(f"head {m}" for m in sizes) + " |",
                   "|---:|---:|" + "---:|" * len(sizes)]
-        for w, ratio in lm["ppl_ratio_nested_over_alone"].items():
-            cells = [f"{lm['nested'][w]['ppl'][m]:.2f} / {lm['alone'][w][m]:.2f} ({ratio[m]:.3f})" for m in sizes]
-            lines.append(f"| {w} | {lm['nested'][w]['trunk_flops']:,} | " + " | ".join(cells) + " |")
+        for name, part in {"nested": lm, **lm.get("weighted", {})}.items():
+            if name != "nested":
+                lines += ["", f"{name}:", "", "| width | trunk MACs/token | " + " | ".join(f"head {m}" for m in sizes) + " |",
+                          "|---:|---:|" + "---:|" * len(sizes)]
+            for w, ratio in part["ppl_ratio_nested_over_alone"].items():
+                cells = [f"{part['nested'][w]['ppl'][m]:.2f} / {lm['alone'][w][m]:.2f} ({ratio[m]:.3f})" for m in sizes]
+                lines.append(f"| {w} | {part['nested'][w]['trunk_flops']:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -348,6 +360,8 @@ def main() -> None:
     parser.add_argument("--width-samples", type=int, default=1, help="k of the random and sandwich rules")
     parser.add_argument("--lm-widths", default="0.25,0.5,1")
     parser.add_argument("--lm-nesting", default="8,16,32,64,128")
+    parser.add_argument("--lm-weightings", default="",
+                        help="';'-separated --width-weights lists of the LM, ':' between weights (e.g. '1:1:2'), each a nested LM")
     parser.add_argument("--lm-steps", type=int, default=400)
     parser.add_argument("--lm-max-tokens", type=int, default=50_000, help="validation tokens scored per model")
     parser.add_argument("--d-model", type=int, default=128)
@@ -362,6 +376,7 @@ def main() -> None:
     args.samplings = [v for v in args.samplings.split(",") if v]
     args.distills = [float(v) for v in args.distills.split(",") if v]
     args.weightings = [[float(w) for w in v.split(":")] for v in args.weightings.split(";") if v.strip()]
+    args.lm_weightings = [[float(w) for w in v.split(":")] for v in args.lm_weightings.split(";") if v.strip()]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     classify = run_classification(args) if args.part in ("classify", "all") else None

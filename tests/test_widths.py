@@ -715,3 +715,34 @@ def test_cascade_refuses_parts_that_do_not_sum_to_the_flops():
         WidthDimCascade([0.5, 1.0], [4, 8], np.array([[1, 2], [3, 4]]), parts=parts).fit(logits, labels)
     with pytest.raises(MRLError, match=r"parts must be \[W\]\[G\] = \[2\]\[2\] dicts"):
         WidthDimCascade([0.5, 1.0], [4, 8], np.array([[1, 2], [3, 4]]), parts=[[{"a": 1}]]).fit(logits, labels)
+
+
+def test_lm_width_weights_scale_each_widths_loss_and_bad_ones_write_nothing(tmp_path):
+    from test_lm import sentences
+
+    from mrl.lm.train import TrainConfig as LMTrainConfig
+    from mrl.lm.train import prepare_run
+    from mrl.lm.train import train as lm_train
+
+    corpus = tmp_path / "toy.txt"
+    corpus.write_text("\n\n".join(sentences(200)) + "\n")
+    shape = dict(vocab_size=64, context=8, d_model=16, n_layers=1, n_heads=2, nesting=[4, 16], widths=[0.25, 1.0])
+    states = {}
+    for name, weights in (("none", None), ("ones", [1.0, 1.0]), ("more", [1.0, 3.0])):
+        prepare_run(tmp_path / name, str(corpus), LMConfig(**shape), LMTrainConfig(steps=3, batch_size=4, width_weights=weights),
+                    tokens_from=None if name == "none" else tmp_path / "none")
+        states[name] = lm_train(tmp_path / name, progress=False).state_dict()
+    assert all(torch.equal(states["none"][k], states["ones"][k]) for k in states["none"])
+    assert any(not torch.equal(states["none"][k], states["more"][k]) for k in states["none"])
+    for weights, message in (([1.0], r"width weights need one value per width \(2\), got \[1.0\]"),
+                             ("1,x", "width-weights must be comma-separated numbers, got '1,x'"),
+                             ([1.0, 0.0], r"every width weight must be .*> 0.*, got 0")):
+        with pytest.raises(MRLError, match=message):
+            prepare_run(tmp_path / "bad", str(corpus), LMConfig(**shape), LMTrainConfig(steps=3, width_weights=weights))
+        assert not (tmp_path / "bad").exists()
+    out = tmp_path / "cli-bad"
+    result = run_cli("lm", "train", "--corpus", corpus, "--out", out, "--nesting", "4,16", "--vocab-size", 64, "--d-model", 16,
+                     "--layers", 1, "--n-heads", 2, "--context", 8, "--steps", 2, "--width-weights", "1,2", "--quiet")
+    assert result.exit_code == 1 and result.output.strip().splitlines() == [
+        "Error: width-weights apply to a model with nested widths; pass --widths"]
+    assert not out.exists()

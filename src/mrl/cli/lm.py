@@ -11,7 +11,7 @@ from mrl.errors import MRLError
 from mrl.validation import check_float, check_int, check_seed, click_check
 
 _MODEL_OPTIONS = ("vocab_size", "context", "d_model", "n_layers", "n_heads", "head", "nesting", "widths")
-_TRAIN_OPTIONS = ("steps", "batch_size", "lr", "seed")
+_TRAIN_OPTIONS = ("steps", "batch_size", "lr", "seed", "width_weights")
 
 
 def _set_threads(threads: int) -> None:
@@ -36,6 +36,8 @@ def lm_group() -> None:
 @click.option("--nesting", default="8,16,32,64,128", show_default=True, help="Comma-separated ascending head sizes (mrl, mrl-e).")
 @click.option("--widths", default=None,
               help="Nested FFN widths (MatFormer): ascending fractions ending at 1, e.g. 0.25,0.5,1; every width is trained.")
+@click.option("--width-weights", default=None,
+              help="Each width's weight in the loss, comma-separated, one per --widths (default: all 1).")
 @click.option("--vocab-size", type=int, callback=click_check(check_int, min=8, max=1 << 20), default=2048, show_default=True, help="BPE vocabulary size (tokenizer trained on the corpus).")
 @click.option("--d-model", type=int, callback=click_check(check_int, min=1, max=1 << 16), default=128, show_default=True, help="Hidden size d of the transformer.")
 @click.option("--layers", "n_layers", type=int, callback=click_check(check_int, min=1, max=1024), default=2, show_default=True, help="Transformer blocks.")

@@ -42,7 +42,7 @@ from mrl.lm.tokenizer import LMTokenizer
 from mrl.loop import Loop, Position
 from mrl.losses import MatryoshkaLoss
 from mrl.training import load_optimizer_tensors, optimizer_tensors
-from mrl.validation import check_float, check_int, check_seed
+from mrl.validation import check_float, check_int, check_seed, split_numbers
 
 log = logging.getLogger(__name__)
 KIND = "lm-run"
@@ -68,6 +68,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     log_every: int = 20
     eval_batches: int = 8  # validation windows (x batch_size) scored at each checkpoint
+    width_weights: list[float] | None = None  # a nested-width model: each width's share of the loss; None: all 1
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "warmup_steps", "checkpoint_every", "log_every", "eval_batches"):
@@ -78,6 +79,22 @@ class TrainConfig:
         self.min_lr = check_float("min_lr", self.min_lr, min=0, max=self.lr)
         self.weight_decay = check_float("weight_decay", self.weight_decay, min=0, max=1e3)
         self.grad_clip = check_float("grad_clip", self.grad_clip, min=0, min_open=True)
+        if isinstance(self.width_weights, str):
+            self.width_weights = split_numbers(self.width_weights, float,
+                                               f"width-weights must be comma-separated numbers, got {self.width_weights!r}")
+        if self.width_weights is not None:
+            if not isinstance(self.width_weights, list) or not self.width_weights:
+                raise MRLError(f"width weights must be a non-empty list, got {self.width_weights!r}")
+            self.width_weights = [check_float("every width weight", w, min=0, max=1e6, min_open=True) for w in self.width_weights]
+
+    def check_for(self, model: LMConfig) -> None:
+        """Refuse settings that do not fit the model: width weights need one value per width."""
+        if self.width_weights is None:
+            return
+        if model.widths is None:
+            raise MRLError("width-weights apply to a model with nested widths; pass --widths")
+        if len(self.width_weights) != len(model.widths):
+            raise MRLError(f"width weights need one value per width ({len(model.widths)}), got {self.width_weights}")
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
@@ -247,6 +264,7 @@ def prepare_run(
             copied (so models compared with each other see the same tokens, tokenised once).
     """
     run_dir = Path(run_dir)
+    train_config.check_for(model_config)
     names = ("tokens_train.npy", "tokens_val.npy")
     if tokens_from is not None:
         source = Path(tokens_from)
@@ -300,6 +318,7 @@ def _train(run_dir: Path, resume: bool, stop_after: int | None, progress: bool) 
     config = read_run_config(run_dir)
     model_config = LMConfig.from_dict(config["model"])
     cfg = TrainConfig.from_dict(config["train"])
+    cfg.check_for(model_config)
     torch.manual_seed(cfg.seed)
     model = MatryoshkaLM(model_config)
     opt = make_optimizer(model, cfg)
@@ -331,9 +350,10 @@ def _train(run_dir: Path, resume: bool, stop_after: int | None, progress: bool) 
 
     def backward(batch: tuple[torch.Tensor, torch.Tensor], step: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = batch
+        widths = model_config.widths or [None]
         per_size = sum(
-            loss_fn.per_size(model.per_size_logits(model.hidden(x, w).flatten(0, 1)), y.flatten())
-            for w in model_config.widths or [None]
+            c * loss_fn.per_size(model.per_size_logits(model.hidden(x, w).flatten(0, 1)), y.flatten())
+            for c, w in zip(cfg.width_weights or [1.0] * len(widths), widths)
         )
         loss = (loss_fn.weights * per_size).sum()
         if torch.isfinite(loss):
