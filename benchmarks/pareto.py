@@ -74,7 +74,7 @@ import torch
 
 from mrl.io import atomic_write_bytes, load_npz, write_json
 from mrl.metrics import Relevance, knn_recall_at_k, retrieval_summary
-from mrl.retrieval import FunnelIndex, candidate_funnels, exact_search, format_funnel, pareto_front, parse_shortlists
+from mrl.retrieval import FunnelIndex, candidate_funnels, exact_search, pareto_front, parse_shortlists
 
 logger = logging.getLogger("pareto")
 K = 10

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import importlib
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,25 @@ import torch
 from mrl.data.datasets import FASHION_MNIST_DIR, IDX_FILES
 
 DEVICE = torch.device(os.environ.get("TORCH_DEVICE", "cpu"))
+
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def benchmark_module(monkeypatch):
+    """``benchmark_module("pareto")`` imports benchmarks/pareto.py as a module, fresh; it and the
+    benchmark scripts it imports are forgotten afterwards."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    scripts = {path.stem for path in BENCHMARKS.glob("*.py")}
+
+    def forget() -> None:
+        for name in scripts:
+            sys.modules.pop(name, None)
+
+    forget()
+    yield importlib.import_module
+    forget()
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

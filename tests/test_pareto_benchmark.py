@@ -5,24 +5,16 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import BENCHMARKS
 from mrl.retrieval import FunnelIndex
 
-BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
-
-
 @pytest.fixture
-def pareto(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    sys.modules.pop("pareto", None)
-    import pareto
-
-    yield pareto
-    sys.modules.pop("pareto", None)
+def pareto(benchmark_module):
+    return benchmark_module("pareto")
 
 
 def _cosine_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
-
-
 @pytest.fixture
-def cache(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    for name in ("synthetic_cache", "funnel_search"):
-        sys.modules.pop(name, None)
-    import synthetic_cache
-
-    yield synthetic_cache
-    for name in ("synthetic_cache", "funnel_search"):
-        sys.modules.pop(name, None)
+def cache(benchmark_module):
+    return benchmark_module("synthetic_cache")
 
 
 def _flip_byte(path: Path, offset: int) -> None:

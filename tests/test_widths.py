@@ -20,7 +20,7 @@ from mrl.lm.train import load_model
 from mrl.lm.model import LMConfig, MatryoshkaLM
 from mrl.losses import MatryoshkaLoss
 from mrl.models import MLP, MatryoshkaClassifier, NestedFFN, NestedWidthMLP
-from mrl.models.widths import per_layer, units_at, validate_widths, widths_for_step
+from mrl.models.widths import per_layer, units_at, widths_for_step
 from mrl.training import build_model, train, width_losses
 from mrl.width_grid import evaluate_grid, grid_flops, grid_parts
 

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 
 from mrl.io import read_json
 
-BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
-
-
 @pytest.fixture
-def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    sys.modules.pop("widths", None)
-    import widths
-
-    yield widths
-    sys.modules.pop("widths", None)
+def bench(benchmark_module):
+    return benchmark_module("widths")
 
 
 def _seed(nested: dict, alone: dict) -> dict:
