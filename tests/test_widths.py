@@ -637,12 +637,13 @@ def test_a_representation_prefix_alone_equals_the_prefix_of_the_whole(norm, widt
         assert net.flops(width, size=m) == 20 * k1 + k1 * k2 + k2 * rows
         assert sum(net.flops_parts(width, size=m).values()) == net.flops(width, size=m)
     assert net.flops(width) == 20 * k1 + k1 * k2 + k2 * 12
+    for bad in (0, 13, 2.5, True):
+        with pytest.raises(MRLError, match=rf"size must be an integer in \[1, 12\], got {bad!r}"):
+            net(x, width=width, size=bad)
     if norm == "batch":
         net.train()
         with pytest.raises(MRLError, match="runs in eval mode only"):
             net(x, width=width, size=4)
-        with pytest.raises(MRLError, match=r"size must be an integer in \[1, 12\], got 13"):
-            net.flops(width, size=13)
 
 
 def test_shared_parts_name_what_widths_can_reuse():

@@ -259,11 +259,11 @@ class NestedWidthMLP(nn.Module):
 
     def rep_rows(self, size: int | None = None) -> int:
         """Rows of the representation layer that z[:size] needs (all d for None)."""
-        if size is None or not self.separable:
+        if size is None:
             return self.num_features
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 1 <= size <= self.num_features:
             raise MRLError(f"size must be an integer in [1, {self.num_features}], got {size!r}")
-        return int(size)
+        return int(size) if self.separable else self.num_features
 
     def flops(self, width: WidthSpec = None, size: int | None = None) -> int:
         """Multiply-adds per example of the linear layers that give z[:size] at ``width`` (norms
