@@ -17,10 +17,10 @@ from mrl.errors import MRLError
 from mrl.io import read_json, write_json
 from mrl.models import MODELS, is_model_name
 from mrl.models.mlp import REP_ACTIVATIONS
-from mrl.models.widths import NORMS, WIDTH_SAMPLING, max_width_samples, parse_widths
+from mrl.models.widths import NORMS, WIDTH_SAMPLING, max_width_samples, parse_width_weights, parse_widths
 from mrl.nesting import parse_nesting, validate_nesting
 from mrl.recipe import OPTIMIZERS, PRECISIONS, SCHEDULES
-from mrl.validation import check_choice, check_float, check_int, check_seed, split_numbers
+from mrl.validation import check_choice, check_float, check_int, check_seed
 
 MODES = ("mrl", "mrl-e", "ff")
 # Upper bounds that only refuse absurd values (a typo or a hostile config), never a real run.
@@ -151,13 +151,8 @@ class TrainConfig:
         if self.widths is None and (self.width_norm != "layer" or self.width_sampling != "all" or self.width_distill
                                     or self.width_weights is not None):
             raise MRLError("width-norm, width-sampling, width-distill and width-weights apply to nested widths; pass --widths")
-        if isinstance(self.width_weights, str):
-            self.width_weights = split_numbers(self.width_weights, float,
-                                               f"width-weights must be comma-separated numbers, got {self.width_weights!r}")
-        if self.width_weights is not None:
-            if not isinstance(self.width_weights, list) or len(self.width_weights) != len(self.widths):
-                raise MRLError(f"width weights need one value per width ({len(self.widths)}), got {self.width_weights!r}")
-            self.width_weights = [check_float("every width weight", w, min=0, max=1e6, min_open=True) for w in self.width_weights]
+        if self.widths is not None:
+            self.width_weights = parse_width_weights(self.width_weights, len(self.widths))
         if self.width_distill and self.width_sampling == "random":
             raise MRLError("width-distill needs the full width in every step (its teacher): use width-sampling all or "
                            "sandwich, not random")

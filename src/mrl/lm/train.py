@@ -41,8 +41,9 @@ from mrl.lm.model import LMConfig, MatryoshkaLM
 from mrl.lm.tokenizer import LMTokenizer
 from mrl.loop import Loop, Position
 from mrl.losses import MatryoshkaLoss
+from mrl.models.widths import parse_width_weights
 from mrl.training import load_optimizer_tensors, optimizer_tensors
-from mrl.validation import check_float, check_int, check_seed, split_numbers
+from mrl.validation import check_float, check_int, check_seed
 
 log = logging.getLogger(__name__)
 KIND = "lm-run"
@@ -79,13 +80,7 @@ class TrainConfig:
         self.min_lr = check_float("min_lr", self.min_lr, min=0, max=self.lr)
         self.weight_decay = check_float("weight_decay", self.weight_decay, min=0, max=1e3)
         self.grad_clip = check_float("grad_clip", self.grad_clip, min=0, min_open=True)
-        if isinstance(self.width_weights, str):
-            self.width_weights = split_numbers(self.width_weights, float,
-                                               f"width-weights must be comma-separated numbers, got {self.width_weights!r}")
-        if self.width_weights is not None:
-            if not isinstance(self.width_weights, list) or not self.width_weights:
-                raise MRLError(f"width weights must be a non-empty list, got {self.width_weights!r}")
-            self.width_weights = [check_float("every width weight", w, min=0, max=1e6, min_open=True) for w in self.width_weights]
+        self.width_weights = parse_width_weights(self.width_weights)
 
     def check_for(self, model: LMConfig) -> None:
         """Refuse settings that do not fit the model: width weights need one value per width."""
@@ -93,8 +88,7 @@ class TrainConfig:
             return
         if model.widths is None:
             raise MRLError("width-weights apply to a model with nested widths; pass --widths")
-        if len(self.width_weights) != len(model.widths):
-            raise MRLError(f"width weights need one value per width ({len(model.widths)}), got {self.width_weights}")
+        parse_width_weights(self.width_weights, len(model.widths))
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:

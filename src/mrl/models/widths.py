@@ -86,6 +86,24 @@ def parse_widths(text: str | Sequence[float] | None) -> list[float] | None:
     return validate_widths(text)
 
 
+def parse_width_weights(value: str | Sequence[float] | None, count: int | None = None) -> list[float] | None:
+    """Parse per-width loss weights (``"2,1,1,1"`` or a list): positive numbers, ``count`` of them
+    when given (one per width); None stays None.
+
+    Example:
+        >>> parse_width_weights("2, 1,1", count=3)
+        [2.0, 1.0, 1.0]
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = split_numbers(value, float, f"width-weights must be comma-separated numbers, got {value!r}")
+    if not isinstance(value, list) or not value or (count is not None and len(value) != count):
+        per_width = "" if count is None else f" ({count})"
+        raise MRLError(f"width weights need one value per width{per_width}, got {value!r}")
+    return [check_float("every width weight", w, min=0, max=1e6, min_open=True) for w in value]
+
+
 def units_at(hidden: int, fraction: float) -> int:
     """Active units of a hidden layer of ``hidden`` units at width ``fraction`` (at least 1).
 
