@@ -44,7 +44,7 @@ def grid_parts(model: MatryoshkaClassifier, widths: Sequence[float]) -> list[lis
         row = []
         for m in model.nesting:
             parts = model.backbone.flops_parts(w, m)
-            key = next(k for k in parts if k.endswith(": representation")).removesuffix(": representation")
+            key = model.backbone.width_label(w)
             parts[f"{key}: head" if model.head.tied else f"{key}: head {m}"] = m * model.head.num_classes
             row.append(parts)
         grid.append(row)

@@ -24,8 +24,6 @@ import numpy as np
 from mrl.adaptive.cascading import (
     COSTS,
     Costs,
-    HeadCosts,
-    SharedCosts,
     as_logits,
     cascade,
     cascade_outcome,
@@ -121,9 +119,9 @@ class AdaptiveClassifier:
 
     def _fit_arrays(self, conf: np.ndarray, correct: np.ndarray, num_classes: int, target=None, budget=None):
         nesting = validate_nesting(self.nesting)
-        if not isinstance(self.cost, (HeadCosts, SharedCosts)) and self.cost not in COSTS:
+        if not isinstance(self.cost, Costs) and self.cost not in COSTS:
             raise MRLError(f"cost must be one of {list(COSTS)} or a cost model, got {self.cost!r}")
-        if isinstance(self.cost, (HeadCosts, SharedCosts)) and len(self.cost.answer) != len(nesting):
+        if isinstance(self.cost, Costs) and len(self.cost.answer) != len(nesting):
             raise MRLError(f"the cost model has {len(self.cost.answer)} stages but nesting has {len(nesting)}")
         if self.policy not in POLICIES:
             raise MRLError(f"policy must be one of {list(POLICIES)}, got {self.policy!r}")
@@ -215,7 +213,7 @@ class AdaptiveClassifier:
         }
 
     def _cost_model(self) -> Costs:
-        if isinstance(self.cost, (HeadCosts, SharedCosts)):
+        if isinstance(self.cost, Costs):
             return self.cost
         return head_costs(self.nesting_, self.cost, self.n_classes_)
 

@@ -172,9 +172,9 @@ class WidthDimCascade:
         return self._flatten(logits)[self.stages_]
 
     def _costs(self, pairs: np.ndarray) -> Costs:
-        """The cost model over the stages (width index, size index) [S, 2]."""
+        """The cost model over the stages (width index, size index) [S, 2], whose own FLOPs are ``flops_``."""
         if self.parts is None:
-            return head_costs(self._flops().ravel()[pairs[:, 0] * len(self.nesting) + pairs[:, 1]].tolist(), "cumulative")
+            return head_costs(self.flops_.astype(np.int64).tolist(), "cumulative")
         flops = self._flops()
         try:
             grid = [[dict(self.parts[w][g]) for g in range(len(self.nesting))] for w in range(len(self.widths))]

@@ -295,6 +295,17 @@ class NestedWidthMLP(nn.Module):
         """
         return sum(self.flops_parts(width, size).values())
 
+    def width_label(self, width: WidthSpec = None) -> str:
+        """``"width 0.5"`` for one fraction everywhere, ``"width 1,0.5"`` for a per-layer mix: the
+        prefix of the :meth:`flops_parts` keys that only this width's submodels share.
+
+        Example:
+            >>> NestedWidthMLP(4, num_features=4, hidden=(8, 8)).width_label([1.0, 0.5])
+            'width 1,0.5'
+        """
+        fractions = per_layer(width, len(self.hidden))
+        return "width " + (f"{fractions[0]:g}" if len(set(fractions)) == 1 else ",".join(f"{w:g}" for w in fractions))
+
     def flops_parts(self, width: WidthSpec = None, size: int | None = None) -> dict[str, int]:
         """:meth:`flops` split into the parts that submodels can share, keyed by what they compute.
 
@@ -314,8 +325,7 @@ class NestedWidthMLP(nn.Module):
             {'layer 1': 40, 'width 0.5: layers 2-L': 16, 'width 0.5: representation': 8}
         """
         units = self.units(width)
-        fractions = per_layer(width, len(self.hidden))
-        key = "width " + (f"{fractions[0]:g}" if len(set(fractions)) == 1 else ",".join(f"{w:g}" for w in fractions))
+        key = self.width_label(width)
         sizes = [self.in_features, *units]
         return {
             "layer 1": self.in_features * units[0],
