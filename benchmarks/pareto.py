@@ -41,7 +41,8 @@ baseline, whether an mrl point dominates it; writes JSON and a recall-vs-ms plot
     # real embeddings of models trained without MRL
     .venv/bin/python benchmarks/pareto.py --dataset jeopardy --mrl-shortlists "flat:float32:64;hnsw:float32:128"
     .venv/bin/python benchmarks/pareto.py --dataset wordnet-minilm --wordnet-n 20000 --mrl-shortlists "flat:float32:64;hnsw:float32:96"
-    .venv/bin/python benchmarks/pareto.py --dataset wordnet-minilm --wordnet-n 116359 --embed-threads 2   # every synset: ~13 min to embed
+    .venv/bin/python benchmarks/pareto.py --dataset wordnet-minilm --wordnet-n 116359 --embed-threads 2 \
+        --cache-dir runs/cache   # every synset: ~13 min to embed, once (later runs load the verified cache)
     # synthetic
     .venv/bin/python benchmarks/pareto.py --synthetic-n 200000
     # 1M x 2048: vectors and the tuning queries' exact top-k cached once (benchmarks/synthetic_cache.py), mrl
@@ -59,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import logging
 import os
 import platform
@@ -74,7 +76,7 @@ import torch
 
 from mrl.io import atomic_write_bytes, load_npz, write_json
 from mrl.metrics import Relevance, knn_recall_at_k, retrieval_summary
-from mrl.retrieval import FunnelIndex, candidate_funnels, exact_search, pareto_front, parse_shortlists
+from mrl.retrieval import FunnelIndex, candidate_funnels, exact_search, format_shortlist, pareto_front, parse_shortlists
 
 logger = logging.getLogger("pareto")
 K = 10
@@ -182,10 +184,10 @@ def mrl_points(index: FunnelIndex, tune_queries: np.ndarray, args, tune_exact: n
     targets = [args.target_recall, args.low_target, *args.extra_targets]
     points = []
     for spec in parse_shortlists(args.mrl_shortlists):
-        graph = ""
-        if spec.kind == "hnsw" and (args.hnsw_m or args.ef_construction):
-            spec = dataclasses.replace(spec, hnsw_m=args.hnsw_m or spec.hnsw_m, ef_construction=args.ef_construction or spec.ef_construction)
-            graph = f" M={spec.hnsw_m} efC={spec.ef_construction}"
+        if spec.kind == "hnsw":  # the flags fill in what an entry does not name itself (hnsw:int8:192:hnsw_m=64)
+            named = format_shortlist(spec)
+            spec = dataclasses.replace(spec, **{field: value for field, value in (("hnsw_m", args.hnsw_m), ("ef_construction", args.ef_construction))
+                                                if value and f"{field}=" not in named})
         candidates = candidate_funnels(index.dim, spec.dim, index.ntotal, K, max_length=args.tune_max_length)
         start = time.perf_counter()
         tuner = index.tune(tune_queries, k=K, target_recall=max(targets), shortlists=[spec], exact_ids=tune_exact, repeats=1,
@@ -202,7 +204,7 @@ def mrl_points(index: FunnelIndex, tune_queries: np.ndarray, args, tune_exact: n
             chosen = [tuner.best_]  # the most accurate point when no target was met
         for row in chosen:
             options = {key: row[key] for key in ("nprobe", "ef_search") if row[key] is not None}
-            label = f"mrl {row['shortlist']}{graph} {row['spec']}" + "".join(f" {k}={v}" for k, v in options.items())
+            label = f"mrl {row['shortlist']} {row['spec']}" + "".join(f" {k}={v}" for k, v in options.items())
             points.append({"name": label, "structure": structure, "funnel": row["funnel"], "options": options,
                            "ram": row["ram_bytes_per_vector"], "build_s": row["build_seconds"], "tuned_recall": row["knn_recall"]})
         logger.info("%s: kept %s", spec, ", ".join(f"{r['spec']} ({r['knn_recall']:.4f})" for r in chosen))
@@ -294,15 +296,30 @@ def named_dataset(args) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.n
     order = np.random.default_rng(0).permutation(len(synsets))[: args.wordnet_n + args.tune_queries + args.n_queries]
     if len(order) < args.wordnet_n + args.tune_queries + args.n_queries:
         raise SystemExit(f"--wordnet-n + --tune-queries + --n-queries exceeds the {len(synsets)} WordNet synsets")
-    start = time.perf_counter()
-    timing_threads = torch.get_num_threads()
-    torch.set_num_threads(args.embed_threads or timing_threads)  # embedding is not timed; the searches keep the thread count stated
-    try:
-        vectors = _normalise(embed(load_text_model("all-MiniLM-L6-v2"), [document_text(synsets[i]) for i in order], batch_size=128))
-    finally:
-        torch.set_num_threads(timing_threads)
-    logger.info("embedded %d WordNet glosses with all-MiniLM-L6-v2 (%d threads) in %.0f s", len(order),
-                args.embed_threads or timing_threads, time.perf_counter() - start)
+    texts = [document_text(synsets[i]) for i in order]
+
+    def embedded() -> np.ndarray:
+        start = time.perf_counter()
+        timing_threads = torch.get_num_threads()
+        torch.set_num_threads(args.embed_threads or timing_threads)  # embedding is not timed; the searches keep the thread count stated
+        try:
+            out = _normalise(embed(load_text_model("all-MiniLM-L6-v2"), texts, batch_size=128))
+        finally:
+            torch.set_num_threads(timing_threads)
+        logger.info("embedded %d WordNet glosses with all-MiniLM-L6-v2 (%d threads) in %.0f s", len(texts),
+                    args.embed_threads or timing_threads, time.perf_counter() - start)
+        return out
+
+    if args.cache_dir is None:
+        vectors = embedded()
+    else:  # keyed by the texts themselves, so another WordNet or another split is never served from the cache
+        from synthetic_cache import cached_array
+
+        params = {"model": "all-MiniLM-L6-v2", "normalised": True, "dtype": "float32", "n": len(texts),
+                  "texts_sha256": hashlib.sha256("\x00".join(texts).encode()).hexdigest()}
+        vectors = cached_array(args.cache_dir, f"wordnet-minilm-{len(texts)}", params, embedded)
+        if vectors.shape[0] != len(texts) or vectors.dtype != np.float32:
+            raise RuntimeError(f"cached WordNet embeddings hold {vectors.dtype} {vectors.shape}, expected {len(texts)} float32 rows")
     return (vectors[: args.wordnet_n], None, vectors[args.wordnet_n :], None,
             f"WordNet glosses, all-MiniLM-L6-v2: {args.wordnet_n} x {vectors.shape[1]}")
 
@@ -423,8 +440,10 @@ def main() -> None:
     parser.add_argument("--extra-targets", type=lambda text: [float(t) for t in text.split(",") if t.strip()], default=[],
                         help="more recall levels (comma-separated, e.g. 0.5,0.999) at which each structure's fastest point is kept")
     parser.add_argument("--mrl-shortlists", default="flat:float32:16;flat:int8:32;flat:binary:64;hnsw:float32:16;ivf:int8:32:16",
-                        help="mrl structures (kind:encoding:dim[:coarse_dim | :opq_niter], ';'-separated)")
-    parser.add_argument("--hnsw-m", type=int, default=None, help="graph degree M of the mrl HNSW shortlists (default: ShortlistSpec's 32)")
+                        help="mrl structures (kind:encoding:dim[:coarse_dim | :opq_niter][:name=value ...], ';'-separated; "
+                             "see mrl.retrieval.parse_shortlists)")
+    parser.add_argument("--hnsw-m", type=int, default=None,
+                        help="graph degree M of the mrl HNSW shortlists that do not set hnsw_m= themselves (default: ShortlistSpec's 32)")
     parser.add_argument("--ef-construction", type=int, default=None,
                         help="build beam of the mrl HNSW shortlists (default: ShortlistSpec's 80)")
     parser.add_argument("--stores", type=lambda text: {"mmap"} | {s.strip() for s in text.split(",") if s.strip()}, default="mmap,memory",
@@ -440,7 +459,8 @@ def main() -> None:
     parser.add_argument("--tune-max-length", type=int, default=2048, help="longest first-stage shortlist the mrl tuner tries")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="synthetic: keep the float16 vectors and the tuning queries' exact top-k here (benchmarks/synthetic_cache.py) "
-                             "and reuse them, size and sha256 checked; the vectors stay memory-mapped (use --stores mmap at 1M)")
+                             "and reuse them, size and sha256 checked; the vectors stay memory-mapped (use --stores mmap at 1M); "
+                             "wordnet-minilm: keep the embeddings here, keyed by the texts' sha256")
     parser.add_argument("--train-size", type=int, default=50_000, help="training sample of the FAISS quantisers")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds (median)")
     parser.add_argument("--clusters", type=int, default=1000, help="synthetic cluster centres")

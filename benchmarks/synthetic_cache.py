@@ -11,6 +11,8 @@ must match the ones asked for), otherwise it is rebuilt. All writes go through m
     from synthetic_cache import cached_synthetic, cached_ground_truth
     vectors = cached_synthetic(Path("runs/cache"), 1_000_000, 2048, 1000, 0)   # float16 memory map
     scores, ids = cached_ground_truth(Path("runs/cache"), vectors, queries, k=10)
+    # any array that is slow to compute (the WordNet MiniLM embeddings), under the same checks
+    vectors = cached_array(Path("runs/cache"), "wordnet-minilm-117659", {"model": ..., "texts_sha256": ...}, embed_them)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from funnel_search import synthetic_blocks  # same folder: the one owner of the generator
-from mrl.io import atomic_file, load_npy, load_npz, read_json, save_npz, sha256_file, write_json
+from mrl.io import atomic_file, load_npy, load_npz, read_json, save_npy, save_npz, sha256_file, write_json
 from mrl.retrieval import exact_search
 
 logger = logging.getLogger("synthetic_cache")
@@ -77,6 +79,24 @@ def cached_synthetic(cache_dir: Path, n: int, dim: int, n_clusters: int, seed: i
     if vectors.shape != (n, dim) or vectors.dtype != np.float16:  # the record matched, so this would be a bug upstream
         raise RuntimeError(f"{path} holds {vectors.dtype} {vectors.shape}, expected float16 ({n}, {dim})")
     return vectors
+
+
+def cached_array(cache_dir: Path, name: str, params: dict, compute) -> np.ndarray:
+    """``compute()``'s array, cached as ``cache_dir/name/array.npy`` under ``params`` (JSON values).
+
+    Reused only when ``record.json`` holds exactly ``params`` and the file its size and sha256;
+    otherwise recomputed and rewritten atomically. Loaded into memory (``allow_pickle=False``).
+    """
+    folder = cache_dir / name
+    path, record_path = folder / "array.npy", folder / "record.json"
+    if not _verified(path, record_path, params):
+        start = time.perf_counter()
+        array = compute()
+        folder.mkdir(parents=True, exist_ok=True)
+        save_npy(path, array)
+        _record(path, record_path, params)
+        logger.info("computed and cached %s %s %s in %.0f s", path, array.dtype, array.shape, time.perf_counter() - start)
+    return load_npy(path)
 
 
 def cached_ground_truth(cache_dir: Path, vectors: np.ndarray, queries: np.ndarray, k: int, metric: str = "cosine",

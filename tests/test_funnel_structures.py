@@ -402,7 +402,7 @@ def test_index_tuner_pareto_set_budgets_and_saved_choice(tmp_path):
     tuner = IndexTuner(k=5, target_recall=0.9, shortlists=specs, nprobes=(2, 16), max_ram_bytes_per_vector=4 * D + 12,
                        repeats=1).fit(index, queries, exact)
     rows = tuner.results_
-    assert {r["shortlist"] for r in rows} == {"flat:float32:8", "flat:binary:16", "ivf:int8:8:8"}
+    assert {r["shortlist"] for r in rows} == {"flat:float32:8", "flat:binary:16", "ivf:int8:8:8:nlist=16"}  # read back by parse_shortlists
     assert {r["nprobe"] for r in rows if r["shortlist"].startswith("ivf")} == {2, 16}
     # Recall is recomputed here from the ids of the chosen point; RAM = float32 vectors + structure.
     ram = {r["shortlist"]: r["ram_bytes_per_vector"] for r in rows}
@@ -442,6 +442,69 @@ def test_cli_tune_with_shortlists(tmp_path):
     assert f"{fields['shortlist']}:{fields['encoding']}:8" in result.output.split("chose ")[1]
     result = run("index", "tune", tmp_path / "idx", tmp_path / "q.npz", "--shortlists", "flat:int8")
     assert result.exit_code == 1 and "Error: shortlists must be ';'-separated kind:encoding:dim" in result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "canonical"),
+    [
+        ("hnsw:int8:16", ShortlistSpec("hnsw", "int8", 16), None),
+        ("ivf:int8:32:16", ShortlistSpec("ivf", "int8", 32, coarse_dim=16), None),
+        ("flat:opq:64:10", ShortlistSpec("flat", "pq", 64, opq=True, opq_niter=10), None),
+        ("hnsw:int8:192:hnsw_m=48:ef_construction=200", ShortlistSpec("hnsw", "int8", 192, hnsw_m=48, ef_construction=200), None),
+        ("ivf:pq:384:384:pq_m=32:nlist=2048", ShortlistSpec("ivf", "pq", 384, coarse_dim=384, pq_m=32, nlist=2048),
+         "ivf:pq:384:384:nlist=2048:pq_m=32"),
+        ("ivf:pq:64:coarse_dim=16:pq_nbits=6:nprobe=4", ShortlistSpec("ivf", "pq", 64, coarse_dim=16, pq_nbits=6, nprobe=4),
+         "ivf:pq:64:16:nprobe=4:pq_nbits=6"),
+        (" hnsw : float16 : 8 : ef_search = 64 ", ShortlistSpec("hnsw", "float16", 8, ef_search=64), "hnsw:float16:8:ef_search=64"),
+        ("flat:opq:64:pq_m=8:opq_niter=3", ShortlistSpec("flat", "pq", 64, opq=True, pq_m=8, opq_niter=3), "flat:opq:64:3:pq_m=8"),
+    ],
+)
+def test_shortlist_entries_name_every_option_and_read_back(text, expected, canonical):
+    from mrl.retrieval import format_shortlist
+
+    (spec,) = parse_shortlists(text)
+    assert dataclasses.astuple(spec) == dataclasses.astuple(expected)  # astuple: opq_niter is left out of ==
+    assert format_shortlist(spec) == (canonical or text)
+    assert dataclasses.astuple(parse_shortlists(format_shortlist(spec))[0]) == dataclasses.astuple(spec)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("flat:int8", r"kind:encoding:dim\[:coarse_dim \| :opq_niter\]\[:name=value ...\] entries"),
+        ("ivf:int8:32:16:8", r"entries such as hnsw:int8:16"),
+        ("hnsw:int8:hnsw_m=48:16", r"got 'hnsw:int8:hnsw_m=48:16'"),  # a name before a positional field
+        ("hnsw:int8:16:hnsw_m=4.5", r"dim and every value must be an integer"),
+        ("hnsw:int8:16:M=48", r"unknown shortlist option 'M' in 'hnsw:int8:16:M=48'; known: coarse_dim, nlist"),
+        ("ivf:int8:16:8:coarse_dim=4", r"shortlist option 'coarse_dim' given twice"),
+        ("hnsw:int8:16:hnsw_m=48;hnsw:int8:16:hnsw_m=48:hnsw_m=32", r"shortlist option 'hnsw_m' given twice"),
+    ],
+)
+def test_bad_shortlist_entries(text, match):
+    with pytest.raises(MRLError, match=match):
+        parse_shortlists(text)
+
+
+def test_named_options_reach_the_built_structures(tmp_path):
+    """Entries differing only in a named option are separate structures, built as asked, named as parsed."""
+    from mrl.retrieval import IndexTuner
+
+    db, queries = _data(11, n=600, nq=20)
+    index = FunnelIndex(db, shortlist_dim=DS)
+    specs = parse_shortlists("hnsw:float32:8:hnsw_m=8:ef_construction=20;hnsw:float32:8:hnsw_m=16;ivf:pq:16:8:pq_m=4:nlist=12")
+    tuner = IndexTuner(k=5, target_recall=0.5, shortlists=specs, nprobes=(12,), ef_searches=(600,), repeats=1).fit(index, queries)
+    assert {r["shortlist"] for r in tuner.results_} == {"hnsw:float32:8:hnsw_m=8:ef_construction=20", "hnsw:float32:8:hnsw_m=16",
+                                                          "ivf:pq:16:8:nlist=12:pq_m=4"}
+    ram = {r["shortlist"]: r["ram_bytes_per_vector"] for r in tuner.results_}
+    vectors = 4 * D
+    # HNSW's level-0 lists hold 2 M neighbour ids of 4 bytes: M 16 holds 64 bytes per vector more than M 8.
+    assert ram["hnsw:float32:8:hnsw_m=16"] - ram["hnsw:float32:8:hnsw_m=8:ef_construction=20"] == pytest.approx(64, abs=4)
+    # pq_m=4 reached FAISS: 4 code bytes and an 8-byte id per vector, and 4 x 256 x 4 float codebook entries over 600 vectors
+    # (27.3 bytes each), plus the 12 centroids and headers; pq_m's default, 8, would hold 8 code bytes and 2 x 27.3 of codebook.
+    codebook = 4 * 256 * 4 * 4 / 600
+    assert vectors + 4 + 8 + codebook <= ram["ivf:pq:16:8:nlist=12:pq_m=4"] < vectors + 4 + 8 + codebook + 4
+    with pytest.raises(MRLError, match="shortlist hnsw:float32:8:hnsw_m=16 is listed twice"):
+        IndexTuner(k=5, shortlists=parse_shortlists("hnsw:float32:8:hnsw_m=16;hnsw:float32:8:hnsw_m=16")).fit(index, queries)
 
 
 def test_float16_nan_is_refused():

@@ -79,3 +79,32 @@ def test_ground_truth_equals_brute_force_and_is_recomputed_when_tampered(cache, 
     _flip_byte(saved, os.path.getsize(saved) // 2)
     with pytest.raises(AssertionError, match="reused"):  # a corrupt file is never read back
         cache.cached_ground_truth(tmp_path, vectors, queries, k=5)
+
+
+def test_cached_array_is_computed_once_and_recomputed_unless_verified(cache, tmp_path):
+    calls = []
+
+    def compute(value=1.5):
+        calls.append(value)
+        return np.full((4, 3), value, dtype=np.float32)
+
+    params = {"model": "m", "n": 4}
+    first = cache.cached_array(tmp_path, "emb", params, compute)
+    np.testing.assert_array_equal(first, compute())
+    calls.clear()
+    np.testing.assert_array_equal(cache.cached_array(tmp_path, "emb", params, compute), first)
+    assert calls == []  # size and sha256 verified: reused
+    cache.cached_array(tmp_path, "emb", {"model": "m", "n": 5}, lambda: compute(2.0))  # other params: recomputed
+    assert calls == [2.0]
+    path = tmp_path / "emb" / "array.npy"
+    _flip_byte(path, os.path.getsize(path) - 1)  # same size, another sha256
+    np.testing.assert_array_equal(cache.cached_array(tmp_path, "emb", {"model": "m", "n": 5}, lambda: compute(3.0)), compute(3.0))
+    assert calls == [2.0, 3.0, 3.0]
+    (tmp_path / "emb" / "record.json").write_text("{not json")  # an unreadable record: recomputed, never trusted
+    cache.cached_array(tmp_path, "emb", {"model": "m", "n": 5}, lambda: compute(4.0))
+    assert calls[-1] == 4.0
+    path.unlink()
+    path.symlink_to(tmp_path / "elsewhere.npy")  # a link in the cache is not followed
+    np.save(tmp_path / "elsewhere.npy", compute(5.0))
+    np.testing.assert_array_equal(cache.cached_array(tmp_path, "emb", {"model": "m", "n": 5}, lambda: compute(6.0)), compute(6.0))
+    assert not path.is_symlink() and calls[-1] == 6.0

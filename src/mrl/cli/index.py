@@ -174,9 +174,10 @@ def search(index_dir, queries, k, funnel, out, store, nprobe, ef_search, shortli
 @click.option("--target-recall", type=float, callback=click_check(check_float, min=0, max=1), default=0.99, show_default=True, help="Required kNN-recall@k against exact full-dim search.")
 @click.option("--max-queries", type=int, callback=click_check(check_int, min=1), default=1000, show_default=True, help="Tune on at most this many queries (the first ones).")
 @click.option("--shortlists", default=None,
-              help="Also choose the stage-1 structure among these ';'-separated kind:encoding:dim[:coarse_dim | :opq_niter] entries "
-                   "(e.g. 'flat:binary:64;hnsw:float32:16;ivf:int8:32:16;flat:opq:128:10', opq = pq after an OPQ rotation "
-                   "learned in 10 rounds), "
+              help="Also choose the stage-1 structure among these ';'-separated kind:encoding:dim[:coarse_dim | :opq_niter][:name=value ...] "
+                   "entries (e.g. 'flat:binary:64;hnsw:float32:16;ivf:int8:32:16;flat:opq:128:10', opq = pq after an OPQ rotation "
+                   "learned in 10 rounds; names: coarse_dim, nlist, nprobe, hnsw_m, ef_construction, ef_search, pq_m, pq_nbits, "
+                   "opq_niter, as in 'hnsw:int8:192:hnsw_m=48:ef_construction=200;ivf:pq:384:96:pq_m=48'), "
                    "or 'auto' for a default grid.")
 @click.option("--max-ram-bytes-per-vector", type=float, default=None, help="RAM budget per vector (with --shortlists).")
 @click.option("--max-ms-per-query", type=float, default=None, help="Latency budget (with --shortlists).")

@@ -11,6 +11,7 @@ pays), in the scikit-learn style: parameters in ``__init__``, state ending in ``
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -199,35 +200,77 @@ class FunnelTuner:
         return "\n".join(lines)
 
 
-def parse_shortlists(text: str) -> list[ShortlistSpec]:
-    """Parse ``"flat:float32:16;ivf:int8:32:16"`` (kind:encoding:dim[:coarse_dim | :opq_niter], ``;``-separated).
+# Spec fields a shortlist entry may set by name after its positional fields (``hnsw:int8:192:hnsw_m=48``).
+SHORTLIST_OPTIONS = ("coarse_dim", "nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search", "pq_m", "pq_nbits", "opq_niter")
 
-    Encoding ``opq`` is ``pq`` with an OPQ rotation (AdANNS-OPQ when dim is a prefix); its optional
-    fourth field is the number of rotation-learning rounds (``flat:opq:64:10``), as the fourth
-    field of ``ivf`` is the coarse prefix.
+
+def parse_shortlists(text: str) -> list[ShortlistSpec]:
+    """Parse ``"flat:float32:16;ivf:int8:32:16"`` (``;``-separated entries) into specs.
+
+    An entry is ``kind:encoding:dim``, then optionally the positional fourth field, then any of
+    :data:`SHORTLIST_OPTIONS` as ``name=value`` (integers): ``hnsw:int8:192:hnsw_m=48:ef_construction=200``,
+    ``ivf:pq:384:384:pq_m=32:nlist=2048``. Encoding ``opq`` is ``pq`` with an OPQ rotation
+    (AdANNS-OPQ when dim is a prefix); its positional fourth field is the number of rotation-learning
+    rounds (``flat:opq:64:10``), as the fourth field of ``ivf`` (or any kind, where it is then
+    refused when the spec is checked) is the coarse prefix. Values are checked against the data when
+    the spec is resolved; here only the form is.
 
     Example:
         >>> [(s.kind, s.encoding, s.dim, s.coarse_dim, s.opq, s.opq_niter) for s in parse_shortlists("hnsw:int8:16; ivf:pq:32:8; flat:opq:64:10")]
         [('hnsw', 'int8', 16, None, False, None), ('ivf', 'pq', 32, 8, False, None), ('flat', 'pq', 64, None, True, 10)]
+        >>> spec = parse_shortlists("hnsw:int8:192:hnsw_m=48:ef_construction=200")[0]
+        >>> (spec.hnsw_m, spec.ef_construction, format_shortlist(spec))
+        (48, 200, 'hnsw:int8:192:hnsw_m=48:ef_construction=200')
     """
+    form = ("shortlists must be ';'-separated kind:encoding:dim[:coarse_dim | :opq_niter][:name=value ...] entries such as "
+            f"hnsw:int8:16 or hnsw:int8:192:hnsw_m=48 (names: {', '.join(SHORTLIST_OPTIONS)})")
     specs = []
     for part in str(text).split(";"):
         if not part.strip():
             continue
         fields = [f.strip() for f in part.split(":")]
-        try:
-            if len(fields) not in (3, 4):
-                raise ValueError
-            fourth = int(fields[3]) if len(fields) == 4 else None
-            opq = fields[1] == "opq"
-            specs.append(ShortlistSpec(kind=fields[0], encoding="pq" if opq else fields[1], dim=int(fields[2]), opq=opq,
-                                       coarse_dim=None if opq else fourth, opq_niter=fourth if opq else None))
-        except ValueError:
-            raise MRLError(f"shortlists must be ';'-separated kind:encoding:dim[:coarse_dim | :opq_niter] entries such as "
-                           f"hnsw:int8:16, got {text!r}") from None
+        positional = [f for f in fields if "=" not in f]
+        named = [f.split("=", 1) for f in fields if "=" in f]
+        if not 3 <= len(positional) <= 4 or fields[: len(positional)] != positional:  # names come after every positional field
+            raise MRLError(f"{form}, got {part.strip()!r}")
+        opq = positional[1] == "opq"
+        values = positional[2:] + [value for _, value in named]
+        if not all(v.strip().lstrip("+-").isdigit() for v in values):
+            raise MRLError(f"{form}, got {part.strip()!r} (dim and every value must be an integer)")
+        options: dict[str, int] = {}
+        if len(positional) == 4:
+            options["opq_niter" if opq else "coarse_dim"] = int(positional[3])
+        for name, value in named:
+            name = name.strip()
+            if name not in SHORTLIST_OPTIONS:
+                raise MRLError(f"unknown shortlist option {name!r} in {part.strip()!r}; known: {', '.join(SHORTLIST_OPTIONS)}")
+            if name in options:
+                raise MRLError(f"shortlist option {name!r} given twice in {part.strip()!r}")
+            options[name] = int(value)
+        dim = int(positional[2])
+        specs.append(ShortlistSpec(kind=positional[0], encoding="pq" if opq else positional[1], dim=dim, opq=opq, **options))
     if not specs:
         raise MRLError(f"shortlists must name at least one kind:encoding:dim entry, got {text!r}")
     return specs
+
+
+def format_shortlist(spec: ShortlistSpec) -> str:
+    """The entry :func:`parse_shortlists` reads back as ``spec``: fields at their defaults are left out.
+
+    Example:
+        >>> format_shortlist(ShortlistSpec("ivf", "pq", 384, coarse_dim=96, pq_m=32))
+        'ivf:pq:384:96:pq_m=32'
+        >>> format_shortlist(ShortlistSpec("flat", "pq", 64, opq=True, opq_niter=10))
+        'flat:opq:64:10'
+    """
+    parts = [spec.kind, "opq" if spec.opq else spec.encoding, str(spec.dim)]
+    fourth = "opq_niter" if spec.opq else "coarse_dim"
+    if getattr(spec, fourth) is not None:
+        parts.append(str(getattr(spec, fourth)))
+    defaults = ShortlistSpec()
+    parts += [f"{name}={getattr(spec, name)}" for name in SHORTLIST_OPTIONS
+              if name != fourth and getattr(spec, name) != getattr(defaults, name)]
+    return ":".join(parts)
 
 
 def default_shortlists(dim: int, shortlist_dim: int) -> list[ShortlistSpec]:
@@ -316,8 +359,13 @@ class IndexTuner:
         specs = list(self.shortlists) if self.shortlists is not None else default_shortlists(index.dim, index.shortlist_dim)
         if not specs:
             raise MRLError("shortlists must hold at least one structure")
+        names = []
         for spec in specs:  # every spec checked before anything is built
-            spec.resolved(index.ntotal, index.dim, index.metric)
+            resolved = spec.resolved(index.ntotal, index.dim, index.metric)
+            # The entry parse_shortlists reads back: the options asked for, and the coarse prefix used.
+            names.append(format_shortlist(dataclasses.replace(spec, coarse_dim=resolved.coarse_dim)))
+            if names[-1] in names[:-1]:
+                raise MRLError(f"shortlist {names[-1]} is listed twice")
         if exact_ids is None:
             _, exact_ids = exact_search(index.vectors, sample_queries, self.k, metric=index.metric)
         vector_ram = index.memory_bytes()["vectors"]
@@ -325,15 +373,12 @@ class IndexTuner:
         results: list[dict] = []
         structures = {}
         try:
-            for spec in specs:
+            for spec, name in zip(specs, names):
                 start = time.perf_counter()
                 shortlist = Shortlist.build(index.vectors, spec, index.metric)
                 build = time.perf_counter() - start
                 index._shortlist, index._shortlist_bytes = shortlist, None
                 ram = (vector_ram + shortlist.nbytes()) / index.ntotal
-                encoding = "opq" if shortlist.spec.opq else shortlist.spec.encoding  # the name parse_shortlists reads back
-                name = f"{shortlist.spec.kind}:{encoding}:{shortlist.spec.dim}" + (
-                    f":{shortlist.spec.coarse_dim}" if shortlist.spec.kind == "ivf" else "")
                 structures[name] = shortlist
                 breadths = [{}]
                 if shortlist.spec.kind == "ivf":
