@@ -76,7 +76,7 @@ import torch
 
 from mrl.io import atomic_write_bytes, load_npz, write_json
 from mrl.metrics import Relevance, knn_recall_at_k, retrieval_summary
-from mrl.retrieval import FunnelIndex, candidate_funnels, exact_search, format_shortlist, pareto_front, parse_shortlists
+from mrl.retrieval import FunnelIndex, IndexTuner, candidate_funnels, exact_search, format_shortlist, pareto_front, parse_shortlists
 
 logger = logging.getLogger("pareto")
 K = 10
@@ -188,12 +188,13 @@ def mrl_points(index: FunnelIndex, tune_queries: np.ndarray, args, tune_exact: n
             named = format_shortlist(spec)
             spec = dataclasses.replace(spec, **{field: value for field, value in (("hnsw_m", args.hnsw_m), ("ef_construction", args.ef_construction))
                                                 if value and f"{field}=" not in named})
-        candidates = candidate_funnels(index.dim, spec.dim, index.ntotal, K, max_length=args.tune_max_length)
+        candidates = candidate_funnels(index.dim, spec.dim, index.ntotal, K, max_length=args.tune_max_length,
+                                       rescore=spec.encoding != "float32")
         start = time.perf_counter()
-        tuner = index.tune(tune_queries, k=K, target_recall=max(targets), shortlists=[spec], exact_ids=tune_exact, repeats=1,
-                           candidates=candidates)
+        tuner = IndexTuner(k=K, target_recall=max(targets), shortlists=[spec], nprobes=args.nprobes, ef_searches=args.ef_searches,
+                           repeats=1, candidates=candidates).fit(index, tune_queries, tune_exact)
         logger.info("%s: %d points measured in %.0f s", spec, len(tuner.results_), time.perf_counter() - start)
-        structure = index._shortlist
+        structure = tuner.best_shortlist_
         chosen = []
         for target in targets:
             meeting = [r for r in tuner.results_ if r["knn_recall"] >= target]
@@ -446,6 +447,10 @@ def main() -> None:
                         help="graph degree M of the mrl HNSW shortlists that do not set hnsw_m= themselves (default: ShortlistSpec's 32)")
     parser.add_argument("--ef-construction", type=int, default=None,
                         help="build beam of the mrl HNSW shortlists (default: ShortlistSpec's 80)")
+    parser.add_argument("--nprobes", type=lambda text: [int(t) for t in text.split(",") if t.strip()], default=[4, 16, 64],
+                        help="lists probed per query the tuner tries on the mrl ivf shortlists")
+    parser.add_argument("--ef-searches", type=lambda text: [int(t) for t in text.split(",") if t.strip()], default=[64, 256],
+                        help="search beams the tuner tries on the mrl hnsw shortlists (raised to the shortlist length when shorter)")
     parser.add_argument("--stores", type=lambda text: {"mmap"} | {s.strip() for s in text.split(",") if s.strip()}, default="mmap,memory",
                         help="where the timed mrl points keep full vectors, comma-separated: mmap (float16 on disk, always), "
                              "mmap32 (float32 on disk) and memory (float32 in RAM)")

@@ -507,6 +507,23 @@ def test_named_options_reach_the_built_structures(tmp_path):
         IndexTuner(k=5, shortlists=parse_shortlists("hnsw:float32:8:hnsw_m=16;hnsw:float32:8:hnsw_m=16")).fit(index, queries)
 
 
+@pytest.mark.parametrize("encoding", ["int8", "pq"])
+def test_full_dim_quantised_shortlist_is_tuned_with_a_float_rerank(encoding):
+    """At d_1 = D the tuner's funnels re-score the codes' shortlist in float (before, the codes' own top-k was the answer)."""
+    from mrl.retrieval import FunnelTuner
+
+    db, queries = _data(12, n=800, nq=30)
+    index = FunnelIndex(db, shortlist_dim=D, encoding=encoding, **({"pq_m": D // 4} if encoding == "pq" else {}))
+    _, exact = exact_search(db, queries, 5)
+    tuner = FunnelTuner(k=5, target_recall=1.0, repeats=1).fit(index, queries, exact)
+    assert [(D, 5)] in [r["funnel"] for r in tuner.results_]
+    assert all(f[-1] == (D, 5) and all(d == D for d, _ in f) for f in (r["funnel"] for r in tuner.results_))
+    codes_alone = next(r for r in tuner.results_ if r["funnel"] == [(D, 5)])
+    assert tuner.target_met_ and len(tuner.best_funnel_) == 2 and codes_alone["knn_recall"] < 1.0
+    # the chosen funnel's float stage scores like numpy over the codes' shortlist: exact search's ids
+    np.testing.assert_array_equal(np.sort(index.search(queries, 5, tuner.best_funnel_)[1], axis=1), np.sort(exact, axis=1))
+
+
 def test_float16_nan_is_refused():
     vectors = np.zeros((4, 8), dtype=np.float16)
     vectors[2, 5] = np.nan

@@ -60,7 +60,7 @@ def test_hnsw_graph_options_reach_the_tuned_structure(pareto):
     vectors = rng.standard_normal((400, 32)).astype(np.float32)
     index = FunnelIndex(vectors, shortlist_dim=8)
     args = argparse.Namespace(mrl_shortlists="hnsw:int8:16;flat:float32:8;hnsw:float32:8:hnsw_m=6", hnsw_m=12, ef_construction=50,
-                              target_recall=0.9, low_target=0.5, extra_targets=[], tune_max_length=64)
+                              target_recall=0.9, low_target=0.5, extra_targets=[], tune_max_length=64, nprobes=[4], ef_searches=[64])
     points = pareto.mrl_points(index, rng.standard_normal((20, 32)).astype(np.float32), args)
     graphs = {p["name"].split()[1]: (p["structure"].spec.hnsw_m, p["structure"].spec.ef_construction) for p in points}
     # only HNSW specs take the graph options, and an entry's own hnsw_m= wins over the flag; the names read back as built

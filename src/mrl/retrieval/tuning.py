@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 OBJECTIVES = ("ms", "flops")
 
 
-def candidate_funnels(dim: int, shortlist_dim: int, n_database: int, k: int, max_length: int = 2048) -> list[Funnel]:
+def candidate_funnels(dim: int, shortlist_dim: int, n_database: int, k: int, max_length: int = 2048,
+                      rescore: bool = False) -> list[Funnel]:
     """A grid of funnels from ``shortlist_dim`` to ``dim`` ending with k results.
 
     Shortlist lengths n_1 = k, then 2k, 2.8k, 4k, 5.7k, 8k, ... in steps of sqrt(2) (up to
@@ -44,14 +45,18 @@ def candidate_funnels(dim: int, shortlist_dim: int, n_database: int, k: int, max
     three shapes:
     two stages (d_1 -> D), three stages (d_1 -> 4 d_1 -> D) and the doubling cascade
     (d_1 -> 2 d_1 -> 4 d_1 -> ... -> D), lengths shrinking geometrically from n_1 to k.
+    With ``rescore`` (a quantised shortlist) and d_1 = D, the one shape is quantised codes -> the
+    float vectors on the same D dims; without it a full-dim shortlist is its own answer.
 
     Example:
         >>> candidate_funnels(64, 16, 100, 10)[:3]
         [[(16, 10)], [(16, 20), (64, 10)], [(16, 20), (32, 14), (64, 10)]]
+        >>> candidate_funnels(64, 64, 100, 10, rescore=True)[:3]
+        [[(64, 10)], [(64, 20), (64, 10)], [(64, 28), (64, 10)]]
     """
-    if shortlist_dim == dim:
+    if shortlist_dim == dim and not rescore:
         return [[(dim, k)]]
-    chains = [[shortlist_dim, dim]]
+    chains = [[shortlist_dim, dim]]  # at d_1 = D (rescore) the doubling cascade is this chain too
     if 4 * shortlist_dim < dim:
         chains.append([shortlist_dim, 4 * shortlist_dim, dim])
     doubling = [shortlist_dim]
@@ -138,7 +143,7 @@ class FunnelTuner:
         if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or not 1 <= self.k <= index.ntotal:
             raise MRLError(f"k must be an integer in [1, {index.ntotal}], got {self.k!r}")
         if self.candidates is None:
-            candidates = candidate_funnels(index.dim, index.shortlist_dim, index.ntotal, self.k)
+            candidates = candidate_funnels(index.dim, index.shortlist_dim, index.ntotal, self.k, rescore=index.encoding != "float32")
         else:
             candidates = [validate_funnel(f, index.dim, index.shortlist_dim, index.ntotal, self.k, rescore_first=index.encoding != "float32")
                           for f in self.candidates]
