@@ -105,9 +105,25 @@ def _add(index, vectors: np.ndarray, encode=lambda block: block) -> None:
         index.add(encode(block))
 
 
+def structure_bytes(index) -> int:
+    """Bytes of a FAISS index as it streams itself (codes, ids, graph, centroids, codebooks): the
+    measure mrl's shortlists are counted by (``Shortlist.nbytes``), so RAM compares like with like."""
+    total = 0
+
+    def count(chunk: bytes) -> None:
+        nonlocal total
+        total += len(chunk)
+
+    write = faiss.write_index_binary if isinstance(index, faiss.IndexBinary) else faiss.write_index
+    write(index, faiss.PyCallbackIOWriter(count))
+    return total
+
+
 def faiss_baselines(vectors: np.ndarray, args) -> list[dict]:
     """Build each FAISS baseline on the full vectors (float32, or a float16 memory map added block by
-    block); return methods with search(q) -> ids."""
+    block); return methods with search(q) -> ids. RAM per vector: :func:`structure_bytes` over N (so
+    IVF's centroids and PQ's codebooks count, as they do for mrl's structures), plus the float
+    vectors the binary baseline re-scores when they are in memory."""
     n, d = vectors.shape
     wanted = {name.strip() for name in args.baselines.split(",")}
     nlist = args.nlist or max(1, min(n // 39, int(4 * np.sqrt(n))))
@@ -120,19 +136,18 @@ def faiss_baselines(vectors: np.ndarray, args) -> list[dict]:
 
     flat = faiss.IndexFlatIP(d)
     build, _ = _timed(lambda: _add(flat, vectors))
-    add("FAISS IndexFlatIP (exact)", flat, 4 * d, build)
+    add("FAISS IndexFlatIP (exact)", flat, structure_bytes(flat) / n, build)
     if "hnsw" in wanted and n <= args.hnsw_full_n:
         hnsw = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = 40
         build, _ = _timed(lambda: _add(hnsw, vectors))
-        ram = 4 * d + hnsw.hnsw.neighbors.size() * 4 / n + 8
         for ef in (64, 256):
-            add(f"FAISS HNSWFlat32 ef={ef}", hnsw, ram, build, faiss.SearchParametersHNSW(efSearch=ef))
+            add(f"FAISS HNSWFlat32 ef={ef}", hnsw, structure_bytes(hnsw) / n, build, faiss.SearchParametersHNSW(efSearch=ef))
     if "ivf" in wanted:
         ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         build, _ = _timed(lambda: (ivf.train(train), _add(ivf, vectors)))
         for nprobe in (8, 32):
-            add(f"FAISS IVF{nlist},Flat nprobe={nprobe}", ivf, 4 * d + 8, build, faiss.SearchParametersIVF(nprobe=nprobe))
+            add(f"FAISS IVF{nlist},Flat nprobe={nprobe}", ivf, structure_bytes(ivf) / n, build, faiss.SearchParametersIVF(nprobe=nprobe))
     for opq in [False] * ("ivfpq" in wanted) + [True] * ("opq" in wanted):
         key = f"{'OPQ' + str(args.pq_bytes) + ',' if opq else ''}IVF{nlist},PQ{args.pq_bytes}np"  # np: no polysemous training
         index = faiss.index_factory(d, key, faiss.METRIC_INNER_PRODUCT)
@@ -140,21 +155,21 @@ def faiss_baselines(vectors: np.ndarray, args) -> list[dict]:
             faiss.downcast_VectorTransform(index.chain.at(0)).niter = 10  # FAISS's default 50 rounds take hours at d=2048 on 2 cores
         build, _ = _timed(lambda index=index: (index.train(train), _add(index, vectors)))
         for nprobe in (16, 64):
-            add(f"FAISS {key} nprobe={nprobe}", index, args.pq_bytes + 8, build, faiss.SearchParametersIVF(nprobe=nprobe))
+            add(f"FAISS {key} nprobe={nprobe}", index, structure_bytes(index) / n, build, faiss.SearchParametersIVF(nprobe=nprobe))
     if "sq8" in wanted:
         for name, kind in (("SQ8", faiss.ScalarQuantizer.QT_8bit), ("SQ8 uniform", faiss.ScalarQuantizer.QT_8bit_uniform)):
             sq = faiss.IndexScalarQuantizer(d, kind, faiss.METRIC_INNER_PRODUCT)
             build, _ = _timed(lambda sq=sq: (sq.train(train), _add(sq, vectors)))
-            add(f"FAISS {name}", sq, d, build)
+            add(f"FAISS {name}", sq, structure_bytes(sq) / n, build)
     if "binary" in wanted and d % 8 == 0:
         binary = faiss.IndexBinaryFlat(d)
         build, _ = _timed(lambda: _add(binary, vectors, lambda block: np.packbits(block > 0, axis=1)))
         # The classic recipe: Hamming top-200 on sign bits, then float re-score (float vectors kept in
         # RAM, or read from the float16 memory map, which then costs no RAM of the process's own).
         if mapped:
-            add("FAISS binary + float rescore (200) [mmap f16]", binary, d / 8, build, rescore=200)
+            add("FAISS binary + float rescore (200) [mmap f16]", binary, structure_bytes(binary) / n, build, rescore=200)
         else:
-            add("FAISS binary + float rescore (200)", binary, d / 8 + 4 * d, build, rescore=200)
+            add("FAISS binary + float rescore (200)", binary, structure_bytes(binary) / n + 4 * d, build, rescore=200)
     return methods
 
 
@@ -193,7 +208,7 @@ def mrl_points(index: FunnelIndex, tune_queries: np.ndarray, args, tune_exact: n
         start = time.perf_counter()
         tuner = IndexTuner(k=K, target_recall=max(targets), shortlists=[spec], nprobes=args.nprobes, ef_searches=args.ef_searches,
                            repeats=1, candidates=candidates).fit(index, tune_queries, tune_exact)
-        logger.info("%s: %d points measured in %.0f s", spec, len(tuner.results_), time.perf_counter() - start)
+        logger.info("%s: %d points measured in %.0f s", format_shortlist(spec), len(tuner.results_), time.perf_counter() - start)
         structure = tuner.best_shortlist_
         chosen = []
         for target in targets:
@@ -208,7 +223,7 @@ def mrl_points(index: FunnelIndex, tune_queries: np.ndarray, args, tune_exact: n
             label = f"mrl {row['shortlist']} {row['spec']}" + "".join(f" {k}={v}" for k, v in options.items())
             points.append({"name": label, "structure": structure, "funnel": row["funnel"], "options": options,
                            "ram": row["ram_bytes_per_vector"], "build_s": row["build_seconds"], "tuned_recall": row["knn_recall"]})
-        logger.info("%s: kept %s", spec, ", ".join(f"{r['spec']} ({r['knn_recall']:.4f})" for r in chosen))
+        logger.info("%s: kept %s", format_shortlist(spec), ", ".join(f"{r['spec']} ({r['knn_recall']:.4f})" for r in chosen))
     return points
 
 

@@ -66,3 +66,21 @@ def test_hnsw_graph_options_reach_the_tuned_structure(pareto):
     # only HNSW specs take the graph options, and an entry's own hnsw_m= wins over the flag; the names read back as built
     assert graphs == {"hnsw:int8:16:hnsw_m=12:ef_construction=50": (12, 50), "flat:float32:8": (32, 80),
                       "hnsw:float32:8:hnsw_m=6:ef_construction=50": (6, 50)}
+
+
+def test_baseline_ram_counts_centroids_and_codebooks_as_mrl_structures_do(pareto):
+    """FAISS baselines' RAM per vector is their streamed size over N, by hand: codes, 8-byte ids, centroids, codebooks."""
+    rng = np.random.default_rng(2)
+    n, d, nlist, pq_bytes = 3000, 32, 12, 8
+    vectors = rng.standard_normal((n, d)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    args = argparse.Namespace(baselines="ivf,ivfpq,sq8,binary", nlist=nlist, train_size=n, pq_bytes=pq_bytes, hnsw_full_n=0)
+    ram = {m["name"]: m["ram"] for m in pareto.faiss_baselines(vectors, args)}
+    small = 1024 / n  # headers and list sizes: well under a kilobyte per structure
+    assert 4 * d <= ram["FAISS IndexFlatIP (exact)"] < 4 * d + small
+    ivf_flat = 4 * d + 8 + nlist * d * 4 / n
+    assert ivf_flat <= ram[f"FAISS IVF{nlist},Flat nprobe=8"] < ivf_flat + small
+    ivf_pq = pq_bytes + 8 + nlist * d * 4 / n + pq_bytes * 256 * (d // pq_bytes) * 4 / n
+    assert ivf_pq <= ram[f"FAISS IVF{nlist},PQ{pq_bytes}np nprobe=16"] < ivf_pq + small
+    assert d + 2 * d * 4 / n <= ram["FAISS SQ8"] < d + 2 * d * 4 / n + small  # codes and per-dimension ranges
+    assert d / 8 + 4 * d <= ram["FAISS binary + float rescore (200)"] < d / 8 + 4 * d + small  # floats in RAM for the rescore

@@ -165,10 +165,9 @@ class Shortlist:
     def __init__(self, spec: ShortlistSpec, metric: str, index: object, coarse: faiss.Index | None, mips_norm: float | None) -> None:
         self.spec, self.metric, self.mips_norm = spec, metric, mips_norm
         self._index, self._coarse = index, coarse
-        # ivf: per-search constants, read from FAISS once (a Python loop over nlist lists cost
-        # ~0.3 ms per call, more than a one-query search itself); add() forgets the sizes.
+        # ivf: the list sizes, read from FAISS once (a Python loop over nlist lists cost ~0.3 ms
+        # per call, more than a one-query search itself); add() forgets them.
         self._list_sizes: np.ndarray | None = None
-        self._centroids: np.ndarray | None = None
 
     # -- building ---------------------------------------------------------------------------------
 
@@ -361,15 +360,19 @@ class Shortlist:
         return scores, ids
 
     def _coarse_distances(self, q: np.ndarray, lists: np.ndarray) -> np.ndarray:
-        """Query-to-centroid scores [Q, nprobe] in the shortlist space, which residual codes add back."""
+        """Query-to-centroid scores [Q, nprobe] in the shortlist space, which residual codes add back
+        (inner products, or squared distances for l2), computed by the IVF's own quantiser for the
+        probed lists only: no second copy of the centroids is held."""
         if self.spec.encoding == "binary":
             return np.zeros(lists.shape, dtype=np.int32)
-        if self._centroids is None:
-            self._centroids = self._index.quantizer.reconstruct_n(0, self.spec.nlist)
-        centroids = self._centroids[lists]
-        if self.metric == "l2":
-            return np.ascontiguousarray(((centroids - q[:, None, :]) ** 2).sum(-1), dtype=np.float32)
-        return np.ascontiguousarray(np.einsum("qpd,qd->qp", centroids, q), dtype=np.float32)
+        n_queries, nprobe = lists.shape
+        q, lists = np.ascontiguousarray(q, dtype=np.float32), np.ascontiguousarray(lists, dtype=np.int64)
+        if lists.size and not 0 <= lists.min() <= lists.max() < self.spec.nlist:  # FAISS would read outside its table
+            raise MRLError(f"probed list ids must lie in [0, {self.spec.nlist}), got {lists.min()}..{lists.max()}")
+        out = np.empty((n_queries, nprobe), dtype=np.float32)
+        faiss.downcast_index(self._index.quantizer).compute_distance_subset(
+            n_queries, faiss.swig_ptr(q), nprobe, faiss.swig_ptr(out), faiss.swig_ptr(lists))
+        return out
 
     # -- properties and persistence ----------------------------------------------------------------
 
