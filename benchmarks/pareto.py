@@ -340,6 +340,30 @@ def named_dataset(args) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.n
             f"WordNet glosses, all-MiniLM-L6-v2: {args.wordnet_n} x {vectors.shape[1]}")
 
 
+def adapted(vectors: np.ndarray, others: list[np.ndarray], args) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The vectors made Matryoshka post hoc: an unsupervised adapter (``mrl adapt fit``'s defaults
+    and seed 0, --adapter-nesting, --adapter-epochs) fitted on the database vectors alone, then
+    database and queries transformed and L2-normalised (``mrl adapt apply --normalize``). Untimed;
+    trained with --embed-threads torch threads."""
+    from mrl.adapter import FitConfig, MatryoshkaAdapter, fit_adapter
+    from mrl.nesting import parse_nesting
+
+    start = time.perf_counter()
+    timing_threads = torch.get_num_threads()
+    torch.set_num_threads(args.embed_threads or timing_threads)
+    try:
+        config = FitConfig(epochs=args.adapter_epochs, seed=0)
+        torch.manual_seed(config.seed)
+        adapter = MatryoshkaAdapter(vectors.shape[1], parse_nesting(args.adapter_nesting, vectors.shape[1]))
+        fit_adapter(adapter, vectors, config=config)
+        out = [adapter.transform(x, normalize=True, batch_size=8192) for x in (vectors, *others)]
+    finally:
+        torch.set_num_threads(timing_threads)
+    logger.info("adapter (nesting %s, %d epochs) fitted on %d vectors and applied in %.0f s", args.adapter_nesting,
+                args.adapter_epochs, len(vectors), time.perf_counter() - start)
+    return out[0], out[1:]
+
+
 def run(vectors: np.ndarray, queries: np.ndarray, tune_queries: np.ndarray, db_labels, query_labels, args,
         tune_exact: np.ndarray | None = None, reference_ids: np.ndarray | None = None) -> dict:
     """Every method side by side; kNN-recall against ``reference_ids`` [Q, K] when given (exact cosine
@@ -446,7 +470,11 @@ def main() -> None:
                         help="real embeddings of a model trained without MRL (see named_dataset)")
     parser.add_argument("--wordnet-n", type=int, default=20_000,
                         help="wordnet-minilm: glosses in the database (at most 117,659 - tuning - timed queries)")
-    parser.add_argument("--embed-threads", type=int, default=None, help="wordnet-minilm: torch threads while embedding (default: as timed)")
+    parser.add_argument("--embed-threads", type=int, default=None, help="torch threads while embedding (wordnet-minilm) or fitting --adapter-nesting (default: as timed)")
+    parser.add_argument("--adapter-nesting", default=None,
+                        help="real data: search the vectors made Matryoshka post hoc by an unsupervised mrl adapter with these "
+                             "prefix sizes (e.g. 24,48,96,192,384), fitted on the database vectors (untimed)")
+    parser.add_argument("--adapter-epochs", type=int, default=5, help="epochs of the --adapter-nesting fit")
     parser.add_argument("--dim", type=int, default=2048, help="synthetic dimension")
     parser.add_argument("--n-queries", type=int, default=1000, help="timed queries (real: the first test vectors after the tuning ones)")
     parser.add_argument("--tune-queries", type=int, default=200, help="queries the mrl funnels are tuned on (never timed)")
@@ -524,6 +552,11 @@ def main() -> None:
         tune_queries = synthetic(args.tune_queries, *shape, stream=2, decay=args.decay, noise=args.noise)
         db_labels = query_labels = None
         title = f"synthetic {args.synthetic_n} x {args.dim} (decay {args.decay})"
+    if args.adapter_nesting is not None:
+        if args.synthetic_n is not None:
+            parser.error("--adapter-nesting applies to real embeddings (--dataset, --database)")
+        vectors, (tune_queries, queries) = adapted(vectors, [tune_queries, queries], args)
+        title += f", adapted (nesting {args.adapter_nesting}, {args.adapter_epochs} epochs)"
     report = {
         "machine": {"cpu_count": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(), "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform(), "load_average_start": os.getloadavg()},

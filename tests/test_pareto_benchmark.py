@@ -84,3 +84,59 @@ def test_baseline_ram_counts_centroids_and_codebooks_as_mrl_structures_do(pareto
     assert ivf_pq <= ram[f"FAISS IVF{nlist},PQ{pq_bytes}np nprobe=16"] < ivf_pq + small
     assert d + 2 * d * 4 / n <= ram["FAISS SQ8"] < d + 2 * d * 4 / n + small  # codes and per-dimension ranges
     assert d / 8 + 4 * d <= ram["FAISS binary + float rescore (200)"] < d / 8 + 4 * d + small  # floats in RAM for the rescore
+
+
+def test_wordnet_embeddings_are_cached_by_their_texts(pareto, tmp_path, monkeypatch):
+    """--cache-dir: the second run reads the verified cache instead of embedding; other texts are embedded anew."""
+    import mrl.data.wordnet
+    import mrl.data.wordnet_retrieval
+    import mrl.text.model
+
+    texts = [f"gloss {i}" for i in range(40)]
+    calls = []
+
+    def fake_embed(model, batch, batch_size):
+        calls.append(len(batch))
+        return np.stack([np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(8) for t in batch]).astype(np.float32)
+
+    monkeypatch.setattr(mrl.data.wordnet, "load_synsets", lambda: texts)
+    monkeypatch.setattr(mrl.data.wordnet_retrieval, "document_text", str)
+    monkeypatch.setattr(mrl.text.model, "load_text_model", lambda name: None)
+    monkeypatch.setattr(mrl.text.model, "embed", fake_embed)
+    args = argparse.Namespace(dataset="wordnet-minilm", wordnet_n=30, tune_queries=4, n_queries=6, embed_threads=None, cache_dir=tmp_path)
+    first = pareto.named_dataset(args)
+    second = pareto.named_dataset(args)
+    assert calls == [40]  # embedded once, then read back
+    for a, b in zip(first[::2], second[::2]):
+        np.testing.assert_array_equal(a, b)
+    assert first[0].shape == (30, 8) and first[2].shape == (10, 8)
+    np.testing.assert_allclose(np.linalg.norm(first[0], axis=1), 1.0, rtol=1e-6)
+    texts[0] = "another gloss"  # same count, other texts: another sha256, embedded anew
+    pareto.named_dataset(args)
+    assert calls == [40, 40]
+
+
+def test_adapter_nesting_gives_what_mrl_adapt_fit_and_apply_give(pareto, tmp_path):
+    """--adapter-nesting: the benchmark's adapted vectors equal `mrl adapt fit` then `mrl adapt apply --normalize`."""
+    import torch
+    from click.testing import CliRunner
+
+    from mrl.cli import cli
+    from mrl.io import load_npz, save_npz
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((300, 16)).astype(np.float32)
+    queries = rng.standard_normal((7, 16)).astype(np.float32)
+    save_npz(tmp_path / "db.npz", X=vectors)
+    save_npz(tmp_path / "q.npz", X=queries)
+    threads = torch.get_num_threads()
+    run = lambda *a: CliRunner().invoke(cli, [str(x) for x in a], catch_exceptions=False)  # noqa: E731
+    assert run("adapt", "fit", tmp_path / "db.npz", "--out", tmp_path / "ad", "--nesting", "4,8,16", "--epochs", 2, "--quiet").exit_code == 0
+    for name in ("db", "q"):
+        assert run("adapt", "apply", tmp_path / "ad", tmp_path / f"{name}.npz", "--out", tmp_path / f"{name}_a.npz", "--normalize").exit_code == 0
+    args = argparse.Namespace(adapter_nesting="4,8,16", adapter_epochs=2, embed_threads=None)
+    db, (q,) = pareto.adapted(vectors, [queries], args)
+    np.testing.assert_allclose(db, load_npz(tmp_path / "db_a.npz")["X"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(q, load_npz(tmp_path / "q_a.npz")["X"], rtol=0, atol=1e-6)
+    assert not np.allclose(db, vectors / np.linalg.norm(vectors, axis=1, keepdims=True), atol=1e-3)  # the adapter moved them
+    assert torch.get_num_threads() == threads
