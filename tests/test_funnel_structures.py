@@ -478,11 +478,17 @@ def test_shortlist_entries_name_every_option_and_read_back(text, expected, canon
         ("hnsw:int8:16:M=48", r"unknown shortlist option 'M' in 'hnsw:int8:16:M=48'; known: coarse_dim, nlist"),
         ("ivf:int8:16:8:coarse_dim=4", r"shortlist option 'coarse_dim' given twice"),
         ("hnsw:int8:16:hnsw_m=48;hnsw:int8:16:hnsw_m=48:hnsw_m=32", r"shortlist option 'hnsw_m' given twice"),
+        ("hnsw:int8:8:hnsw_m=100000", r"hnsw_m must be an integer in \[2, 1024\], got 100000"),  # checked when resolved
+        ("hnsw:int8:8:hnsw_m=1", r"hnsw_m must be an integer in \[2, 1024\], got 1"),
+        ("hnsw:int8:8:ef_search=2000000", r"ef_search must be at most 1048576, got 2000000"),
+        ("ivf:int8:8:nlist=0", r"nlist must be a positive integer, got 0"),
+        ("ivf:int8:8:4:nlist=401", r"nlist=401 is larger than the database \(400 vectors\)"),
     ],
 )
 def test_bad_shortlist_entries(text, match):
     with pytest.raises(MRLError, match=match):
-        parse_shortlists(text)
+        for spec in parse_shortlists(text):
+            spec.resolved(N, D, "cosine")
 
 
 def test_named_options_reach_the_built_structures(tmp_path):

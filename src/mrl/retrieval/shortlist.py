@@ -95,6 +95,11 @@ class ShortlistSpec:
             raise MRLError(f"encoding must be one of {list(ENCODINGS)}, got {self.encoding!r}")
         for name in ("dim", "nprobe", "hnsw_m", "ef_construction", "ef_search", "pq_nbits"):
             _check_positive_int(name, getattr(self, name))
+        if not 2 <= self.hnsw_m <= 1024:  # as `mrl index build --hnsw-m` bounds it: a huge M is a huge allocation
+            raise MRLError(f"hnsw_m must be an integer in [2, 1024], got {self.hnsw_m!r}")
+        for name in ("ef_construction", "ef_search"):
+            if getattr(self, name) > 1 << 20:
+                raise MRLError(f"{name} must be at most {1 << 20}, got {getattr(self, name)!r}")
         if not 1 <= self.dim <= full_dim:
             raise MRLError(f"shortlist_dim must be an integer in [1, {full_dim}], got {self.dim!r}")
         if not isinstance(self.opq, bool):
