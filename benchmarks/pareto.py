@@ -59,6 +59,7 @@ baseline, whether an mrl point dominates it; writes JSON and a recall-vs-ms plot
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -76,10 +77,24 @@ import torch
 
 from mrl.io import atomic_write_bytes, load_npz, write_json
 from mrl.metrics import Relevance, knn_recall_at_k, retrieval_summary
-from mrl.retrieval import FunnelIndex, IndexTuner, candidate_funnels, exact_search, format_shortlist, pareto_front, parse_shortlists
+from mrl.retrieval import (FunnelIndex, IndexTuner, ShortlistSpec, candidate_funnels, exact_search, format_shortlist, pareto_front,
+                           parse_shortlists)
+from mrl.retrieval.shortlist import faiss_nbytes
 
 logger = logging.getLogger("pareto")
 K = 10
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    """Run untimed work (embedding, fitting an adapter) with ``threads`` torch threads (None: as
+    timed), then give the timed searches their stated count back."""
+    timing_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or timing_threads)
+    try:
+        yield threads or timing_threads
+    finally:
+        torch.set_num_threads(timing_threads)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -105,23 +120,9 @@ def _add(index, vectors: np.ndarray, encode=lambda block: block) -> None:
         index.add(encode(block))
 
 
-def structure_bytes(index) -> int:
-    """Bytes of a FAISS index as it streams itself (codes, ids, graph, centroids, codebooks): the
-    measure mrl's shortlists are counted by (``Shortlist.nbytes``), so RAM compares like with like."""
-    total = 0
-
-    def count(chunk: bytes) -> None:
-        nonlocal total
-        total += len(chunk)
-
-    write = faiss.write_index_binary if isinstance(index, faiss.IndexBinary) else faiss.write_index
-    write(index, faiss.PyCallbackIOWriter(count))
-    return total
-
-
 def faiss_baselines(vectors: np.ndarray, args) -> list[dict]:
     """Build each FAISS baseline on the full vectors (float32, or a float16 memory map added block by
-    block); return methods with search(q) -> ids. RAM per vector: :func:`structure_bytes` over N (so
+    block); return methods with search(q) -> ids. RAM per vector: ``faiss_nbytes`` over N (so
     IVF's centroids and PQ's codebooks count, as they do for mrl's structures), plus the float
     vectors the binary baseline re-scores when they are in memory."""
     n, d = vectors.shape
@@ -136,18 +137,18 @@ def faiss_baselines(vectors: np.ndarray, args) -> list[dict]:
 
     flat = faiss.IndexFlatIP(d)
     build, _ = _timed(lambda: _add(flat, vectors))
-    add("FAISS IndexFlatIP (exact)", flat, structure_bytes(flat) / n, build)
+    add("FAISS IndexFlatIP (exact)", flat, faiss_nbytes(flat) / n, build)
     if "hnsw" in wanted and n <= args.hnsw_full_n:
         hnsw = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = 40
         build, _ = _timed(lambda: _add(hnsw, vectors))
         for ef in (64, 256):
-            add(f"FAISS HNSWFlat32 ef={ef}", hnsw, structure_bytes(hnsw) / n, build, faiss.SearchParametersHNSW(efSearch=ef))
+            add(f"FAISS HNSWFlat32 ef={ef}", hnsw, faiss_nbytes(hnsw) / n, build, faiss.SearchParametersHNSW(efSearch=ef))
     if "ivf" in wanted:
         ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         build, _ = _timed(lambda: (ivf.train(train), _add(ivf, vectors)))
         for nprobe in (8, 32):
-            add(f"FAISS IVF{nlist},Flat nprobe={nprobe}", ivf, structure_bytes(ivf) / n, build, faiss.SearchParametersIVF(nprobe=nprobe))
+            add(f"FAISS IVF{nlist},Flat nprobe={nprobe}", ivf, faiss_nbytes(ivf) / n, build, faiss.SearchParametersIVF(nprobe=nprobe))
     for opq in [False] * ("ivfpq" in wanted) + [True] * ("opq" in wanted):
         key = f"{'OPQ' + str(args.pq_bytes) + ',' if opq else ''}IVF{nlist},PQ{args.pq_bytes}np"  # np: no polysemous training
         index = faiss.index_factory(d, key, faiss.METRIC_INNER_PRODUCT)
@@ -155,21 +156,21 @@ def faiss_baselines(vectors: np.ndarray, args) -> list[dict]:
             faiss.downcast_VectorTransform(index.chain.at(0)).niter = 10  # FAISS's default 50 rounds take hours at d=2048 on 2 cores
         build, _ = _timed(lambda index=index: (index.train(train), _add(index, vectors)))
         for nprobe in (16, 64):
-            add(f"FAISS {key} nprobe={nprobe}", index, structure_bytes(index) / n, build, faiss.SearchParametersIVF(nprobe=nprobe))
+            add(f"FAISS {key} nprobe={nprobe}", index, faiss_nbytes(index) / n, build, faiss.SearchParametersIVF(nprobe=nprobe))
     if "sq8" in wanted:
         for name, kind in (("SQ8", faiss.ScalarQuantizer.QT_8bit), ("SQ8 uniform", faiss.ScalarQuantizer.QT_8bit_uniform)):
             sq = faiss.IndexScalarQuantizer(d, kind, faiss.METRIC_INNER_PRODUCT)
             build, _ = _timed(lambda sq=sq: (sq.train(train), _add(sq, vectors)))
-            add(f"FAISS {name}", sq, structure_bytes(sq) / n, build)
+            add(f"FAISS {name}", sq, faiss_nbytes(sq) / n, build)
     if "binary" in wanted and d % 8 == 0:
         binary = faiss.IndexBinaryFlat(d)
         build, _ = _timed(lambda: _add(binary, vectors, lambda block: np.packbits(block > 0, axis=1)))
         # The classic recipe: Hamming top-200 on sign bits, then float re-score (float vectors kept in
         # RAM, or read from the float16 memory map, which then costs no RAM of the process's own).
         if mapped:
-            add("FAISS binary + float rescore (200) [mmap f16]", binary, structure_bytes(binary) / n, build, rescore=200)
+            add("FAISS binary + float rescore (200) [mmap f16]", binary, faiss_nbytes(binary) / n, build, rescore=200)
         else:
-            add("FAISS binary + float rescore (200)", binary, structure_bytes(binary) / n + 4 * d, build, rescore=200)
+            add("FAISS binary + float rescore (200)", binary, faiss_nbytes(binary) / n + 4 * d, build, rescore=200)
     return methods
 
 
@@ -199,10 +200,9 @@ def mrl_points(index: FunnelIndex, tune_queries: np.ndarray, args, tune_exact: n
     targets = [args.target_recall, args.low_target, *args.extra_targets]
     points = []
     for spec in parse_shortlists(args.mrl_shortlists):
-        if spec.kind == "hnsw":  # the flags fill in what an entry does not name itself (hnsw:int8:192:hnsw_m=64)
-            named = format_shortlist(spec)
+        if spec.kind == "hnsw":  # the flags fill in what an entry leaves at its default (hnsw:int8:192:hnsw_m=64 keeps 64)
             spec = dataclasses.replace(spec, **{field: value for field, value in (("hnsw_m", args.hnsw_m), ("ef_construction", args.ef_construction))
-                                                if value and f"{field}=" not in named})
+                                                if value and getattr(spec, field) == getattr(ShortlistSpec(), field)})
         candidates = candidate_funnels(index.dim, spec.dim, index.ntotal, K, max_length=args.tune_max_length,
                                        rescore=spec.encoding != "float32")
         start = time.perf_counter()
@@ -316,14 +316,10 @@ def named_dataset(args) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.n
 
     def embedded() -> np.ndarray:
         start = time.perf_counter()
-        timing_threads = torch.get_num_threads()
-        torch.set_num_threads(args.embed_threads or timing_threads)  # embedding is not timed; the searches keep the thread count stated
-        try:
+        with _torch_threads(args.embed_threads) as threads:
             out = _normalise(embed(load_text_model("all-MiniLM-L6-v2"), texts, batch_size=128))
-        finally:
-            torch.set_num_threads(timing_threads)
-        logger.info("embedded %d WordNet glosses with all-MiniLM-L6-v2 (%d threads) in %.0f s", len(texts),
-                    args.embed_threads or timing_threads, time.perf_counter() - start)
+        logger.info("embedded %d WordNet glosses with all-MiniLM-L6-v2 (%d threads) in %.0f s", len(texts), threads,
+                    time.perf_counter() - start)
         return out
 
     if args.cache_dir is None:
@@ -349,16 +345,12 @@ def adapted(vectors: np.ndarray, others: list[np.ndarray], args) -> tuple[np.nda
     from mrl.nesting import parse_nesting
 
     start = time.perf_counter()
-    timing_threads = torch.get_num_threads()
-    torch.set_num_threads(args.embed_threads or timing_threads)
-    try:
+    with _torch_threads(args.embed_threads):
         config = FitConfig(epochs=args.adapter_epochs, seed=0)
         torch.manual_seed(config.seed)
         adapter = MatryoshkaAdapter(vectors.shape[1], parse_nesting(args.adapter_nesting, vectors.shape[1]))
         fit_adapter(adapter, vectors, config=config)
         out = [adapter.transform(x, normalize=True, batch_size=8192) for x in (vectors, *others)]
-    finally:
-        torch.set_num_threads(timing_threads)
     logger.info("adapter (nesting %s, %d epochs) fitted on %d vectors and applied in %.0f s", args.adapter_nesting,
                 args.adapter_epochs, len(vectors), time.perf_counter() - start)
     return out[0], out[1:]
@@ -525,6 +517,8 @@ def main() -> None:
         parser.error("give one of --database and --queries (real data), --dataset or --synthetic-n")
     if args.stores - set(STORES):
         parser.error(f"--stores: unknown {sorted(args.stores - set(STORES))}; known: {', '.join(STORES)}")
+    if args.adapter_nesting is not None and args.synthetic_n is not None:
+        parser.error("--adapter-nesting applies to real embeddings (--dataset, --database)")
 
     if args.dataset is not None:
         vectors, db_labels, all_queries, all_labels, title = named_dataset(args)
@@ -553,8 +547,6 @@ def main() -> None:
         db_labels = query_labels = None
         title = f"synthetic {args.synthetic_n} x {args.dim} (decay {args.decay})"
     if args.adapter_nesting is not None:
-        if args.synthetic_n is not None:
-            parser.error("--adapter-nesting applies to real embeddings (--dataset, --database)")
         vectors, (tune_queries, queries) = adapted(vectors, [tune_queries, queries], args)
         title += f", adapted (nesting {args.adapter_nesting}, {args.adapter_epochs} epochs)"
     report = {

@@ -53,6 +53,10 @@ def test_unknown_store_is_refused():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "--stores: unknown ['disk']; known: mmap, mmap32, memory" in result.stderr
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "pareto.py"), "--synthetic-n", "100", "--adapter-nesting", "4,8"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2  # refused by the parser, before any data is generated
+    assert "--adapter-nesting applies to real embeddings (--dataset, --database)" in result.stderr
 
 
 def test_hnsw_graph_options_reach_the_tuned_structure(pareto):

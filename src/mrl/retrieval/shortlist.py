@@ -148,6 +148,21 @@ def _check_positive_int(name: str, value: object) -> None:
         raise MRLError(f"{name} must be a positive integer, got {value!r}")
 
 
+def faiss_nbytes(index: faiss.Index | faiss.IndexBinary) -> int:
+    """Bytes of a FAISS index (codes, ids, graph, centroids, codebooks) counted as FAISS streams it,
+    without building the serialised copy: the measure of RAM for mrl's shortlists and, in
+    benchmarks/pareto.py, for FAISS's own indexes alike."""
+    total = 0
+
+    def count(chunk: bytes) -> None:
+        nonlocal total
+        total += len(chunk)
+
+    write = faiss.write_index_binary if isinstance(index, faiss.IndexBinary) else faiss.write_index
+    write(index, faiss.PyCallbackIOWriter(count))
+    return total
+
+
 def sign_bits(prefixes: np.ndarray) -> np.ndarray:
     """Binary codes uint8 [n, d/8] of float prefixes [n, d]: bit j is 1 where coordinate j > 0.
 
@@ -414,19 +429,9 @@ class Shortlist:
         return cls(spec, metric, index, coarse, mips_norm)
 
     def nbytes(self) -> int:
-        """Bytes the structures occupy in memory (their serialised size: codes, graph, lists, codebooks),
-        counted as FAISS streams them, without building the serialised copy."""
-        total = 0
-
-        def count(chunk: bytes) -> None:
-            nonlocal total
-            total += len(chunk)
-
-        write = faiss.write_index_binary if self.spec.encoding == "binary" else faiss.write_index
-        write(self._index, faiss.PyCallbackIOWriter(count))
-        if self._coarse is not None:
-            faiss.write_index(self._coarse, faiss.PyCallbackIOWriter(count))
-        return total
+        """Bytes the structures occupy in memory (their serialised size: codes, graph, lists, codebooks);
+        see :func:`faiss_nbytes`."""
+        return faiss_nbytes(self._index) + (faiss_nbytes(self._coarse) if self._coarse is not None else 0)
 
     def check_loaded(self, n_database: int) -> None:
         """Raise MRLError when the deserialised structures disagree with the spec (a foreign or stale file)."""
