@@ -77,8 +77,8 @@ import torch
 
 from mrl.io import atomic_write_bytes, load_npz, write_json
 from mrl.metrics import Relevance, knn_recall_at_k, retrieval_summary
-from mrl.retrieval import (FunnelIndex, IndexTuner, ShortlistSpec, candidate_funnels, exact_search, format_shortlist, pareto_front,
-                           parse_shortlists)
+from mrl.retrieval import (FunnelIndex, IndexTuner, ShortlistSpec, candidate_funnels, exact_search, format_shortlist, holding_target,
+                           pareto_front, parse_shortlists)
 from mrl.retrieval.shortlist import faiss_nbytes
 
 logger = logging.getLogger("pareto")
@@ -190,10 +190,11 @@ def baseline_search(method: dict, vectors: np.ndarray, queries: np.ndarray) -> n
 
 
 def mrl_points(index: FunnelIndex, tune_queries: np.ndarray, args, tune_exact: np.ndarray | None = None) -> list[dict]:
-    """Tune each shortlist structure on the tuning queries; keep its fastest point at each target.
+    """Tune each shortlist structure on the tuning queries; keep its fastest point at each target
+    (and, with --tune-headroom H, its fastest point holding the target with H grid steps to spare).
 
-    The tuner runs at the highest target: it skips a funnel only when a shorter one with the same
-    stage dims already met its target, so every lower target's fastest point was measured too.
+    The tuner runs at the highest target: it skips a funnel only when more than H shorter ones with
+    the same stage dims already met its target, so every lower target's fastest point was measured too.
     """
     if tune_exact is None:
         _, tune_exact = exact_search(index.vectors, tune_queries, K, metric="cosine")
@@ -207,15 +208,16 @@ def mrl_points(index: FunnelIndex, tune_queries: np.ndarray, args, tune_exact: n
                                        rescore=spec.encoding != "float32")
         start = time.perf_counter()
         tuner = IndexTuner(k=K, target_recall=max(targets), shortlists=[spec], nprobes=args.nprobes, ef_searches=args.ef_searches,
-                           repeats=1, candidates=candidates).fit(index, tune_queries, tune_exact)
+                           repeats=1, candidates=candidates, headroom=args.tune_headroom).fit(index, tune_queries, tune_exact)
         logger.info("%s: %d points measured in %.0f s", format_shortlist(spec), len(tuner.results_), time.perf_counter() - start)
         structure = tuner.best_shortlist_
         chosen = []
         for target in targets:
-            meeting = [r for r in tuner.results_ if r["knn_recall"] >= target]
-            fastest = min(meeting, key=lambda r: r["ms_per_query"]) if meeting else None
-            if fastest is not None and all(fastest is not r for r in chosen):
-                chosen.append(fastest)
+            for headroom in sorted({0, args.tune_headroom}):
+                meeting = holding_target(tuner.results_, target, headroom)
+                fastest = min(meeting, key=lambda r: r["ms_per_query"]) if meeting else None
+                if fastest is not None and all(fastest is not r for r in chosen):
+                    chosen.append(fastest)
         if not chosen:
             chosen = [tuner.best_]  # the most accurate point when no target was met
         for row in chosen:
@@ -497,6 +499,9 @@ def main() -> None:
     parser.add_argument("--hnsw-full-n", type=int, default=250_000, help="build full-dim HNSW32 only up to this N")
     parser.add_argument("--nlist", type=int, default=None, help="lists of the FAISS IVF baselines (default: min(N / 39, 4 sqrt(N)))")
     parser.add_argument("--tune-max-length", type=int, default=2048, help="longest first-stage shortlist the mrl tuner tries")
+    parser.add_argument("--tune-headroom", type=int, default=0,
+                        help="grid steps to spare: at each target also keep the fastest funnel whose N next-shorter funnels "
+                             "(same structure, breadth and stage dims) met it on the tuning queries too")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="synthetic: keep the float16 vectors and the tuning queries' exact top-k here (benchmarks/synthetic_cache.py) "
                              "and reuse them, size and sha256 checked; the vectors stay memory-mapped (use --stores mmap at 1M); "

@@ -440,8 +440,23 @@ def test_cli_tune_with_shortlists(tmp_path):
     assert "| shortlist | nprobe/ef |" in result.output and "chose " in result.output
     fields = json.loads((tmp_path / "idx" / "manifest.json").read_text())["meta"]["fields"]
     assert f"{fields['shortlist']}:{fields['encoding']}:8" in result.output.split("chose ")[1]
+    before = {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir()}
     result = run("index", "tune", tmp_path / "idx", tmp_path / "q.npz", "--shortlists", "flat:int8")
     assert result.exit_code == 1 and "Error: shortlists must be ';'-separated kind:encoding:dim" in result.output
+    result = run("index", "tune", tmp_path / "idx", tmp_path / "q.npz", "--headroom", -1)
+    assert result.exit_code == 1 and "Error: --headroom must be an integer >= 0 and <= 64, got -1" in result.output
+    assert {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir()} == before
+    # --headroom 1 saves a funnel whose next-shorter funnel on the same dims met the target as well.
+    result = run("index", "tune", tmp_path / "idx", tmp_path / "q.npz", "--k", 5, "--target-recall", 0.9, "--repeats", 1, "--headroom", 1)
+    assert result.exit_code == 0, result.output
+    chosen = json.loads((tmp_path / "idx" / "manifest.json").read_text())["meta"]["fields"]["funnel"]
+    index = FunnelIndex.load(tmp_path / "idx")
+    _, exact_ids = exact_search(db, queries, k=5)
+    shorter = [[dim, length] for dim, length in chosen]
+    shorter[0][1] = max(5, round(chosen[0][1] / 2 ** 0.5))  # one sqrt(2) grid step down (candidate_funnels)
+    for funnel in (chosen, shorter):
+        ids = index.search(queries, k=5, funnel=[tuple(stage) for stage in funnel])[1]
+        assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ids.tolist(), exact_ids.tolist())]) >= 0.9
 
 
 @pytest.mark.parametrize(
@@ -565,3 +580,23 @@ def test_blocked_rerank_scores_equal_numpy(tmp_path, monkeypatch, metric, dtype,
         expected = dots
     expected[ids < 0] = -np.inf
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip"])
+def test_blocked_flat_scan_equals_brute_force_after_add(monkeypatch, metric):
+    """The flat float32 scan below 128 dims (numpy products kept in FAISS heaps, block by block) returns
+    an exact top-n of the prefixes, including rows appended by add() and partial blocks."""
+    from mrl.retrieval import shortlist as shortlist_module
+
+    monkeypatch.setattr(shortlist_module, "_SCAN_BLOCK_FLOATS", 7 * 1024)  # 1,024 rows per product for 1,024 queries, 7,168 for one
+    db, queries = _data(3, n=2600, nq=1100)  # 2 query blocks (1,024 + 76); the rows split 1,024 + 1,024 + 552
+    index = FunnelIndex(db[:2000], metric=metric, shortlist_dim=DS)
+    index.add(db[2000:])
+    assert index._shortlist._gemm_scan()
+    n1 = 50
+    _, ids = index.search(queries, k=n1, funnel=[(DS, n1)])
+    _check_top_set(ids, _scores(_prefix(queries, DS, metric), _prefix(db, DS, metric), metric), n1, atol=1e-5)
+    _, one = index.search(queries[:1], k=n1, funnel=[(DS, n1)])  # one query: the whole table in one product
+    np.testing.assert_array_equal(np.sort(one[0]), np.sort(ids[0]))
+    wide = FunnelIndex(np.tile(db, (1, 5))[:, :128], metric=metric, shortlist_dim=128)  # 128 dims and up: FAISS's own scan
+    assert not wide._shortlist._gemm_scan()

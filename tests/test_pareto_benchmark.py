@@ -64,12 +64,31 @@ def test_hnsw_graph_options_reach_the_tuned_structure(pareto):
     vectors = rng.standard_normal((400, 32)).astype(np.float32)
     index = FunnelIndex(vectors, shortlist_dim=8)
     args = argparse.Namespace(mrl_shortlists="hnsw:int8:16;flat:float32:8;hnsw:float32:8:hnsw_m=6", hnsw_m=12, ef_construction=50,
-                              target_recall=0.9, low_target=0.5, extra_targets=[], tune_max_length=64, nprobes=[4], ef_searches=[64])
+                              target_recall=0.9, low_target=0.5, extra_targets=[], tune_max_length=64, nprobes=[4], ef_searches=[64],
+                              tune_headroom=0)
     points = pareto.mrl_points(index, rng.standard_normal((20, 32)).astype(np.float32), args)
     graphs = {p["name"].split()[1]: (p["structure"].spec.hnsw_m, p["structure"].spec.ef_construction) for p in points}
     # only HNSW specs take the graph options, and an entry's own hnsw_m= wins over the flag; the names read back as built
     assert graphs == {"hnsw:int8:16:hnsw_m=12:ef_construction=50": (12, 50), "flat:float32:8": (32, 80),
                       "hnsw:float32:8:hnsw_m=6:ef_construction=50": (6, 50)}
+
+
+def test_tune_headroom_also_keeps_the_funnel_with_steps_to_spare(pareto):
+    rng = np.random.default_rng(2)
+    scale = (1.0 / np.arange(1, 33)).astype(np.float32)  # early coordinates carry most signal: short funnels suffice
+    vectors = rng.standard_normal((400, 32)).astype(np.float32) * scale
+    queries = rng.standard_normal((20, 32)).astype(np.float32) * scale
+    index = FunnelIndex(vectors, shortlist_dim=8)
+    args = argparse.Namespace(mrl_shortlists="flat:float32:8", hnsw_m=0, ef_construction=0, target_recall=0.95, low_target=0.95,
+                              extra_targets=[], tune_max_length=400, nprobes=[4], ef_searches=[64], tune_headroom=0)
+    plain = pareto.mrl_points(index, queries, args)
+    args.tune_headroom = 2
+    spared = pareto.mrl_points(index, queries, args)
+    # The fastest funnel meeting the target, then (unless it is the same one) the fastest holding it with
+    # 2 grid steps to spare: two shorter funnels on its stage dims met it too, so its first stage keeps
+    # at least 40 candidates (the grid runs 20, 28, 40, ...).
+    assert len(plain) == 1 and 1 <= len(spared) <= 2 and all(p["tuned_recall"] >= 0.95 for p in plain + spared)
+    assert spared[-1]["funnel"][0][1] >= 40
 
 
 def test_baseline_ram_counts_centroids_and_codebooks_as_mrl_structures_do(pareto):

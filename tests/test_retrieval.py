@@ -11,6 +11,7 @@ from mrl.errors import MRLError, NotFittedError
 from mrl.retrieval import (
     FunnelIndex,
     FunnelTuner,
+    IndexTuner,
     ShortlistSpec,
     candidate_funnels,
     evaluate_configurations,
@@ -324,3 +325,40 @@ def test_tuner_skips_dominated_candidates_and_accepts_ground_truth():
     assert tuner.best_funnel_ == [(DS, 200), (D, 5)]
     with pytest.raises(MRLError, match="exact_ids has 3 rows but there are 25 sample queries"):
         FunnelTuner(k=5).fit(index, queries, exact_ids=exact_ids[:3])
+
+
+@pytest.mark.parametrize("headroom", [0, 1, 2])
+def test_tuner_headroom_chooses_grid_steps_past_the_first_success(tmp_path, headroom):
+    """With headroom h the tuner measures h more funnels on a chain past the first meeting the target
+    and picks the h-th of them: every shorter one it skipped over met the target too."""
+    db, queries = _data(12)
+    index = FunnelIndex(db, shortlist_dim=DS)
+    _, exact_ids = exact_search(db, queries, k=5)
+    lengths = [5, 10, 20, 40, 80, 160, 320, 400]
+    candidates = [[(DS, n), (D, 5)] for n in lengths]
+    plain = FunnelTuner(k=5, target_recall=0.96, candidates=candidates, objective="flops").fit(index, queries, exact_ids=exact_ids)
+    first = lengths.index(plain.best_funnel_[0][1])
+    assert 0 < first < len(lengths) - 3  # the data leave room for the steps asked for
+    tuner = FunnelTuner(k=5, target_recall=0.96, candidates=candidates, objective="flops", headroom=headroom).fit(index, queries, exact_ids=exact_ids)
+    assert [r["funnel"] for r in tuner.results_] == candidates[: first + headroom + 1]  # longer ones are skipped
+    assert tuner.best_funnel_ == candidates[first + headroom]
+    assert [r["holds_target"] for r in tuner.results_] == [False] * (first + headroom) + [True]
+    assert all(r["meets_target"] for r in tuner.results_[first:])
+    # The same choice through FunnelIndex.tune, the IndexTuner and the CLI.
+    assert index.tune(queries, k=5, target_recall=0.96, candidates=candidates, objective="flops", headroom=headroom).best_funnel_ == candidates[first + headroom]
+    picked = IndexTuner(k=5, target_recall=0.96, shortlists=[ShortlistSpec("flat", "float32", DS)], candidates=candidates, repeats=1,
+                        headroom=headroom).fit(index, queries, exact_ids)
+    assert picked.best_funnel_ == candidates[first + headroom] and picked.best_["holds_target"]
+
+
+@pytest.mark.parametrize("headroom", [-1, 65, 1.5, True])
+def test_bad_headroom_is_refused_before_any_build(monkeypatch, headroom):
+    from mrl.retrieval import shortlist as shortlist_module
+
+    db, queries = _data()
+    index = FunnelIndex(db, shortlist_dim=DS)
+    with pytest.raises(MRLError, match=r"headroom must be an integer >= 0 and <= 64, got"):
+        FunnelTuner(headroom=headroom).fit(index, queries)
+    monkeypatch.setattr(shortlist_module.Shortlist, "build", lambda *a, **k: pytest.fail("built before checking headroom"))
+    with pytest.raises(MRLError, match=r"headroom must be an integer >= 0 and <= 64, got"):
+        IndexTuner(headroom=headroom, shortlists=[ShortlistSpec("flat", "int8", DS)]).fit(index, queries)

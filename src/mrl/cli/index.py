@@ -8,7 +8,7 @@ import click
 import numpy as np
 
 from mrl.errors import MRLError
-from mrl.validation import check_float, check_int, check_seed, click_check, split_numbers
+from mrl.validation import check_float, check_int, click_check, split_numbers
 from mrl.io import atomic_write_text, load_npz, save_npz, write_json
 
 
@@ -187,8 +187,11 @@ def search(index_dir, queries, k, funnel, out, store, nprobe, ef_search, shortli
               help="Where the full vectors live while tuning; RAM per vector counts them only with memory.")
 @click.option("--objective", type=click.Choice(["ms", "flops"]), default="ms", show_default=True,
               help="Cheapest funnel by measured ms/query or by theoretical FLOPs (without --shortlists; structures compare by ms).")
+@click.option("--headroom", type=int, callback=click_check(check_int, min=0, max=64), default=0, show_default=True,
+              help="Grid steps to spare: choose a funnel whose N next-shorter funnels (same stage dims) also meet the target, "
+                   "so a target met by chance on QUERIES is not the pick.")
 def tune(index_dir, queries, k, target_recall, max_queries, shortlists, max_ram_bytes_per_vector, max_ms_per_query, repeats, store,
-         objective) -> None:
+         objective, headroom) -> None:
     """Pick the cheapest funnel meeting --target-recall on QUERIES (and with --shortlists the structure); save it as the default."""
     from mrl.artifacts import lock
     from mrl.retrieval import FunnelIndex, default_shortlists, parse_shortlists
@@ -200,11 +203,13 @@ def tune(index_dir, queries, k, target_recall, max_queries, shortlists, max_ram_
         if shortlists is not None:
             specs = default_shortlists(index.dim, index.shortlist_dim) if shortlists.strip() == "auto" else parse_shortlists(shortlists)
         tuner = index.tune(x[:max_queries], k=k, target_recall=target_recall, shortlists=specs, repeats=repeats,
-                           max_ram_bytes_per_vector=max_ram_bytes_per_vector, max_ms_per_query=max_ms_per_query, objective=objective)
+                           max_ram_bytes_per_vector=max_ram_bytes_per_vector, max_ms_per_query=max_ms_per_query, objective=objective,
+                           headroom=headroom)
         index.save(index_dir, overwrite=True)
     click.echo(tuner.summary())
     if not tuner.target_met_:
-        click.echo(f"no funnel reached knn_recall@{k} >= {target_recall}; kept the most accurate", err=True)
+        spare = f" with {headroom} grid steps to spare" if headroom else ""
+        click.echo(f"no funnel reached knn_recall@{k} >= {target_recall}{spare}; kept the most accurate", err=True)
     chosen = f"{tuner.best_['shortlist']} shortlist, " if specs is not None else ""
     click.echo(f"chose {chosen}{tuner.best_['spec']} (knn_recall@{k} {tuner.best_['knn_recall']:.4f}, "
                f"{tuner.best_['mflops']:.3f} MFLOPs/query, {tuner.best_['ms_per_query']:.3f} ms/query); saved as the default of {index_dir}")

@@ -5,7 +5,8 @@ from mrl.retrieval.evaluation import default_configurations, evaluate_configurat
 from mrl.retrieval.funnel import FunnelIndex, SearchStats, format_funnel, parse_funnel, validate_funnel
 from mrl.retrieval.ground_truth import exact_search
 from mrl.retrieval.shortlist import ShortlistSpec
-from mrl.retrieval.tuning import FunnelTuner, IndexTuner, candidate_funnels, default_shortlists, format_shortlist, pareto_front, parse_shortlists
+from mrl.retrieval.tuning import (FunnelTuner, IndexTuner, candidate_funnels, default_shortlists, format_shortlist, holding_target,
+                                  pareto_front, parse_shortlists)
 
 __all__ = [
     "FunnelIndex",
@@ -21,6 +22,7 @@ __all__ = [
     "format_funnel",
     "format_table",
     "funnel_flops",
+    "holding_target",
     "pareto_front",
     "parse_funnel",
     "format_shortlist",

@@ -456,6 +456,7 @@ class FunnelIndex:
         max_ms_per_query: float | None = None,
         repeats: int = 1,
         objective: str = "ms",
+        headroom: int = 0,
     ) -> FunnelTuner | IndexTuner:
         """Pick a funnel (and, given ``shortlists``, the stage-1 structure) meeting ``target_recall``.
 
@@ -469,7 +470,9 @@ class FunnelIndex:
         this index's shortlist, and the fitted :class:`~mrl.retrieval.tuning.IndexTuner` (with its
         Pareto set) is returned. Either way :attr:`funnel` becomes the choice (used by
         :meth:`search` when no funnel is given, and saved by :meth:`save`). ``exact_ids`` [Q, >= k]
-        may pass precomputed exact full-dim results for the sample; ``repeats`` timed runs per point.
+        may pass precomputed exact full-dim results for the sample; ``repeats`` timed runs per point;
+        ``headroom`` grid steps to spare (the choice's next-shorter funnels meet the target too:
+        :func:`~mrl.retrieval.tuning.holding_target`).
         """
         from mrl.retrieval.tuning import FunnelTuner, IndexTuner
 
@@ -479,11 +482,12 @@ class FunnelIndex:
             if max_ram_bytes_per_vector is not None or max_ms_per_query is not None:
                 raise MRLError("budgets choose between structures: pass shortlists to tune with max_ram_bytes_per_vector or max_ms_per_query")
             tuner = FunnelTuner(k=k, target_recall=target_recall, candidates=candidates, repeats=repeats,
-                                objective=objective).fit(self, sample_queries, exact_ids)
+                                objective=objective, headroom=headroom).fit(self, sample_queries, exact_ids)
             self.funnel = list(tuner.best_funnel_)
             return tuner
         tuner = IndexTuner(k=k, target_recall=target_recall, shortlists=shortlists, max_ram_bytes_per_vector=max_ram_bytes_per_vector,
-                           max_ms_per_query=max_ms_per_query, repeats=repeats, candidates=candidates).fit(self, sample_queries, exact_ids)
+                           max_ms_per_query=max_ms_per_query, repeats=repeats, candidates=candidates,
+                           headroom=headroom).fit(self, sample_queries, exact_ids)
         best, shortlist = tuner.best_, tuner.best_shortlist_
         breadth = {key: best[key] for key in ("nprobe", "ef_search") if best[key] is not None}
         shortlist.spec = dataclasses.replace(shortlist.spec, **breadth)

@@ -49,6 +49,13 @@ _SQ_TYPES = {"float16": faiss.ScalarQuantizer.QT_fp16, "int8": faiss.ScalarQuant
 _BLOCK = 65536  # rows per block while encoding, bounding the float32 prefix copy
 _OPQ_TRAIN_ROWS = 16384  # rows the OPQ rotation is learned on (see _new_index)
 _MIPS_BEAM = 4  # HNSW beam per shortlisted candidate under the MIPS reduction (see the module docstring)
+# Exact inner-product scans of prefixes shorter than this many dims go through numpy's matrix
+# product and FAISS's heaps instead of IndexFlat.search: the OpenBLAS that faiss-cpu 1.15 bundles
+# (0.3.15) runs sgemm with an inner dimension below 128 3-7 times slower than numpy's (0.3.31)
+# on the 2-core AMD EPYC of our benchmarks, and no slower above (benchmarks/flat_scan.py prints
+# both on any machine). The paper's 16-dim shortlist is such a scan.
+_GEMM_SCAN_BELOW_DIM = 128
+_SCAN_BLOCK_FLOATS = 1 << 20  # scores per (query block x database block) product: 4 MiB, cache-sized
 
 
 @dataclass(frozen=True)
@@ -332,7 +339,10 @@ class Shortlist:
         q = prefix(queries, spec.dim, self.metric)
         codes = self._query_input(q)
         if spec.kind == "flat":
-            scores, ids = self._index.search(codes, length)
+            if self._gemm_scan():
+                scores, ids = _inner_product_scan(codes, self._flat_table(), length)
+            else:
+                scores, ids = self._index.search(codes, length)
             distances = float(self.ntotal)
         elif spec.kind == "hnsw":
             beam = length * (_MIPS_BEAM if self.mips_norm is not None else 1)
@@ -357,6 +367,14 @@ class Shortlist:
                 scores = -scores
             scores = np.where(ids >= 0, scores, -np.inf).astype(np.float32)
         return scores, ids, distances
+
+    def _gemm_scan(self) -> bool:
+        return (self.spec.encoding == "float32" and self.spec.dim < _GEMM_SCAN_BELOW_DIM and isinstance(self._index, faiss.IndexFlat)
+                and self._index.metric_type == faiss.METRIC_INNER_PRODUCT)
+
+    def _flat_table(self) -> np.ndarray:
+        """The float32 prefixes [N, d_1] an IndexFlat holds, viewed without a copy (valid until the next add)."""
+        return faiss.rev_swig_ptr(self._index.get_xb(), self.ntotal * self._index.d).reshape(self.ntotal, self._index.d)
 
     def _query_input(self, q: np.ndarray) -> np.ndarray:
         if self.spec.encoding == "binary":
@@ -448,6 +466,32 @@ class Shortlist:
 def _hnsw_params(index: object, spec: ShortlistSpec) -> object:
     index.hnsw.efConstruction = spec.ef_construction
     return index
+
+
+def _inner_product_scan(queries: np.ndarray, table: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k inner products of queries [Q, d] with every row of table [N, d] (k <= N).
+
+    What IndexFlatIP.search returns (float32 scores [Q, k] best first, int64 ids [Q, k]; tied
+    scores may order differently), computed by numpy's matrix product block by block and kept in
+    FAISS's min-heaps, so no [Q, N] score matrix is ever built.
+    """
+    n_queries, n_rows = len(queries), table.shape[0]
+    scores = np.empty((n_queries, k), dtype=np.float32)
+    ids = np.empty((n_queries, k), dtype=np.int64)
+    query_block = max(1, min(n_queries, 1024))
+    row_block = max(1024, _SCAN_BLOCK_FLOATS // query_block)
+    for q_start in range(0, n_queries, query_block):
+        block = queries[q_start : q_start + query_block]
+        heaps = faiss.float_minheap_array_t()
+        heaps.k, heaps.nh = k, len(block)
+        block_scores, block_ids = scores[q_start : q_start + len(block)], ids[q_start : q_start + len(block)]
+        heaps.val, heaps.ids = faiss.swig_ptr(block_scores), faiss.swig_ptr(block_ids)
+        heaps.heapify()
+        for start in range(0, n_rows, row_block):
+            products = np.ascontiguousarray(block @ table[start : start + row_block].T)
+            heaps.addn(products.shape[1], faiss.swig_ptr(products), start, 0, len(block))
+        heaps.reorder()
+    return scores, ids
 
 
 def _prefix_blocks(vectors: np.ndarray, dim: int, metric: str):
