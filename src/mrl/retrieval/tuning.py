@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 OBJECTIVES = ("ms", "flops")
+MAX_HEADROOM = 64  # grid steps to spare: sqrt(2) each, so 64 already multiplies a shortlist by 2^32
 
 
 def candidate_funnels(dim: int, shortlist_dim: int, n_database: int, k: int, max_length: int = 2048,
@@ -166,7 +167,7 @@ class FunnelTuner:
         for name in ("exact_ids_", "results_", "best_", "best_funnel_", "target_met_"):
             self.__dict__.pop(name, None)
         check_choice("objective", self.objective, OBJECTIVES)
-        check_int("headroom", self.headroom, min=0, max=64)
+        check_int("headroom", self.headroom, min=0, max=MAX_HEADROOM)
         if not isinstance(self.target_recall, (int, float)) or not 0 < self.target_recall <= 1:
             raise MRLError(f"target_recall must be in (0, 1], got {self.target_recall!r}")
         if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or not 1 <= self.k <= index.ntotal:
@@ -391,7 +392,7 @@ class IndexTuner:
 
         for name in ("results_", "pareto_", "best_", "best_shortlist_", "target_met_", "exact_ids_"):
             self.__dict__.pop(name, None)
-        check_int("headroom", self.headroom, min=0, max=64)
+        check_int("headroom", self.headroom, min=0, max=MAX_HEADROOM)
         for name in ("max_ram_bytes_per_vector", "max_ms_per_query"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
