@@ -21,6 +21,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from mrl.errors import MRLError
 from mrl.io import load_npz, write_json
 from mrl.retrieval.shortlist import _inner_product_scan
 
@@ -42,12 +43,21 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     if args.database is not None:
-        data = load_npz(args.database)
-        vectors = np.asarray(data[next(iter(data))], dtype=np.float32)
+        try:
+            data = load_npz(args.database)
+        except MRLError as exc:
+            parser.error(str(exc))
+        vectors = np.asarray(data[next(iter(data))], dtype=np.float32) if data else np.empty((0, 0), np.float32)
+        if vectors.ndim != 2:
+            parser.error(f"{args.database}: the first array must be 2-D [N, D], got shape {vectors.shape}")
         queries, vectors = vectors[: args.queries], vectors[args.queries :]
     else:
         vectors = rng.standard_normal((args.n, max(args.dims)), dtype=np.float32)
         queries = rng.standard_normal((args.queries, max(args.dims)), dtype=np.float32)
+    if not len(queries) or not 1 <= min(args.k) <= max(args.k) <= len(vectors) \
+            or not 1 <= min(args.dims) <= max(args.dims) <= vectors.shape[1]:
+        parser.error(f"need a database with more than --queries rows, 1 <= --k <= its other rows and 1 <= --dims <= its columns; "
+                     f"got {vectors.shape} after {len(queries)} queries, k {args.k}, dims {args.dims}")
     print(f"{len(vectors)} x {vectors.shape[1]} database, {len(queries)} queries, {faiss.omp_get_max_threads()} FAISS thread(s); "
           f"faiss {faiss.__version__}, numpy {np.__version__}")
     print("| dim | k | FAISS ms/query | mrl ms/query | FAISS / mrl | same ids |\n|---|---|---|---|---|---|")
