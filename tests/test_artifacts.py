@@ -44,6 +44,7 @@ def test_manifest_round_trip_matches_hashlib(tmp_path):
     }, {"dim": 4})
     assert read_manifest(folder, ("index", "adapter")).kind == "adapter"
     assert kind_of(folder) == "adapter" and kind_of(tmp_path) is None
+    assert kind_of(tmp_path / ("a" * 300)) is None and kind_of("bad\x00path") is None  # paths the OS refuses: no manifest
 
 
 def test_manifest_refuses_other_kind_version_and_changed_files(tmp_path):

@@ -545,6 +545,24 @@ def test_full_dim_quantised_shortlist_is_tuned_with_a_float_rerank(encoding):
     np.testing.assert_array_equal(np.sort(index.search(queries, 5, tuner.best_funnel_)[1], axis=1), np.sort(exact, axis=1))
 
 
+def test_values_whose_squares_overflow_float32_are_refused(tmp_path):
+    """A coordinate of 2e19 is finite, but its square is not in float32: the cosine of such a query
+    was computed from an infinite norm (a zero prefix) and its neighbours were meaningless."""
+    db, queries = _data(4, n=200, nq=3)
+    index = FunnelIndex(db, shortlist_dim=4)
+    for array in (queries * 2e19, np.concatenate([queries[:2], np.full((1, db.shape[1]), -1e16)])):
+        with pytest.raises(MRLError, match=r"queries row \d holds a value of magnitude .* above 1e\+15: float32 scores"):
+            index.search(array, 5)
+        with pytest.raises(MRLError, match="above 1e\\+15"):
+            exact_search(db, array, 5)
+    with pytest.raises(MRLError, match="vectors row 7 holds a value of magnitude 3e\\+20"):
+        FunnelIndex(np.where(np.arange(len(db))[:, None] == 7, 3e20, db), shortlist_dim=4)
+    edge = np.full((2, db.shape[1]), 1e15)  # the bound itself is allowed, and scores stay finite
+    scores, _ = index.search(edge, 5, [(4, 50), (db.shape[1], 5)])
+    assert np.isfinite(scores).all()
+    np.testing.assert_allclose(scores, index.search(edge / 1e15, 5, [(4, 50), (db.shape[1], 5)])[0], rtol=1e-5)
+
+
 def test_float16_nan_is_refused():
     vectors = np.zeros((4, 8), dtype=np.float16)
     vectors[2, 5] = np.nan

@@ -27,6 +27,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 from mrl.cli import cli  # noqa: E402
+from mrl.errors import MRLError  # noqa: E402
 from mrl.io import sha256_file  # noqa: E402
 from mrl.retrieval import FunnelIndex, parse_funnel  # noqa: E402
 from mrl.serve import create_app  # noqa: E402
@@ -178,6 +179,14 @@ BAD_REQUESTS = {
     "npy huge declared shape": (dict(content=_npy_header((10**12, DIM)) + b"\0" * 16, headers={"content-type": "application/x-npy"}),
                                 400, "declares shape"),
     "npy truncated": (dict(content=_npy(np.zeros((4, DIM), np.float32))[:-4], headers={"content-type": "application/x-npy"}), 400, "declares shape"),
+    # two negative sizes whose product matches the bytes that follow
+    "npy negative shape": (dict(content=_npy_header((-1, -DIM)) + b"\0" * (4 * DIM), headers={"content-type": "application/x-npy"}),
+                           400, "non-empty batch"),
+    # finite, but its square overflows float32: the normalised query was all zeros and the answer meaningless
+    "value too large": (dict(json={"vectors": [[2e19] + [0.0] * (DIM - 1)]}), 400, "above 1e+15"),
+    # past Python's 4,300-digit limit on converting a decimal string to int
+    "integer too long": (dict(content=b'{"vectors": [[0.5]], "k": ' + b"1" * 5000 + b"}", headers={"content-type": "application/json"}),
+                         400, "not valid JSON"),
 }
 
 
@@ -202,6 +211,42 @@ def test_a_bug_is_a_json_500_and_the_server_keeps_serving(client, indexes, monke
     assert response.status_code == 500 and response.json() == {"error": "internal error"}
     _good(client, indexes["first"])
     assert 'mrl_requests_total{route="/search",status="500"} 1.0' in client.get("/metrics").text
+
+
+def test_a_request_over_the_candidate_limit_is_refused_before_any_search(indexes):
+    index = indexes["first"]
+    running = _Running(create_app(indexes["root"] / "first", max_candidates=1000))
+    try:
+        with httpx.Client(base_url=running.url, timeout=30) as c:
+            queries = np.random.default_rng(5).standard_normal((3, DIM)).astype(np.float32)
+            for body in ({"vectors": queries.tolist(), "funnel": "8:400,64:10"}, {"vectors": queries.tolist(), "k": 400}):
+                response = c.post("/search", json=body)  # 3 x 400 candidates (the default funnel keeps max(200, k))
+                assert response.status_code == 413 and "limit of 1000 candidates" in response.json()["error"], response.text
+            _check_answer(c.post("/search", json={"vectors": queries[:2].tolist(), "funnel": "8:400,64:10"}), index, queries[:2], 10,
+                          funnel=[(8, 400), (64, 10)])
+    finally:
+        running.stop()
+    for bad in (0, -1, True, 2.5):
+        with pytest.raises(MRLError, match="max_candidates must be a positive integer"):
+            create_app(indexes["root"] / "first", max_candidates=bad)
+
+
+def _requests_counted(client: httpx.Client, status: int) -> float:
+    prefix = f'mrl_requests_total{{route="/search",status="{status}"}} '
+    return float(next((line[len(prefix):] for line in client.get("/metrics").text.splitlines() if line.startswith(prefix)), 0))
+
+
+def test_a_client_hanging_up_mid_body_is_not_a_server_error(client, server, indexes):
+    errors_before = _requests_counted(client, 500)
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"vec")
+    deadline = time.monotonic() + 10
+    while _requests_counted(client, 499) < 1:
+        assert time.monotonic() < deadline, "the hang-up was never counted"
+        time.sleep(0.05)
+    assert _requests_counted(client, 500) == errors_before
+    _good(client, indexes["first"])
 
 
 def test_unknown_route_and_method_are_json_errors(client, indexes):
@@ -255,6 +300,13 @@ def test_reload_refusals_keep_the_old_index_and_a_good_reload_swaps(indexes, tmp
                 assert response.status_code == 400 and match in response.json()["error"], response.text
                 _good(c, indexes["first"])
             assert c.post("/reload", content=b"{", headers={**auth, "content-type": "application/json"}).status_code == 400
+            for body, match in ((b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+                                (b'{"path": "x", "n": ' + b"9" * 5000 + b"}", "not valid JSON"),
+                                (b'{"path": "\\udc80"}', "not an mrl index"),  # a lone surrogate, quoted back escaped
+                                (json.dumps({"path": "a" * 300}).encode(), "not an mrl index")):  # a name the OS refuses
+                response = c.post("/reload", content=body, headers={**auth, "content-type": "application/json"})
+                assert response.status_code == 400 and match in response.json()["error"], response.text
+            _good(c, indexes["first"])
             assert c.get("/info").json()["n"] == N
             response = c.post("/reload", json=target, headers=auth)
             assert response.status_code == 200, response.text

@@ -198,11 +198,11 @@ def read_made_by(
 def kind_of(directory: str | os.PathLike) -> str | None:
     """The kind named by ``directory``'s manifest, or None if it holds no readable mrl manifest."""
     directory = Path(directory)
-    if not (directory / MANIFEST).is_file() or (directory / MANIFEST).is_symlink():
-        return None
     try:
+        if not (directory / MANIFEST).is_file() or (directory / MANIFEST).is_symlink():
+            return None
         record = read_json(directory / MANIFEST)
-    except MRLError:
+    except (MRLError, OSError, ValueError):  # unreadable, or a path the OS refuses (a name too long, a NUL byte)
         return None
     if not isinstance(record, dict):
         return None

@@ -15,6 +15,10 @@ from mrl.nesting import PREFIX_NORM_FLOOR
 
 METRICS = ("cosine", "ip", "l2")
 _CHUNK_ROWS = 65536  # rows per block when scanning large arrays, bounding temporaries to ~0.5 GB at d=2048
+# Largest magnitude a coordinate may have. Scores are float32 (FAISS, the rerank products): squares
+# past 3.4e38 overflow, so a query of 2e19 along one axis had an infinite norm, a zero normalised
+# prefix and meaningless neighbours. At 1e15 a sum of 1e8 squared coordinates stays finite.
+MAX_ABS_VALUE = 1e15
 
 
 def check_metric(metric: str) -> str:
@@ -29,7 +33,8 @@ def faiss_metric(metric: str) -> int:
 
 
 def check_vectors(vectors: object, name: str, dim: int | None = None) -> np.ndarray:
-    """Return ``vectors`` as a 2-D float array (no copy when possible) after checking shape and NaN/inf."""
+    """Return ``vectors`` as a 2-D float array (no copy when possible) after checking shape, NaN/inf
+    and magnitudes (at most :data:`MAX_ABS_VALUE`)."""
     array = np.asarray(vectors)
     if array.ndim != 2:
         raise MRLError(f"{name} must be a 2-D array [n, dim], got shape {array.shape}")
@@ -39,15 +44,21 @@ def check_vectors(vectors: object, name: str, dim: int | None = None) -> np.ndar
         raise MRLError(f"{name} has dimension {array.shape[1]} but the index holds {dim}-dim vectors")
     for start in range(0, array.shape[0], _CHUNK_ROWS):
         block = array[start : start + _CHUNK_ROWS]
-        if array.dtype == np.float16:
+        if array.dtype == np.float16:  # finite float16 values are at most 65504
             # NaN and inf are the float16 values whose 5 exponent bits are all set; integer ops on
             # the bits run several times faster than numpy's float16 isfinite.
             bad = (block.view(np.uint16) & np.uint16(0x7C00)) == np.uint16(0x7C00)
+        elif block.size and not -MAX_ABS_VALUE <= block.min() <= block.max() <= MAX_ABS_VALUE:  # NaN fails too
+            bad = ~(np.abs(block) <= MAX_ABS_VALUE)
         else:
-            bad = ~np.isfinite(block)
+            continue
         if bad.any():
             row = start + int(np.nonzero(bad.any(axis=1))[0][0])
-            raise MRLError(f"{name} row {row} holds NaN or infinite values")
+            values = array[row]
+            if not np.isfinite(values).all():
+                raise MRLError(f"{name} row {row} holds NaN or infinite values")
+            raise MRLError(f"{name} row {row} holds a value of magnitude {np.abs(values).max():.3g}, above {MAX_ABS_VALUE:.0e}: "
+                           "float32 scores of such values overflow; scale the vectors down")
     return array
 
 

@@ -28,12 +28,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from mrl.artifacts import kind_of
 from mrl.errors import MRLError
 from mrl.io import sha256_file
 from mrl.retrieval._vectors import check_k
 from mrl.retrieval.funnel import Funnel, FunnelIndex, format_funnel, parse_funnel, validate_funnel
+from mrl.serve import DEFAULT_MAX_CANDIDATES
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +74,8 @@ def _load(path: str | Path, funnel: Funnel | None, store: str = "memory") -> _Se
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    # a message may quote the client's text, lone surrogates included, which UTF-8 cannot encode
+    return JSONResponse({"error": message.encode("utf-8", "backslashreplace").decode("utf-8")}, status_code=status)
 
 
 def _parse_k(value: object) -> int:
@@ -101,16 +104,21 @@ def _json_scores(scores: np.ndarray) -> list[list[float | None]]:
     return [[float(s) if np.isfinite(s) else None for s in row] for row in scores]
 
 
-def _json_request(body: bytes) -> tuple[np.ndarray, object, object]:
+def _parse_json(body: bytes) -> object:
+    """The body's JSON value; any body that does not parse is the client's 400."""
     try:
-        payload = orjson.loads(body)  # ~10x the stdlib's speed on 2048 floats, which dominated a request
+        return orjson.loads(body)  # ~10x the stdlib's speed on 2048 floats, which dominated a request
     except orjson.JSONDecodeError:
         try:  # the stdlib also reads NaN and Infinity, which then get their own clear refusal
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return json.loads(body)
+        except ValueError as exc:  # malformed JSON, bad UTF-8, or an integer past Python's 4,300-digit conversion limit
             raise _HTTPError(400, f"the body is not valid JSON ({exc.__class__.__name__}: {exc})") from None
         except RecursionError:  # orjson refuses deep nesting as malformed; the stdlib runs out of stack
             raise _HTTPError(400, "the body is not valid JSON (nested too deeply)") from None
+
+
+def _json_request(body: bytes) -> tuple[np.ndarray, object, object]:
+    payload = _parse_json(body)
     if not isinstance(payload, dict):
         raise _HTTPError(400, "the body must be a JSON object with \"vectors\" (and optional \"k\", \"funnel\")")
     unknown = sorted(set(payload) - {"vectors", "k", "funnel"})
@@ -145,7 +153,7 @@ def _npy_request(body: bytes, params: dict) -> tuple[np.ndarray, object, object]
         raise _HTTPError(400, f"the body is not a plain .npy array ({exc.__class__.__name__}: {exc})") from None
     if dtype != np.float32:
         raise _HTTPError(400, f"the .npy body must hold a float32 array [n, d], got {dtype}")
-    if len(shape) != 2 or shape[0] == 0:
+    if len(shape) != 2 or shape[0] <= 0 or shape[1] < 0:  # a header may declare negative sizes whose product looks right
         raise _HTTPError(400, f"vectors must be a non-empty batch [n, d], got shape {list(shape)}")
     data = len(body) - buffer.tell()
     if shape[0] * shape[1] * 4 != data:
@@ -179,6 +187,9 @@ class _Metrics:
         start = time.perf_counter()
         try:
             await self.app(scope, receive, send_recording)
+        except ClientDisconnect:  # the client hung up before its body arrived: nobody to answer, not a server error
+            logger.info("client disconnected during %s", scope["path"])
+            status = 499  # nginx's code for it, so /metrics keeps such requests apart from the server's own errors
         except Exception:
             logger.exception("unhandled error on %s", scope["path"])
             if started:
@@ -196,6 +207,7 @@ def create_app(
     token: str | None = None,
     workers: int | None = None,
     store: str = "memory",
+    max_candidates: int = DEFAULT_MAX_CANDIDATES,
 ) -> FastAPI:
     """Build the FastAPI app serving the index in ``index_dir``.
 
@@ -207,6 +219,9 @@ def create_app(
         workers: threads running searches (default: the CPU count).
         store: ``"memory"`` (read the full vectors) or ``"mmap"`` (map them from the index's
             ``vectors.npy``: the process holds only the shortlist; rerank stages read their rows).
+        max_candidates: a search whose queries x first shortlist length (the funnel's widest
+            stage) exceeds this gets 413, so no small request can make the server allocate
+            gigabytes (see :data:`mrl.serve.DEFAULT_MAX_CANDIDATES`).
 
     Raises:
         MRLError: unreadable index, or a ``funnel`` that does not fit it.
@@ -216,6 +231,8 @@ def create_app(
         raise MRLError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")
     if token is not None and not token:
         raise MRLError("the reload token must not be empty")
+    if isinstance(max_candidates, bool) or not isinstance(max_candidates, int) or max_candidates < 1:
+        raise MRLError(f"max_candidates must be a positive integer, got {max_candidates!r}")
     state = {"served": _load(index_dir, fixed_funnel, store)}
     executor = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1, thread_name_prefix="mrl-search")
     reload_lock = asyncio.Lock()
@@ -277,6 +294,10 @@ def create_app(
         index = served.index
         k = check_k(k, index.ntotal)
         chosen = funnel if funnel is not None else fixed_funnel if fixed_funnel is not None else index.default_funnel(k)
+        chosen = validate_funnel(chosen, index.dim, index.shortlist_dim, index.ntotal, k, rescore_first=index.encoding != "float32")
+        if len(vectors) * chosen[0][1] > max_candidates:
+            raise _HTTPError(413, f"{len(vectors)} queries x {chosen[0][1]} candidates each is more than the server's limit of "
+                                  f"{max_candidates} candidates per request; send fewer queries per request or a shorter funnel")
 
         def run() -> tuple[np.ndarray, np.ndarray, float]:
             start = time.perf_counter()
@@ -326,11 +347,7 @@ def create_app(
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             raise _HTTPError(401, "reload needs the header Authorization: Bearer <token> with the server's token")
-        body = await read_body(request)
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _HTTPError(400, f"the body is not valid JSON ({exc})") from None
+        payload = _parse_json(await read_body(request))
         if not isinstance(payload, dict) or not isinstance(payload.get("path"), str) or not payload["path"]:
             raise _HTTPError(400, "the body must be a JSON object {\"path\": \"<index directory>\"}")
         async with reload_lock:
