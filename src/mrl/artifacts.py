@@ -146,7 +146,7 @@ def read_manifest(
     found = record.get("kind")
     if found not in accepted:
         raise MRLError(f"{directory} is an mrl {found!r} artifact, not {' or '.join(accepted)}")
-    if isinstance(record.get("format_version"), bool) or record.get("format_version") != format_version:
+    if type(record.get("format_version")) is not int or record.get("format_version") != format_version:  # not 2.0, not True
         raise MRLError(
             f"{directory} has format version {record.get('format_version')!r}; this mrl reads version {format_version}"
         )
@@ -287,8 +287,7 @@ def prepare_output_file(path: str | os.PathLike, inputs: Iterable[str | os.PathL
     path = check_overlap(path, inputs)
     if path.is_dir():
         raise MRLError(f"{path} is a folder; give a file name for the output")
-    if kind_of(path.parent) is not None:
-        raise MRLError(f"refusing to write {path}: {path.parent} is an mrl {kind_of(path.parent)}; write elsewhere")
+    _check_not_inside_artifact(path)
     return check_writable(path)
 
 
@@ -298,8 +297,10 @@ def prepare_output(
     """Check that ``path`` may receive a new ``kind`` artifact; nothing is changed on disk.
 
     A missing path or an empty folder is fine (the nearest existing folder must be writable). Any other is
-    refused unless ``overwrite`` is set, it is an artifact of the same kind, and it neither is,
-    contains nor lies inside any of the command's ``inputs``.
+    refused unless ``overwrite`` is set, it is an artifact of the same kind (not a symbolic link to
+    one), it neither is, contains nor lies inside any of the command's ``inputs``, and it holds
+    nothing its manifest does not list (a folder written inside it since, a user's notes), which
+    replacing it would delete.
     """
     path = Path(path)
     _check_kind(kind)
@@ -309,12 +310,37 @@ def prepare_output(
         return check_writable(path)  # an empty folder holds nothing to lose
     if not overwrite:
         raise MRLError(f"{path} already exists; choose another --out or pass --overwrite")
-    found = kind_of(path) if path.is_dir() and not path.is_symlink() else None
+    if path.is_symlink():
+        raise MRLError(f"refusing to overwrite {path}: it is a symbolic link; give the artifact's own folder")
+    found = kind_of(path) if path.is_dir() else None
     if found != kind:
         what = f"an mrl {found}" if found else "not an mrl artifact"
         raise MRLError(f"refusing to overwrite {path}: it is {what}, and --overwrite only replaces an mrl {kind}")
     check_overlap(path, inputs)
+    unlisted = _unlisted_entries(path)  # a folder written inside it later (allowed), or a user's own files
+    if unlisted:
+        raise MRLError(f"refusing to overwrite {path}: it also holds {unlisted[:5]}{' ...' if len(unlisted) > 5 else ''}, which its "
+                       f"{MANIFEST} does not list and replacing it would delete; move them out first")
     return check_writable(path)
+
+
+def _check_not_inside_artifact(path: Path) -> None:
+    """Refuse an output file anywhere inside an existing mrl artifact (its manifest could not vouch for it)."""
+    for parent in path.absolute().parents:
+        found = kind_of(parent)
+        if found is not None:
+            raise MRLError(f"refusing to write {path}: {parent} is an mrl {found}; write elsewhere")
+
+
+def _unlisted_entries(directory: Path) -> list[str]:
+    """Names in an artifact's folder that its manifest does not list (besides the manifest and the lock)."""
+    try:
+        record = read_json(directory / MANIFEST)
+    except MRLError:
+        record = None
+    files = record.get("files") if isinstance(record, dict) else None
+    listed = set(files) if isinstance(files, dict) else set()
+    return sorted(p.name for p in directory.iterdir() if p.name not in listed | {MANIFEST, LOCK_FILE})
 
 
 @contextlib.contextmanager

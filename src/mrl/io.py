@@ -31,6 +31,7 @@ from safetensors.torch import save as st_save_bytes
 from mrl.errors import MRLError
 
 PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # protocol-2+ pickles and torch's zip checkpoints
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file
 
 
 def _fsync_dir(path: Path) -> None:
@@ -290,7 +291,17 @@ def load_npz(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict[st
     if not path.is_file():
         raise MRLError(f"file not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with open(path, "rb") as f:
+            magic = f.read(len(NPY_MAGIC))
+    except OSError as exc:
+        raise MRLError(f"{path} is not a readable .npz file ({exc.strerror or exc})") from None
+    if magic == NPY_MAGIC:  # refused before np.load would read the whole array
+        raise MRLError(f"{path} is not a readable .npz file (it is a single .npy array; an .npz archive of named arrays is needed)")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # np.load also reads .npy arrays and text
+            raise ValueError(f"it holds a {type(loaded).__name__}, not an archive of named arrays")
+        with loaded as f:
             out = {k: f[k] for k in f.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise MRLError(f"{path} is not a readable .npz file ({exc})") from None

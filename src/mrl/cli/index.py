@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -15,17 +16,49 @@ from mrl.io import atomic_write_text, load_npz, save_npz, write_json
 
 def _load_queries(path: str, dtype: str = "float32") -> tuple[np.ndarray, np.ndarray | None]:
     """X [N, d] and optional y [N] of an .npz, refused unless X is a non-empty finite float matrix
-    whose values fit ``dtype`` (a value past float16's range would become inf in the index)."""
+    whose values fit ``dtype`` (a value past float16's range would become inf in the index) and y,
+    when present, holds one integer label per row of X."""
+    from mrl.retrieval import FunnelIndex
+
     data = load_npz(path, required=("X",))
     x = data["X"]
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating) or x.shape[0] == 0 or x.shape[1] == 0:
         raise MRLError(f"{path}: X must be a non-empty float matrix [N, d], got shape {x.shape} and dtype {x.dtype}")
     if not np.isfinite(x).all():
         raise MRLError(f"{path}: X contains NaN or infinite values")
-    limit = float(np.finfo(dtype).max)
-    if np.abs(x).max() > limit:
-        raise MRLError(f"{path}: X holds values up to {np.abs(x).max():.3g}, beyond what {dtype} can store ({limit:.3g})")
-    return x, data.get("y")
+    # Compared as numpy scalars, which promote to the wider type; a Python float would be cast to
+    # X's dtype (NEP 50), and float32's maximum overflows float16 with a RuntimeWarning.
+    limit, peak = np.finfo(dtype).max, np.abs(x).max()
+    if peak > limit:
+        raise MRLError(f"{path}: X holds values up to {peak:.3g}, beyond what {dtype} can store ({limit:.3g})")
+    labels = data.get("y")
+    if labels is not None:
+        try:
+            labels = FunnelIndex._check_labels(labels, x.shape[0])  # the check build applies to stored labels
+        except MRLError as exc:
+            raise MRLError(f"{path}: y {exc}") from None
+    return x, labels
+
+
+def _split_configurations(option: str, value: str | None) -> list[str] | None:
+    """The entries of a ';'-separated option, or None when it was not given; given but empty is refused."""
+    if value is None:
+        return None
+    entries = [entry.strip() for entry in value.split(";") if entry.strip()]
+    if not entries:
+        raise MRLError(f"{option} must hold at least one ';'-separated entry, got {value!r}")
+    return entries
+
+
+def _default_sibling(path: str, suffix: str) -> Path:
+    """``path`` with ``suffix`` added to its last part; '.' and '..' are made absolute first, as they
+    name no folder of their own (a symbolic link is kept, so the output lands beside the link)."""
+    named = Path(path)
+    if named.name in ("", ".."):
+        named = Path(os.path.abspath(named))
+    if not named.name:
+        raise MRLError(f"cannot derive a default output beside {path!r} (the filesystem root); give one explicitly")
+    return named.with_name(named.name + suffix)
 
 
 def _backend_options(command):
@@ -142,29 +175,27 @@ def search(index_dir, queries, k, funnel, out, store, nprobe, ef_search, shortli
         prepare_output_file(out, inputs=[index_dir, queries])
     index = FunnelIndex.load(index_dir, store=store)
     x, y = _load_queries(queries)
+    stages = None if funnel is None else parse_funnel(funnel)
+    # Every result is computed before the output is written, and written before anything is
+    # printed, so a refused input or a failed write leaves --out as it was and is the only output.
     if backend == "qdrant":
         with _open_qdrant(qdrant_path, qdrant_url, api_key_file, collection) as qdrant:
-            scores, ids = qdrant.search(x, k=k, funnel=None if funnel is None else parse_funnel(funnel), exact=not hnsw)
-        click.echo(f"searched {len(x)} queries on Qdrant {qdrant.collection_label}")
-        if y is not None and index.labels is not None:
-            summary = retrieval_summary(ids, y, index.labels, k=k)
-            click.echo(", ".join(f"{key} {value:.4f}" for key, value in summary.items()))
-        if out:
-            save_npz(out, scores=scores, ids=ids)
-            click.echo(f"wrote {out}")
-        return
-    scores, ids, stats = index.search(x, k=k, funnel=None if funnel is None else parse_funnel(funnel), return_stats=True,
-                                      nprobe=nprobe, ef_search=ef_search, shortlist_margin=shortlist_margin)
-    if out:  # written before anything is printed, so a failed write is the only output
-        save_npz(out, scores=scores, ids=ids)
-    click.echo(f"funnel {format_funnel(stats.funnel)}: {stats.ms_per_query:.3f} ms/query, "
-               f"{stats.flops_per_query / 1e6:.3f} MFLOPs/query, {stats.mean_shortlist_length:.1f} candidates "
-               f"reranked per query over {stats.n_queries} queries")
+            scores, ids = qdrant.search(x, k=k, funnel=stages, exact=not hnsw)
+        lines = [f"searched {len(x)} queries on Qdrant {qdrant.collection_label}"]
+    else:
+        scores, ids, stats = index.search(x, k=k, funnel=stages, return_stats=True,
+                                          nprobe=nprobe, ef_search=ef_search, shortlist_margin=shortlist_margin)
+        lines = [f"funnel {format_funnel(stats.funnel)}: {stats.ms_per_query:.3f} ms/query, "
+                 f"{stats.flops_per_query / 1e6:.3f} MFLOPs/query, {stats.mean_shortlist_length:.1f} candidates "
+                 f"reranked per query over {stats.n_queries} queries"]
     if y is not None and index.labels is not None:
         summary = retrieval_summary(ids, y, index.labels, k=k)
-        click.echo(", ".join(f"{key} {value:.4f}" for key, value in summary.items()))
+        lines.append(", ".join(f"{key} {value:.4f}" for key, value in summary.items()))
     if out:
-        click.echo(f"wrote {out}")
+        save_npz(out, scores=scores, ids=ids)
+        lines.append(f"wrote {out}")
+    for line in lines:
+        click.echo(line)
 
 
 @index_group.command("tune")
@@ -230,12 +261,12 @@ def evaluate(index_dir, queries, funnels, k, out_dir, backend, qdrant_path, qdra
     from mrl.artifacts import new_artifact, prepare_output
     from mrl.retrieval import FunnelIndex, evaluate_configurations, format_table, plot_accuracy_vs_flops
 
-    out = Path(out_dir) if out_dir else Path(index_dir).with_name(Path(index_dir).name + "-evaluation")
+    configs = _split_configurations("--funnels", funnels)
+    out = Path(out_dir) if out_dir else _default_sibling(index_dir, "-evaluation")
     # The folder is an experiment artifact: an earlier evaluation is replaced, any other folder refused.
     prepare_output(out, "experiment", True, inputs=[index_dir, queries])
     index = FunnelIndex.load(index_dir)
     x, y = _load_queries(queries)
-    configs = None if funnels is None else [c.strip() for c in funnels.split(";") if c.strip()]
     if backend == "qdrant":
         from mrl.retrieval.qdrant import evaluate_on_qdrant
 
@@ -251,7 +282,7 @@ def evaluate(index_dir, queries, funnels, k, out_dir, backend, qdrant_path, qdra
         atomic_write_text(tmp / "evaluation.md", table + "\n")
         if f"map@{k}" in rows[0] and "mflops" in rows[0]:
             plot_accuracy_vs_flops(tmp / f"map{k}_vs_mflops.png", rows, metric=f"map@{k}",
-                                   title=f"mAP@{k} vs cost ({Path(index_dir).name})")
+                                   title=f"mAP@{k} vs cost ({Path(os.path.abspath(index_dir)).name})")
     click.echo(f"wrote {out}")
 
 

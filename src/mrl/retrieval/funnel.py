@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from mrl.artifacts import prepare_output
 from mrl.errors import MRLError
 from mrl.io import atomic_directory, load_npy, save_npy
 from mrl.retrieval import index_format
@@ -53,7 +54,10 @@ def parse_funnel(text: str) -> Funnel:
         [(16, 800), (32, 400), (2048, 10)]
     """
     stages = []
-    for part in str(text).split(","):
+    parts = str(text).split(",")
+    if len(parts) > 1 and not all(part.strip() for part in parts):
+        raise MRLError(f"funnel has an empty stage between or after its commas, got {text!r}")
+    for part in parts:
         if not part.strip():
             continue
         fields = part.split(":")
@@ -238,6 +242,8 @@ class FunnelIndex:
         labels = np.asarray(labels)
         if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
             raise MRLError(f"labels must be an integer array of shape ({n},), got {labels.dtype} {labels.shape}")
+        if labels.dtype.kind == "u" and labels.size and labels.max() > np.iinfo(np.int64).max:  # would wrap to negatives
+            raise MRLError(f"labels must fit in int64, got {labels.max()}")
         return labels.astype(np.int64, copy=False)
 
     def add(self, vectors: np.ndarray, labels: np.ndarray | None = None) -> None:
@@ -441,6 +447,9 @@ class FunnelIndex:
         if shortlist_distances is None and self.shortlist != "flat":
             raise MRLError(f"an {self.shortlist} shortlist's cost is measured: pass shortlist_distances "
                            "(SearchStats.shortlist_distances from search(..., return_stats=True))")
+        if shortlist_distances is not None and (isinstance(shortlist_distances, bool) or not isinstance(shortlist_distances, (int, float))
+                                                or not 0 <= shortlist_distances < float("inf")):
+            raise MRLError(f"shortlist_distances must be a finite number >= 0, got {shortlist_distances!r}")
         return funnel_flops(funnel, self.ntotal, shortlist_distances)
 
     def tune(
@@ -514,9 +523,13 @@ class FunnelIndex:
 
         Files (:mod:`mrl.retrieval.index_format`): ``vectors.npy``, ``shortlist.faiss``,
         ``coarse.faiss`` (ivf), ``labels.npy`` (when labels exist) and ``manifest.json`` (settings,
-        tuned funnel, sha256 of each file and of the manifest itself).
+        tuned funnel, sha256 of each file and of the manifest itself). ``overwrite`` replaces an
+        existing index only (not a symbolic link, another artifact, a folder of other files, or an
+        index holding files its manifest does not list); nothing inside another artifact is written.
         """
         fields = self._fields()
+        # as the CLI's --overwrite: only an index is replaced, never a folder of other files or another artifact
+        prepare_output(path, index_format.KIND, overwrite)
         with atomic_directory(path, overwrite=overwrite) as tmp:
             save_npy(tmp / index_format.VECTORS, self._store.array)
             self._shortlist.write(tmp / index_format.SHORTLIST, tmp / index_format.COARSE)
@@ -548,6 +561,7 @@ class FunnelIndex:
         expected = (fields["n_vectors"], fields["dim"])
         if vectors.shape != expected or vectors.dtype != DTYPES[fields["dtype"]] or not vectors.flags.c_contiguous:
             raise MRLError(f"{path}/{index_format.VECTORS} holds {vectors.dtype} {vectors.shape}, the manifest says {fields['dtype']} {expected}")
+        check_vectors(vectors, f"{path}/{index_format.VECTORS}")  # what build and add() refuse, refused in a file too
         spec = ShortlistSpec(**{key: fields[key] for key in ("encoding", "coarse_dim", "nlist", "nprobe", "hnsw_m", "ef_construction",
                                                               "ef_search", "pq_m", "pq_nbits", "opq")},
                              kind=fields["shortlist"], dim=fields["shortlist_dim"])
@@ -582,7 +596,7 @@ def _margin_cut(scores: np.ndarray, ids: np.ndarray, k: int, margin: float) -> t
 
     Scores [Q, n_1] arrive best first, so each query's kept candidates are a prefix of its row.
     """
-    keep = scores >= (scores[:, k - 1 : k] - margin)
+    keep = scores >= (scores[:, k - 1 : k].astype(np.float64) - margin)  # float64: a huge margin must not overflow float32
     keep[:, :k] = True
     width = max(k, int(keep.sum(axis=1).max())) if len(keep) else k
     ids = np.where(keep, ids, -1)[:, :width]

@@ -49,6 +49,12 @@ def _float(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
 
 
+def _mips_norm(v: Any) -> bool:
+    # the longest prefix norm of vectors whose coordinates are at most 1e15 (mrl.retrieval._vectors.MAX_ABS_VALUE) in
+    # up to 1e6 dims; squared at search time, where a larger one overflowed
+    return _float(v) and v <= 1e18
+
+
 def _funnel(v: Any) -> bool:
     return isinstance(v, list) and len(v) > 0 and all(isinstance(s, list) and len(s) == 2 and all(_int()(x) for x in s) for s in v)
 
@@ -70,7 +76,7 @@ FIELDS: dict[str, Callable[[Any], bool]] = {
     "pq_m": _optional(_int()),
     "pq_nbits": _int(),
     "opq": lambda v: isinstance(v, bool),
-    "mips_norm": _optional(_float),
+    "mips_norm": _optional(_mips_norm),
     "funnel": _optional(_funnel),
     "build_seconds": _float,
     "has_labels": lambda v: isinstance(v, bool),

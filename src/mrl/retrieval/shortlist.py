@@ -57,6 +57,8 @@ _MIPS_BEAM = 4  # HNSW beam per shortlisted candidate under the MIPS reduction (
 # 16-dim shortlist is such a scan.
 _GEMM_SCAN_BELOW_DIM = 128
 _SCAN_BLOCK_FLOATS = 1 << 20  # scores per (query block x database block) product: 4 MiB, cache-sized
+_MAX_OPQ_NITER = 10_000  # OPQ rounds (FAISS's default is 50); FAISS stores them in a C int
+_MAX_EF_SEARCH = 1 << 20  # as ShortlistSpec bounds ef_search and `mrl index search --ef-search`
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,8 @@ class ShortlistSpec:
         if not 2 <= self.hnsw_m <= 1024:  # as `mrl index build --hnsw-m` bounds it: a huge M is a huge allocation
             raise MRLError(f"hnsw_m must be an integer in [2, 1024], got {self.hnsw_m!r}")
         for name in ("ef_construction", "ef_search"):
-            if getattr(self, name) > 1 << 20:
-                raise MRLError(f"{name} must be at most {1 << 20}, got {getattr(self, name)!r}")
+            if getattr(self, name) > _MAX_EF_SEARCH:
+                raise MRLError(f"{name} must be at most {_MAX_EF_SEARCH}, got {getattr(self, name)!r}")
         if not 1 <= self.dim <= full_dim:
             raise MRLError(f"shortlist_dim must be an integer in [1, {full_dim}], got {self.dim!r}")
         if not isinstance(self.opq, bool):
@@ -146,6 +148,8 @@ class ShortlistSpec:
             raise MRLError(f"pq_m and opq apply to the pq encoding only, not {self.encoding!r}")
         if self.opq_niter is not None:
             _check_positive_int("opq_niter", self.opq_niter)
+            if self.opq_niter > _MAX_OPQ_NITER:
+                raise MRLError(f"opq_niter must be at most {_MAX_OPQ_NITER}, got {self.opq_niter!r}")
             if not self.opq:
                 raise MRLError("opq_niter applies to an OPQ rotation only (opq=True)")
         return dataclasses.replace(self, **changes)
@@ -337,6 +341,12 @@ class Shortlist:
             and the mean number of distance computations per query.
         """
         spec, n_queries = self.spec, len(queries)
+        if nprobe is not None:
+            _check_positive_int("nprobe", nprobe)
+        if ef_search is not None:
+            _check_positive_int("ef_search", ef_search)
+            if ef_search > _MAX_EF_SEARCH:
+                raise MRLError(f"ef_search must be at most {_MAX_EF_SEARCH}, got {ef_search!r}")
         q = prefix(queries, spec.dim, self.metric)
         codes = self._query_input(q)
         if spec.kind == "flat":
@@ -347,12 +357,12 @@ class Shortlist:
             distances = float(self.ntotal)
         elif spec.kind == "hnsw":
             beam = length * (_MIPS_BEAM if self.mips_norm is not None else 1)
-            params = faiss.SearchParametersHNSW(efSearch=max(spec.ef_search if ef_search is None else ef_search, beam))
+            params = faiss.SearchParametersHNSW(efSearch=max(spec.ef_search if ef_search is None else int(ef_search), beam))
             faiss.cvar.hnsw_stats.reset()
             scores, ids = self._index.search(codes, length, params=params)
             distances = faiss.cvar.hnsw_stats.ndis / max(n_queries, 1)
         else:
-            nprobe = min(spec.nprobe if nprobe is None else nprobe, spec.nlist)
+            nprobe = min(spec.nprobe if nprobe is None else int(nprobe), spec.nlist)
             _, lists = self._coarse.search(prefix(queries, spec.coarse_dim, self.metric), nprobe)
             scores, ids = self._search_lists(codes, length, lists, self._coarse_distances(q, lists))
             if self._list_sizes is None:
@@ -462,6 +472,48 @@ class Shortlist:
         if spec.kind == "ivf" and (self._coarse is None or self._coarse.d != spec.coarse_dim or self._coarse.ntotal != spec.nlist
                                    or getattr(self._index, "nlist", None) != spec.nlist):
             raise MRLError(f"the stored coarse quantiser does not hold {spec.nlist} centroids of {spec.coarse_dim} dims")
+        if spec.kind == "ivf" and self._coarse.metric_type != faiss_metric(self.metric):
+            raise MRLError(f"the stored coarse quantiser does not compare by the manifest's metric {self.metric!r}")
+        empty = self._empty_structure()
+        found, expected = _signature(self._index), _signature(empty[0])
+        if found != expected:
+            raise MRLError(f"the stored shortlist is a {found[0]} structure, not the {spec.kind} {spec.encoding} one its manifest "
+                           f"describes ({expected[0]}); the manifest and its files do not belong together")
+
+    def _empty_structure(self) -> tuple:
+        """An empty FAISS structure of the kind this spec builds (with anything it references kept alive)."""
+        spec = self.spec
+        if spec.kind != "ivf":
+            return (self._new_index(),)
+        if spec.encoding == "binary":
+            quantizer = faiss.IndexBinaryFlat(spec.dim)
+            return faiss.IndexBinaryIVF(quantizer, spec.dim, spec.nlist), quantizer
+        metric = faiss_metric(self.metric)
+        quantizer = faiss.IndexFlat(spec.dim, metric)
+        if spec.encoding == "float32":
+            return faiss.IndexIVFFlat(quantizer, spec.dim, spec.nlist, metric), quantizer
+        if spec.encoding == "pq":
+            return faiss.IndexIVFPQ(quantizer, spec.dim, spec.nlist, spec.pq_m, spec.pq_nbits, metric), quantizer
+        return faiss.IndexIVFScalarQuantizer(quantizer, spec.dim, spec.nlist, _SQ_TYPES[spec.encoding], metric), quantizer
+
+
+def _signature(index: object) -> tuple:
+    """What distinguishes one built structure from another of a different spec: the class of each
+    layer (an OPQ transform and its index, an HNSW graph and its storage), dims, metric, code size,
+    list count and graph degree; not the data."""
+    index = faiss.downcast_IndexBinary(index) if isinstance(index, faiss.IndexBinary) else faiss.downcast_index(index)
+    name = type(index).__name__
+    parts: list = ["IndexFlat" if name in ("IndexFlatIP", "IndexFlatL2") else name]  # the metric is compared below
+    for attr in ("d", "metric_type", "code_size", "nlist"):
+        value = getattr(index, attr, None)
+        if isinstance(value, (int, np.integer)):
+            parts.append((attr, int(value)))
+    if hasattr(index, "hnsw"):
+        parts.append(("hnsw_level0_neighbours", int(index.hnsw.nb_neighbors(0))))
+    for inner in ("storage", "index"):  # IndexHNSW*'s codes, IndexPreTransform's wrapped index
+        if getattr(index, inner, None) is not None and not isinstance(getattr(index, inner), (int, float)):
+            parts.append((inner, _signature(getattr(index, inner))))
+    return tuple(parts)
 
 
 def _hnsw_params(index: object, spec: ShortlistSpec) -> object:
