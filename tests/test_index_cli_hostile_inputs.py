@@ -147,3 +147,15 @@ def test_values_beyond_the_dtype_are_an_error_not_a_warning(work):
         np.savez(big, X=np.full((N, D), 1e5, np.float32))
         assert_refused(work, "index", "build", big, "--out", work / "idx16", "--dtype", "float16", "--quiet",
                        match="X holds values up to 1e+05, beyond what float16 can store")
+
+
+def test_tune_refuses_a_linked_index_or_one_holding_other_files_before_any_work(work):
+    """`mrl index tune` rewrites the index in place: through a symbolic link it left the link replaced by
+    a folder, a stale lock and a dangling link; with a user's file inside it deleted the file."""
+    (work / "link").symlink_to(work / "idx")
+    assert_refused(work, "index", "tune", work / "link", work / "q.npz", match="is a symbolic link")
+    (work / "idx" / "notes.txt").write_text("mine")
+    assert_refused(work, "index", "tune", work / "idx", work / "q.npz", match="also holds ['notes.txt']")
+    (work / "idx" / "notes.txt").unlink()
+    code, output = invoke("index", "tune", work / "idx", work / "q.npz")
+    assert code == 0, output

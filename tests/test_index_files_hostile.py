@@ -168,3 +168,18 @@ def test_other_values_out_of_range_are_refused():
         warnings.simplefilter("error")  # a margin past float32's range printed an overflow warning
         _, ids = index.search(db[:3], 5, [(8, 50), (DIM, 5)], shortlist_margin=1e308)
     np.testing.assert_array_equal(ids, index.search(db[:3], 5, [(8, 50), (DIM, 5)])[1])
+
+
+def test_evaluate_configurations_refuses_no_configuration_and_labels_that_are_not_integers():
+    from mrl.retrieval import evaluate_configurations
+
+    db = _db()
+    index = FunnelIndex(db, shortlist_dim=8, labels=np.arange(len(db)) % 3)
+    for bad in ([], [""], ["exact", 3]):  # an empty list ran the defaults
+        with pytest.raises(MRLError, match="configurations must be a non-empty list of strings"):
+            evaluate_configurations(index, db[:4], configurations=bad)
+    for labels in (np.array(["a", "b", "c", "d"]), np.zeros(4), np.zeros(3, np.int64)):  # strings scored map@10 0 silently
+        with pytest.raises(MRLError, match=r"labels must be an integer array of shape \(4,\)"):
+            evaluate_configurations(index, db[:4], np.asarray(labels), configurations=["exact"])
+    rows = evaluate_configurations(index, db[:4], np.arange(4) % 3, configurations=["exact"])
+    assert rows[0]["config"] == "exact" and rows[0]["top1"] == 1.0

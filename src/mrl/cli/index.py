@@ -224,9 +224,10 @@ def search(index_dir, queries, k, funnel, out, store, nprobe, ef_search, shortli
 def tune(index_dir, queries, k, target_recall, max_queries, shortlists, max_ram_bytes_per_vector, max_ms_per_query, repeats, store,
          objective, headroom) -> None:
     """Pick the cheapest funnel meeting --target-recall on QUERIES (and with --shortlists the structure); save it as the default."""
-    from mrl.artifacts import lock
+    from mrl.artifacts import lock, prepare_output
     from mrl.retrieval import FunnelIndex, default_shortlists, parse_shortlists
 
+    prepare_output(index_dir, "index", True)  # the index is rewritten in place: refuse a link or unlisted files before the work
     with lock(index_dir):
         index = FunnelIndex.load(index_dir, store=store)
         x, _ = _load_queries(queries)

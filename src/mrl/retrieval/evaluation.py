@@ -93,7 +93,14 @@ def evaluate_configurations(
         Dicts with keys ``config``, ``map@k``, ``precision@k``, ``recall@k``, ``ndcg@k``, ``top1``
         (label metrics only with labels), ``knn_recall@k``, ``mflops``, ``ms_per_query``.
     """
-    configurations = list(configurations or default_configurations(index, k))
+    if configurations is not None:
+        configurations = list(configurations)
+        if not configurations or not all(isinstance(c, str) and c.strip() for c in configurations):
+            raise MRLError(f"configurations must be a non-empty list of strings such as 'exact' or '16:200,2048:10' "
+                           f"(None for the defaults), got {configurations!r}")
+    configurations = configurations or default_configurations(index, k)
+    if query_labels is not None:
+        query_labels = FunnelIndex._check_labels(query_labels, len(queries))  # integers, one per query, as stored labels
     with_labels = query_labels is not None and index.labels is not None
     run_configuration(index, queries[: min(8, len(queries))], k, "exact")  # warm-up
     exact = run_configuration(index, queries, k, "exact")  # the ground truth, timed once
