@@ -177,6 +177,12 @@ def test_cli_train_eval_generate(tmp_path, corpus_file):
     again = runner.invoke(cli, args)
     assert again.exit_code == 1 and "already holds a run; pass --resume" in again.output
     assert runner.invoke(cli, [*args, "--resume"], catch_exceptions=False).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    for extra, match in ((["--d-model", "64"], "changes d_model 64 (the run has 16)"), (["--steps", "9"], "changes steps 9 (the run has 4)"),
+                         (["--nesting", "4,16"], "changes nesting [4, 16] (the run has [4, 8, 16])")):
+        result = runner.invoke(cli, [*args, "--resume", *extra])  # these were ignored: exit 0, nothing trained
+        assert result.exit_code == 1 and match in result.output and result.output.count("\n") == 1, result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     result = runner.invoke(cli, ["lm", "eval", str(out), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0 and "adaptive: perplexity" in result.output
     assert (out / "adaptive.json").exists()
@@ -185,6 +191,13 @@ def test_cli_train_eval_generate(tmp_path, corpus_file):
     assert result.exit_code == 0 and result.output.startswith("the dog") and "head multiply-adds per token" in result.output
     result = runner.invoke(cli, ["lm", "generate", str(out), "--prompt", "snow ☃"])
     assert result.exit_code == 1 and "Error: text contains characters the tokenizer cannot encode: '☃'" in result.output
+    result = runner.invoke(cli, ["lm", "generate", str(out), "--prompt", "a\udcff"])  # a non-UTF-8 byte, as the shell passes it
+    assert result.exit_code == 1 and result.output == "Error: --prompt must be UTF-8 text; it holds bytes that are not: a\\udcff\n"
+    # one window of 8 tokens cannot be split into a fit and a report half: refused before eval.json is replaced
+    before = {name: (out / name).read_bytes() for name in ("eval.json", "token_stats.npz", "adaptive.json", "manifest.json")}
+    result = runner.invoke(cli, ["lm", "eval", str(out), "--quiet", "--max-tokens", "8"])
+    assert result.exit_code == 1 and "raise --max-tokens to at least 16 (the run's files are unchanged)" in result.output, result.output
+    assert "Warning" not in result.output and {name: (out / name).read_bytes() for name in before} == before
     ff = tmp_path / "ff"
     result = runner.invoke(cli, ["lm", "train", "--corpus", str(corpus_file), "--out", str(ff), "--head", "ff", "--ff-size", "8",
                                  "--tokens-from", str(out), "--vocab-size", "64", "--d-model", "16", "--layers", "1",

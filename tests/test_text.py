@@ -355,6 +355,19 @@ def test_cli_train_embed_eval_round_trip(tiny_model_dir, tmp_path):
     assert sorted(saved["sizes"], key=int) == ["8", "16", "32"] and list(saved["funnel"]) == ["8->32"]
     assert saved["n_queries"] == 20 and saved["n_documents"] == 3922
 
+    # --out is checked before any work: never the texts themselves, nor a file inside an mrl artifact
+    before = {p: p.read_bytes() for p in (texts, run / "config.json", run / "manifest.json")}
+    for command, out in ((["embed", str(run), "--texts", str(texts)], texts), (["embed", str(run), "--texts", str(texts)], run / "x.npz"),
+                         (["eval", str(run), "--limit", "5"], run / "manifest.json")):
+        result = _invoke(["text", *command, "--out", str(out)])
+        assert result.exit_code == 1 and result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+    assert {p: p.read_bytes() for p in before} == before and not (run / "x.npz").exists()
+    # a model folder that links outside the run is not read as the run's model
+    (run / "model" / "modules.json").rename(tmp_path / "modules.json")
+    (run / "model" / "modules.json").symlink_to(tmp_path / "modules.json")
+    result = _invoke(["text", "embed", str(run), "--texts", str(texts), "--out", str(tmp_path / "e2.npz")])
+    assert result.exit_code == 1 and "holds symbolic links (['model/modules.json'])" in result.output, result.output
+
 
 @pytest.mark.parametrize("case, message", [
     ("unknown model", "neither a bundled model"),

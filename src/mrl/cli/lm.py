@@ -14,6 +14,39 @@ _MODEL_OPTIONS = ("vocab_size", "context", "d_model", "n_layers", "n_heads", "he
 _TRAIN_OPTIONS = ("steps", "batch_size", "lr", "seed", "width_weights")
 
 
+def _check_resume_settings(ctx: click.Context, out: Path, corpus: str, ff_size: int | None, tokenizer: str | None,
+                           tokens_from: str | None, config: str | None, params: dict) -> None:
+    """A resumed run keeps its own settings: refuse any option given on the command line that differs
+    from them (exact resume; the same command line with --resume is fine)."""
+    from dataclasses import asdict
+
+    from mrl.lm.model import LMConfig
+    from mrl.lm.train import TrainConfig, read_run_config
+    from mrl.nesting import parse_nesting
+
+    for name, value in (("--tokenizer", tokenizer), ("--tokens-from", tokens_from), ("--config", config)):
+        if value is not None:
+            raise MRLError(f"{name} sets up a new run; {out} is resumed with the settings it was started with")
+    stored = read_run_config(out)
+    given = {k: v for k, v in params.items() if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
+    if ctx.get_parameter_source("corpus") != click.core.ParameterSource.DEFAULT and corpus != stored["corpus"]:
+        raise MRLError(f"--corpus {corpus} differs from the run's {stored['corpus']}; {out} is resumed with its own settings")
+    model_values = {**stored["model"], **{k: v for k, v in given.items() if k in _MODEL_OPTIONS}}
+    if ff_size is not None:
+        model_values["nesting"] = [ff_size]
+    if isinstance(model_values.get("nesting"), str):
+        model_values["nesting"] = parse_nesting(model_values["nesting"], model_values["d_model"])
+    changed = {}
+    for section, values, make in (("model", model_values, lambda v: LMConfig.from_dict(v).to_dict()),
+                                  ("train", {**stored["train"], **{k: v for k, v in given.items() if k in _TRAIN_OPTIONS}},
+                                   lambda v: asdict(TrainConfig.from_dict(v)))):
+        wanted = make(values)
+        changed.update({k: (wanted[k], stored[section].get(k)) for k in wanted if wanted[k] != stored[section].get(k)})
+    if changed:
+        listed = ", ".join(f"{k} {new!r} (the run has {old!r})" for k, (new, old) in sorted(changed.items()))
+        raise MRLError(f"{out} is resumed with the settings it was started with; the command line changes {listed}")
+
+
 def _set_threads(threads: int) -> None:
     import torch
 
@@ -70,6 +103,7 @@ def train_command(ctx: click.Context, corpus: str, out: Path, ff_size: int | Non
     if kind_of(out) == "lm-run":
         if not resume:
             raise MRLError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        _check_resume_settings(ctx, out, corpus, ff_size, tokenizer, tokens_from, config, params)
         train(out, resume=True, progress=not quiet)
         return
     inputs = [p for p in (corpus, tokenizer, tokens_from, config) if p is not None and Path(p).exists()]
@@ -118,7 +152,11 @@ def eval_command(run_dir: Path, max_tokens: int | None, tolerance: float, batch_
     _set_threads(threads)
     if not tolerance >= 0:
         raise MRLError(f"--tolerance must be >= 0, got {tolerance}")
-    summary = evaluate_run(run_dir, batch_size=batch_size, max_tokens=max_tokens, progress=not quiet)
+    from mrl.lm.train import read_run_config
+
+    model = read_run_config(run_dir)["model"]  # load_model checks it fully; here only: is fit_adaptive next (two windows)?
+    several = isinstance(model, dict) and isinstance(model.get("nesting"), list) and len(model["nesting"]) > 1
+    summary = evaluate_run(run_dir, batch_size=batch_size, max_tokens=max_tokens, progress=not quiet, min_windows=2 if several else 1)
     click.echo(f"{summary['tokens']} validation tokens")
     click.echo("size  perplexity  top-1")
     for m in summary["nesting"]:
@@ -158,6 +196,10 @@ def generate_command(run_dir: Path, prompt: str, max_size: int | None, adaptive:
 
     if adaptive and max_size is not None:
         raise MRLError("give either --max-size or --adaptive, not both")
+    try:
+        prompt.encode("utf-8")  # bytes that are not UTF-8 reach here as lone surrogates, which no tokenizer takes
+    except UnicodeEncodeError:
+        raise MRLError(f"--prompt must be UTF-8 text; it holds bytes that are not: {prompt.encode('utf-8', 'backslashreplace').decode()}") from None
     model = load_model(run_dir)
     read_lm_run(run_dir, verify=["tokenizer.json"])
     tokenizer = LMTokenizer.load(run_dir / "tokenizer.json")

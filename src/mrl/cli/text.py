@@ -112,12 +112,15 @@ def _read_texts(path: Path) -> list[str]:
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Texts per forward pass.")
 def embed_command(run: Path | None, model: str | None, texts: Path, out: Path, m: int | None, batch_size: int) -> None:
     """Embed the lines of --texts with the model of RUN (or --model) into --out (.npz, key X)."""
+    from mrl.artifacts import prepare_output_file
     from mrl.io import save_npz
     from mrl.nesting import truncate
     from mrl.text.model import embed, embedding_dim
 
     if batch_size < 1:
         raise MRLError(f"--batch-size must be a positive integer, got {batch_size}")
+    # never the texts themselves, a run or model folder, or a file inside an mrl artifact (its checksums would break)
+    prepare_output_file(out, inputs=[p for p in (texts, run, model) if p is not None and Path(p).exists()])
     lines = _read_texts(texts)
     encoder = _model(run, model)
     dim = embedding_dim(encoder)
@@ -142,12 +145,15 @@ def embed_command(run: Path | None, model: str | None, texts: Path, out: Path, m
 def eval_command(run: Path | None, model: str | None, task: str, sizes: str | None, shortlist: str, limit: int | None,
                  out: Path | None) -> None:
     """nDCG@10, MRR@10 and recall@100 of RUN's model (or --model) at every prefix size, plus the funnel."""
+    from mrl.artifacts import prepare_output_file
     from mrl.io import write_json
     from mrl.nesting import validate_nesting
     from mrl.text.evaluate import eval_task, evaluate_embeddings, format_results
     from mrl.text.model import embed, embedding_dim
     from mrl.text.train import TextTrainConfig, read_run_config
 
+    if out is not None:  # checked before the work: never an input, nor a file inside an mrl artifact
+        prepare_output_file(out, inputs=[p for p in (run, model) if p is not None and Path(p).exists()])
     split = eval_task(task, limit)
     encoder = _model(run, model)
     dim = embedding_dim(encoder)

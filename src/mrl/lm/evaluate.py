@@ -105,8 +105,12 @@ def summarize(stats: dict[str, np.ndarray], nesting: list[int]) -> dict:
     }
 
 
-def evaluate_run(run_dir: str | os.PathLike, batch_size: int = 32, max_tokens: int | None = None, progress: bool = True) -> dict:
+def evaluate_run(run_dir: str | os.PathLike, batch_size: int = 32, max_tokens: int | None = None, progress: bool = True,
+                 min_windows: int = 1) -> dict:
     """Evaluate a trained run on its validation stream; writes eval.json and token_stats.npz.
+
+    ``min_windows`` refuses, before anything is written, a stream (or ``max_tokens``) giving fewer
+    windows of ``context`` tokens: :func:`fit_adaptive` needs 2, one to fit and one to report.
 
     Returns:
         The summary of :func:`summarize` plus ``head``, ``vocab_size`` and ``trunk_flops``
@@ -124,6 +128,10 @@ def evaluate_run(run_dir: str | os.PathLike, batch_size: int = 32, max_tokens: i
         read_lm_run(run_dir, verify=["tokens_val.npy"])
         ids = torch.from_numpy(load_npy(run_dir / "tokens_val.npy").astype(np.int64))
         windows = windows_of(ids, model.config.context, max_tokens)
+        if len(windows) < min_windows:
+            raise MRLError(f"{len(windows)} window(s) of {model.config.context} validation tokens, fewer than {min_windows}: adaptive "
+                           f"decoding fits its thresholds on one half and reports the other; raise --max-tokens to at least "
+                           f"{min_windows * model.config.context} (the run's files are unchanged)")
         stats = token_stats(model, windows, batch_size, progress)
         summary = {"head": model.config.head, "vocab_size": model.config.vocab_size, "d_model": model.config.d_model}
         summary.update(summarize(stats, model.nesting))
@@ -200,6 +208,9 @@ def fit_adaptive(run_dir: str | os.PathLike, tolerance: float = 0.01, n_quantile
     # Split on a window boundary so fit and test tokens come from different documents' spans.
     context = config["context"]
     half = (n // context // 2) * context
+    if half == 0:
+        raise MRLError(f"{run_dir}'s token statistics hold {n} tokens, less than two windows of {context}: nothing to fit "
+                       f"thresholds on and report; run `mrl lm eval` with more --max-tokens")
     fit = {k: v[:, :half] for k, v in stats.items()}
     test = {k: v[:, half:] for k, v in stats.items()}
     costs = decoding_costs(nesting, vocab, tied=config["head"] == "mrl-e")
