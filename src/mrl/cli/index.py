@@ -77,26 +77,51 @@ def _backend_options(command):
     return command
 
 
+# An API key is a token of a few hundred bytes at most; a larger file is the wrong file.
+API_KEY_FILE_MAX_BYTES = 64 * 1024
+
+
+def _read_api_key(api_key_file: str) -> str:
+    """The key in ``api_key_file``: printable UTF-8 text, surrounding whitespace removed. The key
+    itself never appears in a message."""
+    path = Path(api_key_file)
+    if not path.is_file():
+        raise MRLError(f"--api-key-file must be a file holding the Qdrant API key, got {api_key_file!r} (not found or not a file)")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(API_KEY_FILE_MAX_BYTES + 1)  # bounded: the file may grow or lie about its size
+    except OSError as exc:
+        raise MRLError(f"--api-key-file {api_key_file!r} cannot be read ({exc.strerror})") from None
+    if len(raw) > API_KEY_FILE_MAX_BYTES:
+        raise MRLError(f"--api-key-file {api_key_file!r} is larger than {API_KEY_FILE_MAX_BYTES} bytes; it must hold only the API key")
+    try:
+        key = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise MRLError(f"--api-key-file {api_key_file!r} is not UTF-8 text; it must hold only the API key") from None
+    if not key:
+        raise MRLError(f"--api-key-file {api_key_file!r} is empty; it must hold the API key")
+    if not key.isprintable():
+        raise MRLError(f"--api-key-file {api_key_file!r} holds control characters or several lines; it must hold only the API key")
+    return key
+
+
 def _qdrant_location(path: str | None, url: str | None, api_key_file: str | None) -> tuple[str, str | None]:
     if (path is None) == (url is None):
         raise MRLError("give exactly one of --path/--qdrant-path (embedded Qdrant) and --url/--qdrant-url (a Qdrant server)")
     if api_key_file is not None and url is None:
         raise MRLError("--api-key-file goes with a Qdrant server URL")
-    api_key = None
-    if api_key_file is not None:
-        if not Path(api_key_file).is_file():
-            raise MRLError(f"API key file not found: {api_key_file}")
-        api_key = Path(api_key_file).read_text(encoding="utf-8").strip()
+    api_key = None if api_key_file is None else _read_api_key(api_key_file)
     return (path if url is None else url), api_key
 
 
-def _open_qdrant(path: str | None, url: str | None, api_key_file: str | None, collection: str | None):
+def _open_qdrant(path: str | None, url: str | None, api_key_file: str | None, collection: str | None, index_dir: str):
+    """The collection, refused unless it was exported from ``index_dir`` (whose ids and labels score its results)."""
     from mrl.retrieval.qdrant import QdrantFunnel
 
     if collection is None:
         raise MRLError("--backend qdrant needs --collection NAME")
     location, api_key = _qdrant_location(path, url, api_key_file)
-    return QdrantFunnel(location, collection, api_key=api_key)
+    return QdrantFunnel(location, collection, api_key=api_key, index_dir=index_dir)
 
 
 @click.group("index")
@@ -179,7 +204,7 @@ def search(index_dir, queries, k, funnel, out, store, nprobe, ef_search, shortli
     # Every result is computed before the output is written, and written before anything is
     # printed, so a refused input or a failed write leaves --out as it was and is the only output.
     if backend == "qdrant":
-        with _open_qdrant(qdrant_path, qdrant_url, api_key_file, collection) as qdrant:
+        with _open_qdrant(qdrant_path, qdrant_url, api_key_file, collection, index_dir) as qdrant:
             scores, ids = qdrant.search(x, k=k, funnel=stages, exact=not hnsw)
         lines = [f"searched {len(x)} queries on Qdrant {qdrant.collection_label}"]
     else:
@@ -271,7 +296,7 @@ def evaluate(index_dir, queries, funnels, k, out_dir, backend, qdrant_path, qdra
     if backend == "qdrant":
         from mrl.retrieval.qdrant import evaluate_on_qdrant
 
-        with _open_qdrant(qdrant_path, qdrant_url, api_key_file, collection) as qdrant:
+        with _open_qdrant(qdrant_path, qdrant_url, api_key_file, collection, index_dir) as qdrant:
             rows = evaluate_on_qdrant(qdrant, index, x, y, configs, k=k, exact=not hnsw)
     else:
         rows = evaluate_configurations(index, x, y, configs, k=k)

@@ -18,8 +18,10 @@ collection metadata, embedded as ``mrl_collection.json`` in the shard folder.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from tqdm import tqdm
 
 from mrl.errors import MRLError
 from mrl.io import read_json, sha256_file, write_json
+from mrl.validation import check_int
 from mrl.retrieval._vectors import check_k, check_vectors, prefix
 from mrl.retrieval.funnel import DEFAULT_SHORTLIST_LENGTH, Funnel, FunnelIndex, format_funnel, parse_funnel, validate_funnel
 
@@ -39,6 +42,8 @@ QUANTIZATIONS = ("none", "int8", "binary")
 _DISTANCES = {"cosine": "Cosine", "ip": "Dot", "l2": "Euclid"}
 _META_FILE = "mrl_collection.json"
 _LAYOUT_KEYS = ("format", "format_version", "metric", "dim", "stages", "quantization", "n_vectors", "index_sha256")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_MAX_HNSW_EF = 1 << 20  # as FunnelIndex bounds ef_search and `mrl index search --ef-search`
 
 
 def vector_name(dim: int) -> str:
@@ -68,12 +73,13 @@ class _EdgeBackend:
         self.shard = None
 
     def read_meta(self) -> dict | None:
+        """The collection's layout (checked), or None when there is no collection yet."""
         if not self.folder.exists():
             return None
         meta_file = self.folder / _META_FILE
         if not meta_file.is_file():
             raise MRLError(f"{self.folder} is not a collection exported by mrl (no {_META_FILE})")
-        return read_json(meta_file)
+        return _check_layout(read_json(meta_file), self.folder)
 
     def _config(self, meta: dict) -> Any:
         qe = self.qe
@@ -139,19 +145,30 @@ class _EdgeBackend:
 class _ClientBackend:
     """A Qdrant server or cluster (or qdrant-client's local mode) through ``qdrant_client.QdrantClient``."""
 
-    def __init__(self, client: Any, collection: str) -> None:
+    def __init__(self, client: Any, collection: str, server: str | None = None) -> None:
         self.models = _import("qdrant_client").models
+        from qdrant_client.http.exceptions import ResponseHandlingException
+
+        self._unreachable = ResponseHandlingException  # what the client raises when no answer came back
         self.client, self.collection, self.folder = client, collection, f"collection {collection!r}"
+        self.server = server or "of the given QdrantClient"
         self.shard_number: int | None = None
         self.replication_factor: int | None = None
 
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``client.method(...)``; a server that does not answer is one MRLError naming it, not the client's traceback."""
+        try:
+            return getattr(self.client, method)(*args, **kwargs)
+        except self._unreachable as exc:
+            raise MRLError(f"cannot reach the Qdrant server {self.server} ({exc}); check the URL and that the server is running") from None
+
     def read_meta(self) -> dict | None:
-        if not self.client.collection_exists(self.collection):
+        if not self._call("collection_exists", self.collection):
             return None
-        metadata = self.client.get_collection(self.collection).config.metadata or {}
+        metadata = self._call("get_collection", self.collection).config.metadata or {}
         if "mrl" not in metadata:
             raise MRLError(f"{self.folder} is not a collection exported by mrl (no mrl metadata)")
-        return metadata["mrl"]
+        return _check_layout(metadata["mrl"], self.folder)
 
     def open(self, meta: dict, create: bool) -> None:
         m = self.models
@@ -159,28 +176,28 @@ class _ClientBackend:
         quantization = {"none": None, "int8": m.ScalarQuantization(scalar=m.ScalarQuantizationConfig(type=m.ScalarType.INT8)),
                         "binary": m.BinaryQuantization(binary=m.BinaryQuantizationConfig())}[meta["quantization"]]
         expected = {vector_name(d): (d, distance) for d in meta["stages"]}
-        if not self.client.collection_exists(self.collection):
+        if not self._call("collection_exists", self.collection):
             if not create:
                 raise MRLError(f"{self.folder} does not exist")
-            self.client.create_collection(self.collection, metadata={"mrl": meta}, quantization_config=quantization,
-                                          shard_number=self.shard_number, replication_factor=self.replication_factor, vectors_config={
+            self._call("create_collection", self.collection, metadata={"mrl": meta}, quantization_config=quantization,
+                       shard_number=self.shard_number, replication_factor=self.replication_factor, vectors_config={
                 n: m.VectorParams(size=d, distance=dist, hnsw_config=None if i == 0 else m.HnswConfigDiff(m=0))
                 for i, (n, (d, dist)) in enumerate(expected.items())})
             return
-        vectors = self.client.get_collection(self.collection).config.params.vectors
+        vectors = self._call("get_collection", self.collection).config.params.vectors
         found = {n: (p.size, p.distance) for n, p in (vectors or {}).items()} if isinstance(vectors, dict) else {}
         if found != expected:
             raise MRLError(f"{self.folder} does not hold the vectors its mrl metadata describes")
 
     def present(self, ids: list[int]) -> set[int]:
-        return {int(r.id) for r in self.client.retrieve(self.collection, ids, with_payload=False, with_vectors=False)}
+        return {int(r.id) for r in self._call("retrieve", self.collection, ids, with_payload=False, with_vectors=False)}
 
     def upsert(self, ids: list[int], vectors: dict[str, np.ndarray], payloads: list[dict] | None) -> None:
         batch = self.models.Batch(ids=ids, vectors={n: v.tolist() for n, v in vectors.items()}, payloads=payloads)
-        self.client.upsert(self.collection, points=batch, wait=True)
+        self._call("upsert", self.collection, points=batch, wait=True)
 
     def count(self) -> int:
-        return int(self.client.count(self.collection, exact=True).count)
+        return int(self._call("count", self.collection, exact=True).count)
 
     def finish(self) -> None:
         pass  # a server indexes in the background
@@ -197,7 +214,7 @@ class _ClientBackend:
             name, vectors, limit = stages[-1]
             requests.append(m.QueryRequest(query=vectors[q], using=name, limit=limit, prefetch=None if inner is None else [inner],
                                            params=params if inner is None else None))
-        responses = self.client.query_batch_points(self.collection, requests)
+        responses = self._call("query_batch_points", self.collection, requests)
         return [[(int(p.id), float(p.score)) for p in r.points] for r in responses]
 
     def close(self) -> None:
@@ -208,8 +225,10 @@ def _backend(location: Any, collection: str, api_key: str | None = None) -> _Edg
     """A path opens the embedded engine; an http(s) URL or a QdrantClient speaks to a Qdrant server."""
     collection = _check_collection_name(collection)
     if isinstance(location, (str, Path)) and str(location).startswith(("http://", "https://")):
-        client = _import("qdrant_client").QdrantClient(url=str(location), api_key=api_key)
-        return _ClientBackend(client, collection)
+        # The compatibility check asks the server for its version on a background thread and, when no
+        # answer comes, warns at an arbitrary moment; an unreachable server is reported by the first call.
+        client = _import("qdrant_client").QdrantClient(url=str(location), api_key=api_key, check_compatibility=False)
+        return _ClientBackend(client, collection, server=f"at {location}")
     if isinstance(location, (str, Path)):
         return _EdgeBackend(location, collection)
     if type(location).__name__ == "QdrantClient":
@@ -229,6 +248,7 @@ def _check_layout(meta: object, where: object) -> dict:
         and positive_int(meta.get("dim")) and positive_int(meta.get("n_vectors"))
         and isinstance(meta.get("stages"), list) and meta["stages"] and all(positive_int(d) for d in meta["stages"])
         and all(a < b for a, b in zip(meta["stages"], meta["stages"][1:])) and meta["stages"][-1] <= meta["dim"]
+        and isinstance(meta.get("index_sha256"), str) and _SHA256.fullmatch(meta["index_sha256"]) is not None
     )
     if not ok:
         raise MRLError(f"{where} does not hold a readable {FORMAT} v{FORMAT_VERSION} layout")
@@ -251,6 +271,26 @@ def _layout(index: FunnelIndex, index_sha256: str, stages: Sequence[int], quanti
         "index_sha256": index_sha256,
         "default_funnel": None if index.funnel is None else [list(s) for s in index.funnel],
     }
+
+
+def _index_sha256(index_dir: str | Path) -> str:
+    """The checksum a collection records of the index it was exported from: that of the index's manifest."""
+    manifest = Path(index_dir) / "manifest.json"
+    if not manifest.is_file():
+        raise MRLError(f"index_dir must be an index folder written by FunnelIndex.save, got {str(index_dir)!r} (no manifest.json)")
+    return sha256_file(manifest)
+
+
+def _check_outside_artifacts(root: str | Path) -> None:
+    """Refuse a folder of embedded collections that is, or lies inside, an mrl artifact: its manifest
+    does not list the collection, so verifying or replacing the artifact would fail or delete it."""
+    from mrl.artifacts import kind_of
+
+    named, resolved = Path(os.path.abspath(root)), Path(root).resolve()
+    for folder in dict.fromkeys((named, *named.parents, resolved, *resolved.parents)):
+        kind = kind_of(folder)
+        if kind is not None:
+            raise MRLError(f"refusing to export into {root}: {folder} is an mrl {kind}; give a folder outside mrl artifacts")
 
 
 def _check_stages(stages: Sequence[int] | None, index: FunnelIndex) -> list[int]:
@@ -303,7 +343,7 @@ def export_to_qdrant(
         raise MRLError(f"batch must be a positive integer, got {batch!r}")
     index = FunnelIndex.load(index_dir, mmap=True)
     stages = _check_stages(stages, index)
-    meta = _layout(index, sha256_file(Path(index_dir) / "manifest.json"), stages, quantization)
+    meta = _layout(index, _index_sha256(index_dir), stages, quantization)
     backend = _backend(location, collection, api_key)
     if shards is not None or replicas is not None:
         if not isinstance(backend, _ClientBackend):
@@ -312,6 +352,8 @@ def export_to_qdrant(
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise MRLError(f"{name} must be a positive integer, got {value!r}")
         backend.shard_number, backend.replication_factor = shards, replicas
+    if isinstance(backend, _EdgeBackend):
+        _check_outside_artifacts(location)
     existing = backend.read_meta()
     if existing is not None:
         differing = [key for key in _LAYOUT_KEYS if existing.get(key) != meta[key]]
@@ -349,6 +391,8 @@ class QdrantFunnel:
         location: folder of embedded collections, an http(s) URL of a Qdrant server, or a QdrantClient.
         collection: collection name.
         api_key: API key for a URL location.
+        index_dir: when given, the collection must have been exported from this saved index (its
+            recorded checksum is compared), so its ids and labels are the index's rows.
 
     Example:
         >>> import tempfile
@@ -363,12 +407,15 @@ class QdrantFunnel:
         [0, 1]
     """
 
-    def __init__(self, location: Any, collection: str, api_key: str | None = None) -> None:
+    def __init__(self, location: Any, collection: str, api_key: str | None = None, index_dir: str | Path | None = None) -> None:
         self._backend = _backend(location, collection, api_key)
         meta = self._backend.read_meta()
         if meta is None:
             raise MRLError(f"{self._backend.folder} does not exist; export an index to it first (mrl index export)")
-        _check_layout(meta, self._backend.folder)
+        if index_dir is not None and meta["index_sha256"] != _index_sha256(index_dir):
+            raise MRLError(f"{self._backend.folder} was not exported from the index {index_dir} (its index_sha256 differs: another "
+                           f"index, or this one before it changed, e.g. by mrl index tune); search it with the index it was exported from, "
+                           f"or export {index_dir} to a new collection")
         self._backend.open(meta, create=False)
         self.metric, self.dim, self.stages = meta["metric"], int(meta["dim"]), [int(d) for d in meta["stages"]]
         self.ntotal = int(meta["n_vectors"])
@@ -408,15 +455,23 @@ class QdrantFunnel:
         """
         queries = check_vectors(queries, "queries", dim=self.dim)
         k = check_k(k, self.ntotal)
-        funnel = self.default_funnel(k) if funnel is None else funnel
-        missing = [stage[0] for stage in funnel if isinstance(stage, (tuple, list)) and stage and stage[0] not in self.stages]
-        if missing:
-            raise MRLError(f"funnel uses prefix size(s) {missing} but {self.collection_label} stores only {self.stages}")
-        try:
+        if not isinstance(exact, (bool, np.bool_)):
+            raise MRLError(f"exact must be True or False, got {exact!r}")
+        if hnsw_ef is not None:
+            hnsw_ef = check_int("hnsw_ef", hnsw_ef, min=1, max=_MAX_HNSW_EF)
+        if funnel is None:
+            funnel = self.default_funnel(k)
+        elif isinstance(funnel, (str, bytes, Mapping)) or not hasattr(funnel, "__iter__"):
+            raise MRLError(f"funnel must be a sequence of (dim, shortlist_length) pairs, got {funnel!r}")
+        funnel = list(funnel)
+        try:  # any exported stage may come first; validate_funnel checks the rest against it
             first_dim = int(funnel[0][0])
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, KeyError, OverflowError):
             first_dim = 0  # validate_funnel names the malformed stage
         funnel = validate_funnel(funnel, self.dim, first_dim, self.ntotal, k)
+        missing = [d for d, _ in funnel if d not in self.stages]
+        if missing:
+            raise MRLError(f"funnel uses prefix size(s) {missing} but {self.collection_label} stores only {self.stages}")
         plan = [(vector_name(d), prefix(queries, d, self.metric).tolist(), n) for d, n in funnel]
         plan[-1] = (plan[-1][0], plan[-1][1], k)
         hits = self._backend.query(plan, exact=bool(exact), hnsw_ef=hnsw_ef) if len(queries) else []
@@ -459,6 +514,10 @@ def evaluate_on_qdrant(
     from mrl.metrics import Relevance, knn_recall_at_k, retrieval_summary
     from mrl.retrieval.ground_truth import exact_search
 
+    found, expected = (qdrant.ntotal, qdrant.dim, qdrant.metric), (index.ntotal, index.dim, index.metric)
+    if found != expected:
+        raise MRLError(f"{qdrant.collection_label} holds {found[0]} x {found[1]} {found[2]} vectors but the index {expected[0]} x "
+                       f"{expected[1]} {expected[2]}: it was not exported from this index")
     configurations = list(configurations or ["exact", qdrant.default_funnel(k)])
     exact_ids = exact_search(index.vectors, queries, k, metric=index.metric)[1]
     with_labels = query_labels is not None and index.labels is not None
