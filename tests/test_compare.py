@@ -132,6 +132,13 @@ def test_other_settings_in_the_same_out_are_refused(tmp_path, full, fashion_subs
         compare(out, dataset=dataset, **{**settings(fashion_subset_dir), "epochs": 3})
     with pytest.raises(MRLError, match=r"holds a result with other settings \(draws\)"):
         compare(out, dataset=dataset, methods="rand", **{**settings(fashion_subset_dir), "rand_draws": 3})
+    # a derived result whose manifest records no settings (meta.key edited to null, a list or a string): a TypeError before
+    derived = next(p for p in (out / "runs").rglob("manifest.json") if json.loads(p.read_text()).get("meta", {}).get("key") is not None)
+    record = json.loads(derived.read_text())
+    for bad in (None, [], "x"):
+        derived.write_text(json.dumps({**record, "meta": {**record["meta"], "key": bad}}))
+        with pytest.raises(MRLError, match=r"records no settings for its result \(meta.key is"):
+            compare(out, dataset=dataset, **settings(fashion_subset_dir))
 
 
 def test_cli_reuses_finished_runs_and_reports_bad_methods(tmp_path, full, fashion_subset_dir):

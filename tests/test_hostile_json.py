@@ -57,6 +57,11 @@ def test_config_that_is_not_an_object_or_lacks_keys(tmp_path, tiny_artifacts):
     (lambda s: s.update(model_sha256=42), "model_sha256 must be a sha256 hex digest"),
     (lambda s: s.update(optimizer_groups={"lr": 1}), "optimizer_groups must be a list of objects"),
     (lambda s: s.update(epochs_done=7), "checkpoint"),  # names derived from the epoch: the file is missing
+    # these were a TypeError on resume, a resume that did nothing and exited 0, and a NaN checkpoint
+    (lambda s: s["optimizer_groups"][0].update(lr="x"), "optimizer_groups value 'lr' must be a finite number"),
+    (lambda s: s["optimizer_groups"][0].update(betas="ab"), "optimizer_groups value 'betas' must be a finite number"),
+    (lambda s: s["optimizer_groups"][0].update(weight_decay=float("nan")), "optimizer_groups value 'weight_decay'"),
+    (lambda s: s.update(step=10**30), "step must be an integer"),
 ])
 def test_crafted_training_state(tmp_path, tiny_artifacts, edit, match):
     run = copy(tiny_artifacts["run"], tmp_path / "run")

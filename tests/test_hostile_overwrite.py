@@ -98,3 +98,12 @@ def test_output_files_never_land_on_inputs_or_inside_artifacts(tmp_path, tiny_ar
     before = tree(tmp_path)
     assert invoke("embed", run, "--out", tmp_path / "fresh.npz", "--quiet")[0] == 0
     assert set(tree(tmp_path)) - set(before) == {"fresh.npz"}
+
+
+def test_embed_never_overwrites_the_data_its_run_was_trained_on(tmp_path):
+    from hostile import TINY, vectors_npz
+
+    data = vectors_npz(tmp_path / "data.npz")
+    assert invoke("train", "--data", data, *TINY, "--out", tmp_path / "run")[0] == 0
+    # it wrote over data.npz with exit 0, and the run's checkpoints no longer fitted the data
+    assert_refused(tmp_path, "embed", tmp_path / "run", "--out", data, "--quiet", match="is, holds or lies inside the input")

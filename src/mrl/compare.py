@@ -71,6 +71,8 @@ def _derived(path: Path, key: dict, build: Callable[[], dict]) -> dict:
     """Reuse path/eval.json if it was made with the same ``key``; else build it atomically."""
     if path.exists():
         saved = read_manifest(path, "experiment").meta.get("key")
+        if not isinstance(saved, dict):
+            raise MRLError(f"{path}/manifest.json records no settings for its result (meta.key is {saved!r}); use another --out")
         if saved != key:
             changed = sorted(k for k in set(saved) | set(key) if saved.get(k) != key.get(k))
             raise MRLError(f"{path} holds a result with other settings ({', '.join(changed)}); use another --out")

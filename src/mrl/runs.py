@@ -54,6 +54,10 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _STALE_TMP = re.compile(r"\..+\.tmp")  # io.atomic_file's temp names: ".NAME.RANDOM.tmp"
 
 
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class TrainState:
     """The last complete checkpoint of a run, as recorded in its manifest."""
@@ -79,6 +83,12 @@ class TrainState:
         groups = values["optimizer_groups"]
         if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
             raise MRLError(f"{where}: optimizer_groups must be a list of objects")
+        for group in groups:  # torch's param_groups: numbers (lr, eps, ...), flags, None, lists of numbers (betas, params)
+            for key, value in group.items():
+                if not (value is None or isinstance(value, bool) or _finite_number(value)
+                        or (isinstance(value, list) and all(_finite_number(v) for v in value))):
+                    raise MRLError(f"{where}: optimizer_groups value {key!r} must be a finite number, a flag, null or a list "
+                                   f"of finite numbers, got {value!r}")
         scaler = values.get("scaler")
         if scaler is not None and not (
             isinstance(scaler, dict) and scaler
@@ -86,8 +96,8 @@ class TrainState:
                     for v in scaler.values())
         ):
             raise MRLError(f"{where}: scaler must be an object of finite non-negative numbers, got {scaler!r}")
-        return cls(check_int(f"{where}: epochs_done", values["epochs_done"], min=1),
-                   check_int(f"{where}: step", values["step"], min=0),
+        return cls(check_int(f"{where}: epochs_done", values["epochs_done"], min=1, max=1 << 31),
+                   check_int(f"{where}: step", values["step"], min=0, max=1 << 53),
                    values["model_sha256"], values["optimizer_sha256"], groups, scaler)
 
 

@@ -168,8 +168,13 @@ def embed_command(run_dir: Path, split: str, out: Path, quiet: bool) -> None:
     """Write the representations of one split as an .npz with float32 X [N, d] and int64 y [N]."""
     from mrl.artifacts import prepare_output_file
     from mrl.evaluation import embed_run
+    from mrl.runs import is_run_dir, load_config
 
-    prepare_output_file(out, inputs=[run_dir])
+    inputs = [run_dir]
+    if is_run_dir(run_dir):  # the run's own data is an input too: overwriting it broke the run (its checkpoints no longer fit)
+        config = load_config(run_dir)
+        inputs += [p for p in (config.data, config.data_dir) if p is not None and Path(p).exists()]
+    prepare_output_file(out, inputs=inputs)
     x, y = embed_run(run_dir, split, progress=not quiet)
     save_npz(out, X=x, y=y)
     click.echo(f"wrote {out}: X {x.shape} float32, y {y.shape}")
