@@ -28,6 +28,10 @@ MAX_EPOCHS = 100_000
 MAX_BATCH = 1 << 20
 MAX_DIM = 1 << 16
 MAX_LR = 10.0  # AdamW diverges far below this; 1e30 or inf is always a mistake
+# Keys whose value is a string (names and paths); the optional ones may also be null.
+STRING_KEYS = ("data", "data_dir", "mode", "arch", "rep_activation", "width_norm", "width_sampling", "precision",
+               "optimizer", "schedule")
+OPTIONAL_STRING_KEYS = ("data_dir", "arch")
 
 
 def config_from_dict(cls: type, values: Mapping[str, Any], what: str):
@@ -91,6 +95,7 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # for derived runs (e.g. baselines)
 
     def __post_init__(self) -> None:
+        self._check_string_types()
         check_choice("mode", self.mode, MODES)
         if not isinstance(self.data, str) or not self.data:
             raise MRLError(f"data must be a data set name or path, got {self.data!r}")
@@ -143,6 +148,16 @@ class TrainConfig:
             self.hidden = [check_int("every hidden size", h, min=1, max=MAX_DIM) for h in self.hidden]
         if self.arch not in (None, "mlp") and (self.widths is not None or self.hidden is not None):
             raise MRLError("widths and hidden apply to the mlp backbone; pass --arch mlp")
+
+    def _check_string_types(self) -> None:
+        """Refuse a string-valued key given another JSON type ({"arch": 5}) before any check uses it."""
+        for name in STRING_KEYS:
+            value = getattr(self, name)
+            if value is None and name in OPTIONAL_STRING_KEYS:
+                continue
+            if not isinstance(value, str):
+                allowed = "a string or null" if name in OPTIONAL_STRING_KEYS else "a string"
+                raise MRLError(f"{name.replace('_', '-')} must be {allowed}, got {type(value).__name__} {value!r}")
 
     def _check_width_options(self) -> None:
         check_choice("width-norm", self.width_norm, NORMS)

@@ -172,6 +172,10 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MRLError(f"{path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise MRLError(f"{path} is not valid JSON (nested too deeply)") from None
+    except ValueError as exc:  # an integer beyond Python's digit limit (sys.set_int_max_str_digits)
+        raise MRLError(f"{path} is not valid JSON ({exc})") from None
 
 
 def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:

@@ -38,6 +38,9 @@ WEIGHTS_FILE = "adapter.safetensors"
 FORMAT = "mrl-adapter"
 FORMAT_VERSION = 1
 KIND = "adapter"
+# Bound on dim and hidden_dim read from a config.json (the same bound as `mrl adapt fit --hidden-dim`):
+# it refuses a hostile or corrupt config before the weights are allocated (10**9 would be 128 GB).
+MAX_DIM = 1 << 16
 
 
 @dataclass
@@ -58,7 +61,21 @@ class AdapterConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AdapterConfig:
-        return config_from_dict(cls, data, "adapter")
+        return config_from_dict(cls, data, "adapter").validate()
+
+    def validate(self) -> AdapterConfig:
+        """Check the types and sizes of a config read from disk; returns ``self``."""
+        for name in ("dim", "hidden_dim"):
+            value = getattr(self, name)
+            if value is None and name == "hidden_dim":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_DIM:
+                raise MRLError(f"adapter {name} must be a positive integer at most {MAX_DIM}, got {value!r}")
+        if not isinstance(self.linear, bool):
+            raise MRLError(f"adapter linear must be true or false, got {self.linear!r}")
+        if not isinstance(self.nesting, list):
+            raise MRLError(f"adapter nesting must be a list of prefix sizes, got {self.nesting!r}")
+        return self
 
 
 class MatryoshkaAdapter(nn.Module):
@@ -124,12 +141,16 @@ class MatryoshkaAdapter(nn.Module):
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Adapted embeddings, same shape [..., d] and dtype as the input."""
+        return self._adapt(embeddings).to(embeddings.dtype)
+
+    def _adapt(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Adapted embeddings [..., d] in the weights' dtype (float32), whatever the input's dtype."""
         self._check_dim(embeddings.shape[-1])
         x = embeddings.to(self.out.weight.dtype)
         delta = self.out(self.activation(self.hidden(x)))
         if self.linear is not None:
             delta = delta + self.linear(x)
-        return (x + delta).to(embeddings.dtype)
+        return x + delta
 
     @torch.no_grad()
     def transform(
@@ -148,12 +169,19 @@ class MatryoshkaAdapter(nn.Module):
             batch_size: rows per forward pass.
 
         Returns:
-            The same kind (numpy or torch) and dtype as the input, shape [..., m].
+            The same kind (numpy or torch) and dtype as the input, shape [..., m]. The adapter and
+            the normalisation run in float32 (a float16 input of large values would overflow in
+            between); a result that is not finite in the input's dtype is refused.
+
+        Raises:
+            MRLError: the input holds NaN or infinite values, or the result does not fit its dtype.
         """
         is_numpy = isinstance(embeddings, np.ndarray)
         x = torch.from_numpy(np.asarray(embeddings)) if is_numpy else embeddings
         if not x.is_floating_point():
             raise MRLError(f"embeddings must be floating point, got dtype {x.dtype}")
+        if not torch.isfinite(x).all():
+            raise MRLError("embeddings contain NaN or infinite values; an adapter only maps finite embeddings")
         self._check_dim(x.shape[-1])
         if m is not None and (isinstance(m, bool) or not isinstance(m, (int, np.integer)) or not 1 <= m <= self.dim):
             raise MRLError(f"prefix size m must be an integer in [1, {self.dim}], got {m!r}")
@@ -161,10 +189,18 @@ class MatryoshkaAdapter(nn.Module):
         device = self.out.weight.device
         was_training = self.training
         self.eval()
-        parts = [self(flat[i : i + batch_size].to(device)).cpu() for i in range(0, len(flat), batch_size)]
-        self.train(was_training)
-        out = (torch.cat(parts) if parts else flat.clone()).reshape(x.shape)
-        out = truncate(out, m if m is not None else self.dim, normalize=normalize)
+        try:
+            parts = [self._adapt(flat[i : i + batch_size].to(device)).cpu() for i in range(0, len(flat), batch_size)]
+        finally:
+            self.train(was_training)
+        out = (torch.cat(parts) if parts else flat.to(self.out.weight.dtype)).reshape(x.shape)
+        out = truncate(out, m if m is not None else self.dim, normalize=normalize).to(x.dtype)
+        if not torch.isfinite(out).all():
+            bad = int((~torch.isfinite(out)).sum())
+            raise MRLError(
+                f"{bad} adapted values are not finite in dtype {x.dtype} (they overflow it); "
+                "convert the embeddings to float32 or normalise them"
+            )
         return out.numpy() if is_numpy else out.to(embeddings.device)
 
     def save(

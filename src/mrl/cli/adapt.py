@@ -13,7 +13,7 @@ import click
 import numpy as np
 
 from mrl.errors import MRLError
-from mrl.validation import check_float, check_int, check_seed, click_check
+from mrl.validation import check_int, click_check
 
 # Flag name -> FitConfig field; only flags given on the command line override --config.
 _FIT_FIELDS = (
@@ -46,7 +46,8 @@ def _fit_config(ctx: click.Context, params: dict, config_path: str | None):
     if config_path:
         saved = read_json(config_path)
         if isinstance(saved, dict) and saved.get("format") == "mrl-adapter":
-            saved = saved.get("fit", {}).get("config", {})  # a saved adapter's config.json: refit alike
+            fit = saved.get("fit", {})  # a saved adapter's config.json: refit alike
+            saved = fit.get("config", {}) if isinstance(fit, dict) else None
         if not isinstance(saved, dict):
             raise MRLError(f"{config_path} must hold a JSON object of fit settings")
         base.update(saved)

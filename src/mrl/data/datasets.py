@@ -163,17 +163,32 @@ def load_idx_dataset(name: str, data_dir: Path, max_train: int | None = None) ->
     )
 
 
+def _check_features(x: np.ndarray, name: str, path: Path) -> None:
+    """``x`` is a 2-D real (floating or integer) feature matrix with at least one column."""
+    if x.dtype.kind not in "fiu":  # refuses strings, bools, complex, timedelta and datetime
+        raise MRLError(f"{path}: {name} must hold real numbers (floating or integer), got dtype {x.dtype}")
+    if x.ndim != 2:
+        raise MRLError(f"{path}: {name} must be 2-D [N, features], got shape {x.shape}")
+    if x.shape[1] == 0:
+        raise MRLError(f"{path}: {name} must have at least one feature column, got shape {x.shape}")
+
+
 def load_npz_dataset(path: Path, max_train: int | None = None) -> Dataset:
     """Feature vectors from an .npz with ``X`` and ``y`` (optionally ``X_test``, ``y_test``)."""
     arrays = load_npz(path, required=("X", "y"))
     x, y = arrays["X"], arrays["y"]
-    if x.ndim != 2:
-        raise MRLError(f"{path}: X must be 2-D [N, features], got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.number):
-        raise MRLError(f"{path}: X must be numeric, got dtype {x.dtype}")
+    _check_features(x, "X", path)
     _check(x, y, str(path))
-    if "X_test" in arrays and "y_test" in arrays:
+    has_test = ("X_test" in arrays, "y_test" in arrays)
+    if any(has_test) and not all(has_test):
+        given, missing = ("X_test", "y_test") if has_test[0] else ("y_test", "X_test")
+        raise MRLError(f"{path}: {given} needs {missing} as well (X_test and y_test come together), got only {given}")
+    if all(has_test):
         x_test, y_test = arrays["X_test"], arrays["y_test"]
+        _check_features(x_test, "X_test", path)
+        if x_test.shape[1] != x.shape[1]:
+            raise MRLError(f"{path}: X_test must have X's {x.shape[1]} columns, got {x_test.shape[1]}")
+        _check(x_test, y_test, f"{path} test")
     else:
         test_size = max(1, int(round(0.15 * len(x))))
         rest, test = _holdout(len(x), test_size, seed=SPLIT_SEED + 2)
