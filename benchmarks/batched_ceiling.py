@@ -42,6 +42,8 @@ from mrl.errors import MRLError
 from mrl.io import load_npz, write_json
 from mrl.retrieval import FunnelIndex
 
+import pareto  # beside this script: its named sets, split, adapter and normalisation, so both benchmarks see the same vectors
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -70,11 +72,6 @@ def _adaptive(text: str) -> tuple[int, int, int, int]:
     return tuple(values)
 
 
-def _unit(array: np.ndarray) -> np.ndarray:
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    return array / np.linalg.norm(array, axis=1, keepdims=True).clip(min=1e-12)
-
-
 def _load(parser: argparse.ArgumentParser, path: Path, name: str) -> np.ndarray:
     try:
         data = load_npz(path)
@@ -83,7 +80,7 @@ def _load(parser: argparse.ArgumentParser, path: Path, name: str) -> np.ndarray:
     array = np.asarray(data[next(iter(data))]) if data else np.empty(0)
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all():
         parser.error(f"{path}: the first array must be a finite 2-D float array [N, D] ({name}), got {array.dtype} {array.shape}")
-    return _unit(array)
+    return pareto._normalise(array)
 
 
 def recall(ids: np.ndarray, exact_ids: np.ndarray) -> float:
@@ -141,8 +138,6 @@ def main() -> None:
     if args.embed_threads is not None and args.embed_threads < 1 or args.adapter_epochs < 1:
         parser.error(f"--embed-threads and --adapter-epochs must be positive, got {args.embed_threads} and {args.adapter_epochs}")
     if args.dataset is not None:
-        import pareto  # the named sets, their split and the adapter, exactly as the Pareto benchmark builds them
-
         args.tune_queries = args.skip_queries
         vectors, _, queries, _, _ = pareto.named_dataset(args)  # L2-normalised float32 already
         queries = queries[args.skip_queries : args.skip_queries + args.n_queries]
@@ -150,8 +145,6 @@ def main() -> None:
         vectors = _load(parser, args.database, "database")
         queries = _load(parser, args.queries, "queries")[args.skip_queries : args.skip_queries + args.n_queries]
     if args.adapter_nesting is not None and len(queries):
-        import pareto
-
         try:  # fitted on the database alone, so leaving the skipped queries out changes nothing
             vectors, (queries,) = pareto.adapted(vectors, [queries], args)
         except MRLError as exc:

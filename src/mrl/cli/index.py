@@ -18,7 +18,7 @@ def _load_queries(path: str, dtype: str = "float32") -> tuple[np.ndarray, np.nda
     """X [N, d] and optional y [N] of an .npz, refused unless X is a non-empty finite float matrix
     whose values fit ``dtype`` (a value past float16's range would become inf in the index) and y,
     when present, holds one integer label per row of X."""
-    from mrl.retrieval import FunnelIndex
+    from mrl.retrieval._vectors import check_labels
 
     data = load_npz(path, required=("X",))
     x = data["X"]
@@ -34,7 +34,7 @@ def _load_queries(path: str, dtype: str = "float32") -> tuple[np.ndarray, np.nda
     labels = data.get("y")
     if labels is not None:
         try:
-            labels = FunnelIndex._check_labels(labels, x.shape[0])  # the check build applies to stored labels
+            labels = check_labels(labels, x.shape[0])  # the check build applies to stored labels
         except MRLError as exc:
             raise MRLError(f"{path}: y {exc}") from None
     return x, labels

@@ -62,6 +62,19 @@ def check_vectors(vectors: object, name: str, dim: int | None = None) -> np.ndar
     return array
 
 
+def check_labels(labels: object, n: int) -> np.ndarray | None:
+    """``labels`` as int64 [n] (None stays None) after checking they are one integer per vector;
+    unsigned values past int64 would wrap to negatives and are refused."""
+    if labels is None:
+        return None
+    labels = np.asarray(labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise MRLError(f"labels must be an integer array of shape ({n},), got {labels.dtype} {labels.shape}")
+    if labels.dtype.kind == "u" and labels.size and labels.max() > np.iinfo(np.int64).max:
+        raise MRLError(f"labels must fit in int64, got {labels.max()}")
+    return labels.astype(np.int64, copy=False)
+
+
 def prefix(vectors: np.ndarray, dim: int, metric: str) -> np.ndarray:
     """Float32 C-contiguous copy of ``vectors[:, :dim]``, L2-normalised per row for cosine (norms
     floored at :data:`mrl.nesting.PREFIX_NORM_FLOOR`, as :func:`mrl.nesting.truncate` does).

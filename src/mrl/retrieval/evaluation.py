@@ -19,6 +19,7 @@ import numpy as np
 
 from mrl.errors import MRLError
 from mrl.metrics import Relevance, knn_recall_at_k, retrieval_summary
+from mrl.retrieval._vectors import check_labels
 from mrl.retrieval.costs import funnel_flops
 from mrl.retrieval.funnel import FunnelIndex, format_funnel, parse_funnel
 from mrl.retrieval.ground_truth import exact_search
@@ -100,7 +101,7 @@ def evaluate_configurations(
                            f"(None for the defaults), got {configurations!r}")
     configurations = configurations or default_configurations(index, k)
     if query_labels is not None:
-        query_labels = FunnelIndex._check_labels(query_labels, len(queries))  # integers, one per query, as stored labels
+        query_labels = check_labels(query_labels, len(queries))  # integers, one per query, as stored labels
     with_labels = query_labels is not None and index.labels is not None
     run_configuration(index, queries[: min(8, len(queries))], k, "exact")  # warm-up
     exact = run_configuration(index, queries, k, "exact")  # the ground truth, timed once

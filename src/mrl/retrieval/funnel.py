@@ -31,7 +31,7 @@ from mrl.artifacts import prepare_output
 from mrl.errors import MRLError
 from mrl.io import atomic_directory, load_npy, save_npy
 from mrl.retrieval import index_format
-from mrl.retrieval._vectors import check_k, check_metric, check_vectors
+from mrl.retrieval._vectors import check_k, check_labels, check_metric, check_vectors
 from mrl.retrieval.costs import funnel_flops
 from mrl.retrieval.shortlist import Shortlist, ShortlistSpec
 from mrl.retrieval.store import DTYPES, STORES, VectorStore
@@ -226,7 +226,7 @@ class FunnelIndex:
             hnsw_m=hnsw_m, ef_construction=ef_construction, ef_search=ef_search, pq_m=pq_m, pq_nbits=pq_nbits, opq=opq,
         )
         spec.resolved(vectors.shape[0], vectors.shape[1], self.metric)  # every argument checked before any work
-        labels = self._check_labels(labels, vectors.shape[0])
+        labels = check_labels(labels, vectors.shape[0])
         self.funnel: Funnel | None = None
         self._store = VectorStore(np.ascontiguousarray(vectors, dtype=DTYPES[dtype]), "memory")
         self._labels = labels
@@ -235,17 +235,6 @@ class FunnelIndex:
         self.build_seconds = time.perf_counter() - start
         self._shortlist_bytes: int | None = None
 
-    @staticmethod
-    def _check_labels(labels: np.ndarray | None, n: int) -> np.ndarray | None:
-        if labels is None:
-            return None
-        labels = np.asarray(labels)
-        if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-            raise MRLError(f"labels must be an integer array of shape ({n},), got {labels.dtype} {labels.shape}")
-        if labels.dtype.kind == "u" and labels.size and labels.max() > np.iinfo(np.int64).max:  # would wrap to negatives
-            raise MRLError(f"labels must fit in int64, got {labels.max()}")
-        return labels.astype(np.int64, copy=False)
-
     def add(self, vectors: np.ndarray, labels: np.ndarray | None = None) -> None:
         """Append vectors [n, D] (and their labels when the index has labels); ids continue from ``ntotal``."""
         if self.store == "mmap":
@@ -253,7 +242,7 @@ class FunnelIndex:
         vectors = check_vectors(vectors, "vectors", dim=self.dim)
         if (labels is None) != (self._labels is None):
             raise MRLError("labels must be given to add() exactly when the index holds labels")
-        labels = self._check_labels(labels, vectors.shape[0])
+        labels = check_labels(labels, vectors.shape[0])
         self._shortlist.add(vectors)
         self._store.append(vectors)
         if labels is not None:
@@ -581,7 +570,7 @@ class FunnelIndex:
         self.build_seconds = float(fields["build_seconds"])
         self._store = VectorStore(vectors, store)
         self._shortlist, self._shortlist_bytes = shortlist, None
-        self._labels = cls._check_labels(labels, vectors.shape[0])
+        self._labels = check_labels(labels, vectors.shape[0])
         return self
 
     def __repr__(self) -> str:

@@ -33,6 +33,7 @@ from mrl.io import read_json, sha256_file, write_json
 from mrl.validation import check_int
 from mrl.retrieval._vectors import check_k, check_vectors, prefix
 from mrl.retrieval.funnel import DEFAULT_SHORTLIST_LENGTH, Funnel, FunnelIndex, format_funnel, parse_funnel, validate_funnel
+from mrl.retrieval.shortlist import MAX_EF_SEARCH
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ _DISTANCES = {"cosine": "Cosine", "ip": "Dot", "l2": "Euclid"}
 _META_FILE = "mrl_collection.json"
 _LAYOUT_KEYS = ("format", "format_version", "metric", "dim", "stages", "quantization", "n_vectors", "index_sha256")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_MAX_HNSW_EF = 1 << 20  # as FunnelIndex bounds ef_search and `mrl index search --ef-search`
 
 
 def vector_name(dim: int) -> str:
@@ -458,7 +458,7 @@ class QdrantFunnel:
         if not isinstance(exact, (bool, np.bool_)):
             raise MRLError(f"exact must be True or False, got {exact!r}")
         if hnsw_ef is not None:
-            hnsw_ef = check_int("hnsw_ef", hnsw_ef, min=1, max=_MAX_HNSW_EF)
+            hnsw_ef = check_int("hnsw_ef", hnsw_ef, min=1, max=MAX_EF_SEARCH)  # the bound of FunnelIndex's ef_search
         if funnel is None:
             funnel = self.default_funnel(k)
         elif isinstance(funnel, (str, bytes, Mapping)) or not hasattr(funnel, "__iter__"):

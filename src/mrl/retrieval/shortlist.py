@@ -58,7 +58,7 @@ _MIPS_BEAM = 4  # HNSW beam per shortlisted candidate under the MIPS reduction (
 _GEMM_SCAN_BELOW_DIM = 128
 _SCAN_BLOCK_FLOATS = 1 << 20  # scores per (query block x database block) product: 4 MiB, cache-sized
 _MAX_OPQ_NITER = 10_000  # OPQ rounds (FAISS's default is 50); FAISS stores them in a C int
-_MAX_EF_SEARCH = 1 << 20  # as ShortlistSpec bounds ef_search and `mrl index search --ef-search`
+MAX_EF_SEARCH = 1 << 20  # HNSW beams (build and search), as `mrl index build/search --ef-*` bound them
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,8 @@ class ShortlistSpec:
         if not 2 <= self.hnsw_m <= 1024:  # as `mrl index build --hnsw-m` bounds it: a huge M is a huge allocation
             raise MRLError(f"hnsw_m must be an integer in [2, 1024], got {self.hnsw_m!r}")
         for name in ("ef_construction", "ef_search"):
-            if getattr(self, name) > _MAX_EF_SEARCH:
-                raise MRLError(f"{name} must be at most {_MAX_EF_SEARCH}, got {getattr(self, name)!r}")
+            if getattr(self, name) > MAX_EF_SEARCH:
+                raise MRLError(f"{name} must be at most {MAX_EF_SEARCH}, got {getattr(self, name)!r}")
         if not 1 <= self.dim <= full_dim:
             raise MRLError(f"shortlist_dim must be an integer in [1, {full_dim}], got {self.dim!r}")
         if not isinstance(self.opq, bool):
@@ -275,25 +275,31 @@ class Shortlist:
             np.add.at(sums, assign[start : start + len(block)], block)
         counts = np.bincount(assign, minlength=spec.nlist).clip(min=1)
         centroids = (sums / counts[:, None]).astype(np.float32)
+        index, quantizer = self._new_ivf()
         if spec.encoding == "binary":
-            quantizer = faiss.IndexBinaryFlat(spec.dim)
             quantizer.add(sign_bits(centroids))
-            index = faiss.IndexBinaryIVF(quantizer, spec.dim, spec.nlist)
             index.is_trained = True
         else:
-            quantizer = faiss.IndexFlat(spec.dim, faiss_metric(metric))
             quantizer.add(centroids)
-            if spec.encoding == "float32":
-                index = faiss.IndexIVFFlat(quantizer, spec.dim, spec.nlist, faiss_metric(metric))
-            elif spec.encoding == "pq":
-                index = faiss.IndexIVFPQ(quantizer, spec.dim, spec.nlist, spec.pq_m, spec.pq_nbits, faiss_metric(metric))
-            else:
-                index = faiss.IndexIVFScalarQuantizer(quantizer, spec.dim, spec.nlist, _SQ_TYPES[spec.encoding], faiss_metric(metric))
             index.train(train)  # the quantiser already holds nlist centroids: only the codec is trained
         index.own_fields = True
         quantizer.this.disown()
         self._index = index
         self.add(vectors, assign, progress)
+
+    def _new_ivf(self) -> tuple[object, object]:
+        """An empty ivf structure of this spec and its (empty) quantiser over the shortlist prefix,
+        which the caller keeps alive until the structure owns it."""
+        spec, metric = self.spec, faiss_metric(self.metric)
+        if spec.encoding == "binary":
+            quantizer = faiss.IndexBinaryFlat(spec.dim)
+            return faiss.IndexBinaryIVF(quantizer, spec.dim, spec.nlist), quantizer
+        quantizer = faiss.IndexFlat(spec.dim, metric)
+        if spec.encoding == "float32":
+            return faiss.IndexIVFFlat(quantizer, spec.dim, spec.nlist, metric), quantizer
+        if spec.encoding == "pq":
+            return faiss.IndexIVFPQ(quantizer, spec.dim, spec.nlist, spec.pq_m, spec.pq_nbits, metric), quantizer
+        return faiss.IndexIVFScalarQuantizer(quantizer, spec.dim, spec.nlist, _SQ_TYPES[spec.encoding], metric), quantizer
 
     def _encode_input(self, block: np.ndarray) -> np.ndarray:
         """What the FAISS structure takes for a float32 prefix block [n, d_1]: sign bits, the MIPS-augmented rows or the block."""
@@ -345,8 +351,8 @@ class Shortlist:
             _check_positive_int("nprobe", nprobe)
         if ef_search is not None:
             _check_positive_int("ef_search", ef_search)
-            if ef_search > _MAX_EF_SEARCH:
-                raise MRLError(f"ef_search must be at most {_MAX_EF_SEARCH}, got {ef_search!r}")
+            if ef_search > MAX_EF_SEARCH:
+                raise MRLError(f"ef_search must be at most {MAX_EF_SEARCH}, got {ef_search!r}")
         q = prefix(queries, spec.dim, self.metric)
         codes = self._query_input(q)
         if spec.kind == "flat":
@@ -474,27 +480,11 @@ class Shortlist:
             raise MRLError(f"the stored coarse quantiser does not hold {spec.nlist} centroids of {spec.coarse_dim} dims")
         if spec.kind == "ivf" and self._coarse.metric_type != faiss_metric(self.metric):
             raise MRLError(f"the stored coarse quantiser does not compare by the manifest's metric {self.metric!r}")
-        empty = self._empty_structure()
+        empty = self._new_ivf() if spec.kind == "ivf" else (self._new_index(),)  # the quantiser kept alive while compared
         found, expected = _signature(self._index), _signature(empty[0])
         if found != expected:
             raise MRLError(f"the stored shortlist is a {found[0]} structure, not the {spec.kind} {spec.encoding} one its manifest "
                            f"describes ({expected[0]}); the manifest and its files do not belong together")
-
-    def _empty_structure(self) -> tuple:
-        """An empty FAISS structure of the kind this spec builds (with anything it references kept alive)."""
-        spec = self.spec
-        if spec.kind != "ivf":
-            return (self._new_index(),)
-        if spec.encoding == "binary":
-            quantizer = faiss.IndexBinaryFlat(spec.dim)
-            return faiss.IndexBinaryIVF(quantizer, spec.dim, spec.nlist), quantizer
-        metric = faiss_metric(self.metric)
-        quantizer = faiss.IndexFlat(spec.dim, metric)
-        if spec.encoding == "float32":
-            return faiss.IndexIVFFlat(quantizer, spec.dim, spec.nlist, metric), quantizer
-        if spec.encoding == "pq":
-            return faiss.IndexIVFPQ(quantizer, spec.dim, spec.nlist, spec.pq_m, spec.pq_nbits, metric), quantizer
-        return faiss.IndexIVFScalarQuantizer(quantizer, spec.dim, spec.nlist, _SQ_TYPES[spec.encoding], metric), quantizer
 
 
 def _signature(index: object) -> tuple:
