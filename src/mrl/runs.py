@@ -92,8 +92,7 @@ class TrainState:
         scaler = values.get("scaler")
         if scaler is not None and not (
             isinstance(scaler, dict) and scaler
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-                    for v in scaler.values())
+            and all(_finite_number(v) and v >= 0 for v in scaler.values())
         ):
             raise MRLError(f"{where}: scaler must be an object of finite non-negative numbers, got {scaler!r}")
         return cls(check_int(f"{where}: epochs_done", values["epochs_done"], min=1, max=1 << 31),

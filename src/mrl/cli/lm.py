@@ -14,33 +14,47 @@ _MODEL_OPTIONS = ("vocab_size", "context", "d_model", "n_layers", "n_heads", "he
 _TRAIN_OPTIONS = ("steps", "batch_size", "lr", "seed", "width_weights")
 
 
+def _configs(model_values: dict, train_values: dict, ff_size: int | None):
+    """The LMConfig and TrainConfig of merged option values (``--ff-size`` sets an ff model's nesting)."""
+    from mrl.lm.model import LMConfig
+    from mrl.lm.train import TrainConfig
+    from mrl.nesting import parse_nesting
+
+    model_values = dict(model_values)
+    if model_values["head"] == "ff" and ff_size is not None:
+        model_values["nesting"] = [ff_size]
+    elif ff_size is not None:
+        raise MRLError(f"--ff-size applies to --head ff only, got --head {model_values['head']}")
+    if isinstance(model_values["nesting"], str):
+        model_values["nesting"] = parse_nesting(model_values["nesting"], model_values["d_model"])
+    if model_values["head"] == "ff" and len(model_values["nesting"]) != 1:
+        raise MRLError("an ff model needs --ff-size M (its final representation size)")
+    return LMConfig.from_dict(model_values), TrainConfig.from_dict(train_values)
+
+
+def _given(ctx: click.Context, params: dict, names: tuple[str, ...]) -> dict:
+    """The options among ``names`` given on the command line (not left at their defaults)."""
+    return {k: params[k] for k in names if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
+
+
 def _check_resume_settings(ctx: click.Context, out: Path, corpus: str, ff_size: int | None, tokenizer: str | None,
                            tokens_from: str | None, config: str | None, params: dict) -> None:
     """A resumed run keeps its own settings: refuse any option given on the command line that differs
     from them (exact resume; the same command line with --resume is fine)."""
     from dataclasses import asdict
 
-    from mrl.lm.model import LMConfig
-    from mrl.lm.train import TrainConfig, read_run_config
-    from mrl.nesting import parse_nesting
+    from mrl.lm.train import read_run_config
 
     for name, value in (("--tokenizer", tokenizer), ("--tokens-from", tokens_from), ("--config", config)):
         if value is not None:
             raise MRLError(f"{name} sets up a new run; {out} is resumed with the settings it was started with")
     stored = read_run_config(out)
-    given = {k: v for k, v in params.items() if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
     if ctx.get_parameter_source("corpus") != click.core.ParameterSource.DEFAULT and corpus != stored["corpus"]:
         raise MRLError(f"--corpus {corpus} differs from the run's {stored['corpus']}; {out} is resumed with its own settings")
-    model_values = {**stored["model"], **{k: v for k, v in given.items() if k in _MODEL_OPTIONS}}
-    if ff_size is not None:
-        model_values["nesting"] = [ff_size]
-    if isinstance(model_values.get("nesting"), str):
-        model_values["nesting"] = parse_nesting(model_values["nesting"], model_values["d_model"])
+    model_config, train_config = _configs({**stored["model"], **_given(ctx, params, _MODEL_OPTIONS)},
+                                          {**stored["train"], **_given(ctx, params, _TRAIN_OPTIONS)}, ff_size)
     changed = {}
-    for section, values, make in (("model", model_values, lambda v: LMConfig.from_dict(v).to_dict()),
-                                  ("train", {**stored["train"], **{k: v for k, v in given.items() if k in _TRAIN_OPTIONS}},
-                                   lambda v: asdict(TrainConfig.from_dict(v)))):
-        wanted = make(values)
+    for section, wanted in (("model", model_config.to_dict()), ("train", asdict(train_config))):
         changed.update({k: (wanted[k], stored[section].get(k)) for k in wanted if wanted[k] != stored[section].get(k)})
     if changed:
         listed = ", ".join(f"{k} {new!r} (the run has {old!r})" for k, (new, old) in sorted(changed.items()))
@@ -95,9 +109,7 @@ def train_command(ctx: click.Context, corpus: str, out: Path, ff_size: int | Non
     metrics.jsonl (train and validation loss per size) and model.safetensors."""
     from mrl.artifacts import kind_of, lock, prepare_output
     from mrl.io import read_json
-    from mrl.lm.model import LMConfig
-    from mrl.lm.train import TrainConfig, prepare_run, train
-    from mrl.nesting import parse_nesting
+    from mrl.lm.train import prepare_run, train
 
     _set_threads(threads)
     if kind_of(out) == "lm-run":
@@ -108,26 +120,16 @@ def train_command(ctx: click.Context, corpus: str, out: Path, ff_size: int | Non
         return
     inputs = [p for p in (corpus, tokenizer, tokens_from, config) if p is not None and Path(p).exists()]
     prepare_output(out, "lm-run", False, inputs)
-    given = {k: v for k, v in params.items() if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}
     base = read_json(config) if config else {}
     if not isinstance(base, dict) or set(base) - {"model", "train", "corpus"}:
         raise MRLError(f"--config must hold a JSON object with keys model, train (and corpus), got {config}")
-    model_values = {**base.get("model", {}), **{k: v for k, v in given.items() if k in _MODEL_OPTIONS}}
-    train_values = {**base.get("train", {}), **{k: v for k, v in given.items() if k in _TRAIN_OPTIONS}}
+    model_values = {**base.get("model", {}), **_given(ctx, params, _MODEL_OPTIONS)}
+    train_values = {**base.get("train", {}), **_given(ctx, params, _TRAIN_OPTIONS)}
     for k in _MODEL_OPTIONS:
         model_values.setdefault(k, params[k])
     for k in _TRAIN_OPTIONS:
         train_values.setdefault(k, params[k])
-    if model_values["head"] == "ff" and ff_size is not None:
-        model_values["nesting"] = [ff_size]
-    elif ff_size is not None:
-        raise MRLError(f"--ff-size applies to --head ff only, got --head {model_values['head']}")
-    if isinstance(model_values["nesting"], str):
-        model_values["nesting"] = parse_nesting(model_values["nesting"], model_values["d_model"])
-    if model_values["head"] == "ff" and len(model_values["nesting"]) != 1:
-        raise MRLError("an ff model needs --ff-size M (its final representation size)")
-    model_config = LMConfig.from_dict(model_values)
-    train_config = TrainConfig.from_dict(train_values)
+    model_config, train_config = _configs(model_values, train_values, ff_size)
     if ctx.get_parameter_source("corpus") == click.core.ParameterSource.DEFAULT:
         corpus = base.get("corpus", corpus)
     with lock(out):
@@ -152,11 +154,7 @@ def eval_command(run_dir: Path, max_tokens: int | None, tolerance: float, batch_
     _set_threads(threads)
     if not tolerance >= 0:
         raise MRLError(f"--tolerance must be >= 0, got {tolerance}")
-    from mrl.lm.train import read_run_config
-
-    model = read_run_config(run_dir)["model"]  # load_model checks it fully; here only: is fit_adaptive next (two windows)?
-    several = isinstance(model, dict) and isinstance(model.get("nesting"), list) and len(model["nesting"]) > 1
-    summary = evaluate_run(run_dir, batch_size=batch_size, max_tokens=max_tokens, progress=not quiet, min_windows=2 if several else 1)
+    summary = evaluate_run(run_dir, batch_size=batch_size, max_tokens=max_tokens, progress=not quiet, for_adaptive=True)
     click.echo(f"{summary['tokens']} validation tokens")
     click.echo("size  perplexity  top-1")
     for m in summary["nesting"]:

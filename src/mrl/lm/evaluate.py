@@ -106,11 +106,12 @@ def summarize(stats: dict[str, np.ndarray], nesting: list[int]) -> dict:
 
 
 def evaluate_run(run_dir: str | os.PathLike, batch_size: int = 32, max_tokens: int | None = None, progress: bool = True,
-                 min_windows: int = 1) -> dict:
+                 for_adaptive: bool = False) -> dict:
     """Evaluate a trained run on its validation stream; writes eval.json and token_stats.npz.
 
-    ``min_windows`` refuses, before anything is written, a stream (or ``max_tokens``) giving fewer
-    windows of ``context`` tokens: :func:`fit_adaptive` needs 2, one to fit and one to report.
+    ``for_adaptive`` (:func:`fit_adaptive` follows): for a model with several head sizes, refuse
+    before anything is written a stream (or ``max_tokens``) giving fewer than 2 windows of
+    ``context`` tokens, one to fit the thresholds on and one to report.
 
     Returns:
         The summary of :func:`summarize` plus ``head``, ``vocab_size`` and ``trunk_flops``
@@ -128,6 +129,7 @@ def evaluate_run(run_dir: str | os.PathLike, batch_size: int = 32, max_tokens: i
         read_lm_run(run_dir, verify=["tokens_val.npy"])
         ids = torch.from_numpy(load_npy(run_dir / "tokens_val.npy").astype(np.int64))
         windows = windows_of(ids, model.config.context, max_tokens)
+        min_windows = 2 if for_adaptive and len(model.nesting) > 1 else 1
         if len(windows) < min_windows:
             raise MRLError(f"{len(windows)} window(s) of {model.config.context} validation tokens, fewer than {min_windows}: adaptive "
                            f"decoding fits its thresholds on one half and reports the other; raise --max-tokens to at least "

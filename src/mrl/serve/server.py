@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mrl.errors import MRLError
+from mrl.serve import DEFAULT_MAX_CANDIDATES
 
 GRACEFUL_SECONDS = 30  # longest wait for in-flight requests after SIGTERM
 
@@ -82,7 +83,7 @@ def serve(
     workers: int | None = None,
     intra_op_threads: int = 1,
     store: str = "memory",
-    max_candidates: int | None = None,
+    max_candidates: int = DEFAULT_MAX_CANDIDATES,
 ) -> None:
     """Load ``index_dir`` and serve it over HTTP until SIGTERM (see :func:`mrl.serve.create_app`).
 
@@ -101,9 +102,8 @@ def serve(
     if not max_body_mb > 0:
         raise MRLError(f"max_body_mb must be positive, got {max_body_mb!r}")
     token = None if token_file is None else read_token(token_file)
-    limits = {} if max_candidates is None else {"max_candidates": max_candidates}
     app = create_app(index_dir, funnel=funnel, max_body_bytes=int(max_body_mb * 2**20), token=token, workers=workers, store=store,
-                     **limits)
+                     max_candidates=max_candidates)
     sock = bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     print(f"serving {index_dir} on http://{bound_host}:{bound_port}", flush=True)

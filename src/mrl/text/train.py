@@ -195,10 +195,11 @@ def _checkpoint_names(step: int) -> tuple[str, str]:
 
 def _model_files(run: Path) -> dict[str, str]:
     folder = run / MODEL_DIR
-    links = ([folder] if folder.is_symlink() else []) + [p for p in folder.rglob("*") if p.is_symlink()]
+    entries = sorted(folder.rglob("*"))
+    links = ([folder] if folder.is_symlink() else []) + [p for p in entries if p.is_symlink()]
     if links:  # a path the run does not own would be read as its model (rglob does not descend a linked folder either)
         raise MRLError(f"{run}/{MODEL_DIR} holds symbolic links ({[str(p.relative_to(run)) for p in links[:3]]}); refusing to follow them")
-    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(folder)): sha256_file(p) for p in entries if p.is_file()}
 
 
 def _verify_model_files(run: Path, expected: Any) -> None:
