@@ -155,7 +155,7 @@ def read_manifest(
         raise MRLError(f"{directory / MANIFEST} is malformed (files and meta must be JSON objects)")
     checksums = {}
     for name, entry in files.items():
-        path = _regular_file(directory, name)
+        _regular_file(directory, name)  # a plain regular file inside directory, or MRLError
         digest = entry.get("sha256") if isinstance(entry, dict) else None
         if not isinstance(digest, str):
             raise MRLError(f"{directory / MANIFEST} gives no sha256 for {name!r}")
@@ -324,12 +324,21 @@ def prepare_output(
     return check_writable(path)
 
 
+def enclosing_artifact(folders: Iterable[str | os.PathLike]) -> tuple[Path, str] | None:
+    """The first of ``folders`` that is an mrl artifact, with its kind, or None (pass a path's
+    parents to find the artifact it lies inside)."""
+    for folder in folders:
+        found = kind_of(folder)
+        if found is not None:
+            return Path(folder), found
+    return None
+
+
 def _check_not_inside_artifact(path: Path) -> None:
     """Refuse an output file anywhere inside an existing mrl artifact (its manifest could not vouch for it)."""
-    for parent in path.absolute().parents:
-        found = kind_of(parent)
-        if found is not None:
-            raise MRLError(f"refusing to write {path}: {parent} is an mrl {found}; write elsewhere")
+    enclosing = enclosing_artifact(path.absolute().parents)
+    if enclosing is not None:
+        raise MRLError(f"refusing to write {path}: {enclosing[0]} is an mrl {enclosing[1]}; write elsewhere")
 
 
 def _unlisted_entries(directory: Path) -> list[str]:

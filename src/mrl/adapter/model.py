@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from mrl.artifacts import new_artifact, read_manifest
-from mrl.config import config_from_dict
+from mrl.config import MAX_DIM, config_from_dict
 from mrl.errors import MRLError
 from mrl.io import load_tensors, read_json, save_tensors, write_json
 from mrl.nesting import default_nesting, truncate, validate_nesting
@@ -38,9 +38,6 @@ WEIGHTS_FILE = "adapter.safetensors"
 FORMAT = "mrl-adapter"
 FORMAT_VERSION = 1
 KIND = "adapter"
-# Bound on dim and hidden_dim read from a config.json (the same bound as `mrl adapt fit --hidden-dim`):
-# it refuses a hostile or corrupt config before the weights are allocated (10**9 would be 128 GB).
-MAX_DIM = 1 << 16
 
 
 @dataclass
@@ -64,7 +61,9 @@ class AdapterConfig:
         return config_from_dict(cls, data, "adapter").validate()
 
     def validate(self) -> AdapterConfig:
-        """Check the types and sizes of a config read from disk; returns ``self``."""
+        """Check the types and sizes of a config read from disk; returns ``self``. Sizes are bounded
+        by :data:`mrl.config.MAX_DIM` (as `mrl adapt fit --hidden-dim`), so a hostile or corrupt
+        config is refused before the weights are allocated (10**9 would be 128 GB)."""
         for name in ("dim", "hidden_dim"):
             value = getattr(self, name)
             if value is None and name == "hidden_dim":

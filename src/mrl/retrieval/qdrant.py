@@ -284,13 +284,12 @@ def _index_sha256(index_dir: str | Path) -> str:
 def _check_outside_artifacts(root: str | Path) -> None:
     """Refuse a folder of embedded collections that is, or lies inside, an mrl artifact: its manifest
     does not list the collection, so verifying or replacing the artifact would fail or delete it."""
-    from mrl.artifacts import kind_of
+    from mrl.artifacts import enclosing_artifact
 
     named, resolved = Path(os.path.abspath(root)), Path(root).resolve()
-    for folder in dict.fromkeys((named, *named.parents, resolved, *resolved.parents)):
-        kind = kind_of(folder)
-        if kind is not None:
-            raise MRLError(f"refusing to export into {root}: {folder} is an mrl {kind}; give a folder outside mrl artifacts")
+    enclosing = enclosing_artifact(dict.fromkeys((named, *named.parents, resolved, *resolved.parents)))
+    if enclosing is not None:
+        raise MRLError(f"refusing to export into {root}: {enclosing[0]} is an mrl {enclosing[1]}; give a folder outside mrl artifacts")
 
 
 def _check_stages(stages: Sequence[int] | None, index: FunnelIndex) -> list[int]:
